@@ -1,0 +1,26 @@
+"""pyro-lfbm: latent-space flow-based priors with short-run Langevin inference, in Pyro.
+
+The joint p(x, z) = p_α(z) p_β(x | z) is a Pyro model (:class:`LatentModel`) whose prior is a
+learned normalizing flow (:class:`FlowPrior`, LFBM), a Gaussian (:class:`GaussianPrior`, ABP) or
+a latent energy-based model (:class:`EnergyPrior`, LEBM); its posterior is inferred by short-run
+Langevin dynamics (:class:`LangevinGuide`), which makes ``pyro.infer.SVI`` the paper's learning
+algorithm.
+"""
+
+from pyro_lfbm.infer import LangevinGuide, LangevinKernel, langevin_step, short_run_langevin
+from pyro_lfbm.models import LatentModel
+from pyro_lfbm.priors import EnergyPrior, FlowPrior, GaussianPrior, LatentPrior
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EnergyPrior",
+    "FlowPrior",
+    "GaussianPrior",
+    "LangevinGuide",
+    "LangevinKernel",
+    "LatentModel",
+    "LatentPrior",
+    "langevin_step",
+    "short_run_langevin",
+]

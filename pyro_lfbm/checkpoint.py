@@ -1,0 +1,216 @@
+"""Training checkpoints: atomic writes, RNG state, config compatibility.
+
+A checkpoint is one ``torch.save`` file holding a dict with whatever the caller
+passes (model/optimizer state dicts, ``pyro.get_param_store().get_state()``,
+``pyro.optim`` ``get_state()``, step counters, the config) plus two reserved
+entries: ``"format_version"`` and ``"rng_state"`` (torch CPU, CUDA when
+available, numpy, python :mod:`random`).
+
+Typical use::
+
+    save_checkpoint(path, model=net.state_dict(), optim=optim.get_state(),
+                    param_store=pyro.get_param_store().get_state(), step=step, config=cfg)
+    ckpt = load_checkpoint(path)
+    check_config_compatible(ckpt["config"], cfg, ["latent_dim", "dataset"])
+    restore_rng_state(ckpt)
+
+Checkpoints are unpickled with ``weights_only=False`` (the Pyro param store
+holds constraint objects), so only load files you wrote yourself.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import random
+import tempfile
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+#: Version of the checkpoint layout; bumped on incompatible changes.
+FORMAT_VERSION = 1
+
+_RESERVED = ("format_version", "rng_state")
+_MISSING = object()
+
+
+class CheckpointError(RuntimeError):
+    """Missing, corrupt or incompatible checkpoint; the message is one line meant for the user."""
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+# --------------------------------------------------------------------------- RNG state
+
+
+def get_rng_state() -> dict[str, Any]:
+    """Snapshot of every random number generator a training run uses.
+
+    :returns: ``{"torch": ByteTensor, "random": tuple, "numpy": dict, ["cuda": list[ByteTensor]]}``;
+        the numpy state is stored as plain tensors/numbers (no numpy arrays).
+    """
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "random": random.getstate(),
+        "numpy": {
+            "name": str(name),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(ckpt: Mapping[str, Any]) -> None:
+    """Set the RNGs back to a saved snapshot.
+
+    :param ckpt: a loaded checkpoint (uses its ``"rng_state"``) or a dict from
+        :func:`get_rng_state`. CUDA states are restored only when CUDA is
+        available, for as many devices as both sides have.
+    """
+    state = ckpt["rng_state"] if "rng_state" in ckpt else ckpt
+    torch.set_rng_state(state["torch"].cpu())
+    random.setstate(state["random"])
+    npst = state["numpy"]
+    keys = npst["keys"].cpu().numpy().astype(np.uint32)
+    np.random.set_state((npst["name"], keys, npst["pos"], npst["has_gauss"], npst["cached_gaussian"]))
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available():
+        for device, dev_state in enumerate(cuda[: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(dev_state.cpu(), device)
+
+
+# --------------------------------------------------------------------------- save / load
+
+
+def _fsync_dir(folder: pathlib.Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(path: str | os.PathLike[str], /, **state: Any) -> pathlib.Path:
+    """Write ``state`` plus RNG state and format version to ``path``, atomically.
+
+    The dict is written to a temporary file in the same folder, flushed and
+    fsync'ed, then moved over ``path`` with :func:`os.replace`; an interrupted
+    save (exception, Ctrl-C) leaves any previous file at ``path`` untouched and
+    removes the temporary file. Parent folders are created.
+
+    :param path: destination file.
+    :param state: anything ``torch.save`` can pickle, e.g. ``model=net.state_dict()``,
+        ``optim=pyro_optim.get_state()``, ``step=1200``, ``config=dict(...)``.
+    :returns: the path written.
+    :raises ValueError: if ``state`` uses a reserved key (``format_version``, ``rng_state``).
+    """
+    clash = [k for k in _RESERVED if k in state]
+    if clash:
+        raise ValueError(f"checkpoint keys {clash} are reserved; rename them")
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format_version": FORMAT_VERSION, "rng_state": get_rng_state(), **state}
+
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    :param path: checkpoint file.
+    :param map_location: passed to :func:`torch.load` (RNG states are moved
+        back to CPU by :func:`restore_rng_state`).
+    :returns: the saved dict, including ``"format_version"`` and ``"rng_state"``.
+    :raises CheckpointError: missing, unreadable/truncated, foreign or too-new file.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"no checkpoint file at {path}; check --checkpoint-dir, or start a new run without resuming"
+        )
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable ({_one_line(err)}); it may be truncated or corrupt: "
+            f"delete it or use another --checkpoint-dir"
+        ) from err
+    if not isinstance(ckpt, dict) or "format_version" not in ckpt:
+        raise CheckpointError(f"{path} is not a pyro-lfbm checkpoint (no format_version entry)")
+    version = ckpt["format_version"]
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format_version={version!r} but this pyro-lfbm reads up to "
+            f"{FORMAT_VERSION}; upgrade pyro-lfbm or start a new --checkpoint-dir"
+        )
+    return ckpt
+
+
+# --------------------------------------------------------------------------- config check
+
+
+def _normalise(value: Any) -> Any:
+    """Make tuples and lists compare equal (configs round-trip through JSON/YAML)."""
+    if isinstance(value, (list, tuple)):
+        return [_normalise(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _normalise(v) for k, v in value.items()}
+    return value
+
+
+def check_config_compatible(
+    saved_config: Mapping[str, Any], config: Mapping[str, Any], keys: Iterable[str]
+) -> None:
+    """Refuse to resume when a setting that shapes the model differs.
+
+    :param saved_config: the config stored in the checkpoint.
+    :param config: the config of the current run.
+    :param keys: names that must agree (e.g. ``["dataset", "latent_dim"]``); a
+        key absent from one side counts as a mismatch.
+    :raises CheckpointError: naming the first mismatching key, e.g. "checkpoint
+        was trained with latent_dim=20 but the current config has latent_dim=16; ..."
+    """
+    for key in keys:
+        old = saved_config.get(key, _MISSING)
+        new = config.get(key, _MISSING)
+        if old is _MISSING and new is _MISSING:
+            continue
+        if old is _MISSING or new is _MISSING or _normalise(old) != _normalise(new):
+            old_s = "<unset>" if old is _MISSING else repr(old) if isinstance(old, str) else old
+            new_s = "<unset>" if new is _MISSING else repr(new) if isinstance(new, str) else new
+            raise CheckpointError(
+                f"checkpoint was trained with {key}={old_s} but the current config has {key}={new_s}; "
+                f"pass the same --preset or start a new --checkpoint-dir"
+            )

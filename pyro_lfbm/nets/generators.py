@@ -1,0 +1,235 @@
+"""Top-down generators g(z): latent vectors (B, latent_dim) to images (B, C, H, W) in [-1, 1].
+
+The architectures are those of the LFBM code (``jianwen-xie/Latent-Space-Normalizing-Flow``):
+``_netG_mnist`` for 28×28 MNIST and the DCGAN-style ``_netG`` for 32×32 (SVHN, CIFAR-10) and
+64×64 (CelebA) images. Every generator ends in ``tanh`` and accepts any leading batch shape:
+``z`` of shape (..., latent_dim) gives images of shape (..., C, H, W).
+
+.. note:: :class:`MNISTGenerator` with ``batch_norm=True`` (its default) has ``BatchNorm1d``
+   layers, which in ``train()`` mode raise ``ValueError`` ("Expected more than 1 value per
+   channel") on a batch of one z. Use ``eval()`` mode (running statistics) for batch size 1.
+   The DCGAN generators only normalise maps of ≥ 4×4, so batch size 1 works in both modes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = [
+    "init_weights_xavier",
+    "ImageGenerator",
+    "MNISTGenerator",
+    "DCGANGenerator32",
+    "DCGANGenerator64",
+    "make_generator",
+]
+
+
+def init_weights_xavier(module: nn.Module) -> None:
+    """LFBM's ``weights_init_xavier``, for use with ``net.apply(init_weights_xavier)``.
+
+    Xavier-normal weights on (transposed) convolutions; BatchNorm weight ~ N(1, 0.02²) and
+    bias 0. ``Linear`` layers and convolution biases keep PyTorch's default initialisation.
+    """
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.xavier_normal_(module.weight)
+    elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+class ImageGenerator(nn.Module):
+    """Base class: subclasses define :meth:`decode` on a flat batch (N, latent_dim).
+
+    :ivar int latent_dim: size of z.
+    :ivar tuple image_shape: (C, H, W) of the output images.
+    """
+
+    latent_dim: int
+    image_shape: tuple[int, int, int]
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Map z of shape (N, latent_dim) to images of shape (N, C, H, W)."""
+        raise NotImplementedError
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """:param z: shape (..., latent_dim). :returns: images, shape (..., C, H, W), in [-1, 1]."""
+        if z.dim() < 1 or z.shape[-1] != self.latent_dim:
+            raise ValueError(f"expected z of shape (..., {self.latent_dim}), got {tuple(z.shape)}")
+        batch_shape = z.shape[:-1]
+        x = self.decode(z.reshape(-1, self.latent_dim))
+        return x.reshape(*batch_shape, *self.image_shape)
+
+    def extra_repr(self) -> str:
+        return f"latent_dim={self.latent_dim}, image_shape={self.image_shape}"
+
+
+class MNISTGenerator(ImageGenerator):
+    """LFBM's MNIST generator (``_netG_mnist``), z (B, latent_dim) → x (B, 1, 28, 28).
+
+    ``Linear(latent→hidden)–BN1d–ReLU → Linear(hidden→channels·7·7)–BN1d–ReLU → reshape
+    (channels, 7, 7) → ConvT(channels→channels//2, k2, s2)–BN2d–ReLU → ConvT(channels//2→1,
+    k2, s2) → Tanh``. The defaults are the paper's sizes (6,498,113 parameters).
+
+    :param int latent_dim: size of z (paper: 20).
+    :param int hidden_dim: width of the first hidden layer; ``0`` drops that layer (z maps
+        straight to ``channels·7·7``).
+    :param int channels: feature channels at 7×7 (halved at 14×14); even, ≥ 2.
+    :param bool batch_norm: keep the BatchNorm layers (paper: yes). See the module note on
+        batch size 1 in train mode.
+    """
+
+    def __init__(
+        self,
+        latent_dim: int = 20,
+        hidden_dim: int = 1024,
+        channels: int = 128,
+        batch_norm: bool = True,
+    ):
+        super().__init__()
+        if latent_dim < 1 or hidden_dim < 0 or channels < 2 or channels % 2:
+            raise ValueError(
+                f"need latent_dim >= 1, hidden_dim >= 0 and an even channels >= 2; got "
+                f"latent_dim={latent_dim}, hidden_dim={hidden_dim}, channels={channels}"
+            )
+        self.latent_dim, self.image_shape = latent_dim, (1, 28, 28)
+        self.hidden_dim, self.channels, self.batch_norm = hidden_dim, channels, batch_norm
+
+        def bn1d(n: int) -> nn.Module:
+            return nn.BatchNorm1d(n) if batch_norm else nn.Identity()
+
+        fc: list[nn.Module] = []
+        d_in = latent_dim
+        if hidden_dim > 0:
+            fc += [nn.Linear(latent_dim, hidden_dim), bn1d(hidden_dim), nn.ReLU()]
+            d_in = hidden_dim
+        fc += [nn.Linear(d_in, channels * 7 * 7), bn1d(channels * 7 * 7), nn.ReLU()]
+        self.fc = nn.Sequential(*fc)
+        self.deconv = nn.Sequential(
+            nn.ConvTranspose2d(channels, channels // 2, 2, stride=2),
+            nn.BatchNorm2d(channels // 2) if batch_norm else nn.Identity(),
+            nn.ReLU(),
+            nn.ConvTranspose2d(channels // 2, 1, 2, stride=2),
+            nn.Tanh(),
+        )
+        self.apply(init_weights_xavier)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.fc(z).view(-1, self.channels, 7, 7)
+        return self.deconv(h)
+
+
+def _up_block(c_in: int, c_out: int, k: int, s: int, p: int, batch_norm: bool) -> list[nn.Module]:
+    """``ConvT(c_in→c_out, k, s, p)[–BN2d]–LeakyReLU(0.2)``; the ConvT has no bias under BN."""
+    return [
+        nn.ConvTranspose2d(c_in, c_out, k, s, p, bias=not batch_norm),
+        nn.BatchNorm2d(c_out) if batch_norm else nn.Identity(),
+        nn.LeakyReLU(0.2),
+    ]
+
+
+class DCGANGenerator32(ImageGenerator):
+    """LFBM's 32×32 generator (``_netG``), z (B, latent_dim) → x (B, channels, 32, 32).
+
+    z is viewed as (B, latent_dim, 1, 1); LeakyReLU(0.2); no BatchNorm by default; Tanh output.
+
+    - ``variant="svhn"``: ConvT(nz→8ngf, 4, 1, 0) → 4×4, ConvT(8→4ngf, 4, 2, 1) → 8×8,
+      ConvT(4→2ngf, 4, 2, 1) → 16×16, ConvT(2ngf→C, 4, 2, 1) → 32×32 (paper: nz 100, ngf 64).
+    - ``variant="cifar"``: ConvT(nz→8ngf, 8, 1, 0) → 8×8, ConvT(8→4ngf, 4, 2, 1) → 16×16,
+      ConvT(4→2ngf, 4, 2, 1) → 32×32, ConvT(2ngf→C, 3, 1, 1) (paper: nz 128, **ngf 128**).
+
+    :param int latent_dim: size of z.
+    :param int ngf: base number of feature maps.
+    :param int channels: image channels C.
+    :param str variant: ``"svhn"`` or ``"cifar"``.
+    :param bool batch_norm: add BatchNorm2d after each hidden ConvT (LFBM ``--g_batchnorm``).
+    """
+
+    def __init__(
+        self,
+        latent_dim: int = 100,
+        ngf: int = 64,
+        channels: int = 3,
+        variant: str = "svhn",
+        batch_norm: bool = False,
+    ):
+        super().__init__()
+        if variant not in ("svhn", "cifar"):
+            raise ValueError(f"variant must be 'svhn' or 'cifar', got {variant!r}")
+        self.latent_dim, self.image_shape = latent_dim, (channels, 32, 32)
+        self.ngf, self.variant = ngf, variant
+        if variant == "svhn":
+            first_k, last = 4, nn.ConvTranspose2d(2 * ngf, channels, 4, 2, 1)
+        else:
+            first_k, last = 8, nn.ConvTranspose2d(2 * ngf, channels, 3, 1, 1)
+        self.gen = nn.Sequential(
+            *_up_block(latent_dim, 8 * ngf, first_k, 1, 0, batch_norm),
+            *_up_block(8 * ngf, 4 * ngf, 4, 2, 1, batch_norm),
+            *_up_block(4 * ngf, 2 * ngf, 4, 2, 1, batch_norm),
+            last,
+            nn.Tanh(),
+        )
+        self.apply(init_weights_xavier)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.gen(z.view(-1, self.latent_dim, 1, 1))
+
+
+class DCGANGenerator64(ImageGenerator):
+    """LFBM's 64×64 CelebA generator (``_netG``), z (B, latent_dim) → x (B, channels, 64, 64).
+
+    ConvT(nz→8ngf, 4, 1, 0) → 4×4, then ConvT(·, 4, 2, 1) to 4ngf@8, 2ngf@16, ngf@32 and
+    C@64; LeakyReLU(0.2), no BatchNorm by default, Tanh (paper: nz 100, ngf 128).
+
+    :param int latent_dim: size of z.
+    :param int ngf: base number of feature maps.
+    :param int channels: image channels C.
+    :param bool batch_norm: add BatchNorm2d after each hidden ConvT.
+    """
+
+    def __init__(
+        self,
+        latent_dim: int = 100,
+        ngf: int = 128,
+        channels: int = 3,
+        batch_norm: bool = False,
+    ):
+        super().__init__()
+        self.latent_dim, self.image_shape = latent_dim, (channels, 64, 64)
+        self.ngf = ngf
+        self.gen = nn.Sequential(
+            *_up_block(latent_dim, 8 * ngf, 4, 1, 0, batch_norm),
+            *_up_block(8 * ngf, 4 * ngf, 4, 2, 1, batch_norm),
+            *_up_block(4 * ngf, 2 * ngf, 4, 2, 1, batch_norm),
+            *_up_block(2 * ngf, ngf, 4, 2, 1, batch_norm),
+            nn.ConvTranspose2d(ngf, channels, 4, 2, 1),
+            nn.Tanh(),
+        )
+        self.apply(init_weights_xavier)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.gen(z.view(-1, self.latent_dim, 1, 1))
+
+
+def make_generator(image_shape: tuple[int, int, int], latent_dim: int, **kwargs) -> ImageGenerator:
+    """Pick the generator for an image shape (C, H, W).
+
+    ``(1, 28, 28)`` → :class:`MNISTGenerator`; ``(C, 32, 32)`` → :class:`DCGANGenerator32`;
+    ``(C, 64, 64)`` → :class:`DCGANGenerator64`. ``kwargs`` go to the constructor (e.g.
+    ``hidden_dim``/``channels`` for MNIST, ``ngf``/``variant``/``batch_norm`` for DCGAN); the
+    image channels of the DCGAN generators come from ``image_shape``.
+
+    :raises ValueError: for any other shape.
+    """
+    shape = tuple(int(s) for s in image_shape)
+    if shape == (1, 28, 28):
+        return MNISTGenerator(latent_dim, **kwargs)
+    if len(shape) == 3 and shape[1:] in ((32, 32), (64, 64)):
+        if "channels" in kwargs:
+            raise ValueError("DCGAN generators take their image channels from image_shape")
+        cls = DCGANGenerator32 if shape[1] == 32 else DCGANGenerator64
+        return cls(latent_dim, channels=shape[0], **kwargs)
+    raise ValueError(
+        f"no generator for image shape {shape}; supported: (1, 28, 28), (C, 32, 32), (C, 64, 64)"
+    )

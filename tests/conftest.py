@@ -1,0 +1,30 @@
+import os
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_pyro_state():
+    """Every test starts from a clean Pyro param store and a fixed seed."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    yield
+    pyro.clear_param_store()
+
+
+def data_root():
+    """The real MNIST files: $PYRO_LFBM_DATA, else ../shared/data beside the repository."""
+    return Path(os.environ.get("PYRO_LFBM_DATA", REPO.parent / "shared" / "data"))
+
+
+def require_mnist():
+    root = data_root()
+    if not (root / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
+        pytest.skip(f"MNIST files not found under {root} (set PYRO_LFBM_DATA)")
+    return root
