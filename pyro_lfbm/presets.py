@@ -1,0 +1,117 @@
+"""Named model and learning configurations, from a seconds-long smoke test to the paper's setting."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Dict, Tuple
+
+from pyro_lfbm.models import LatentModel
+from pyro_lfbm.nets import make_generator
+from pyro_lfbm.priors import EnergyPrior, FlowPrior, GaussianPrior, LatentPrior
+from pyro_lfbm.training import OptimConfig
+
+PRIORS = ("flow", "gaussian", "ebm")
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a :class:`~pyro_lfbm.models.LatentModel`."""
+
+    prior: str = "flow"
+    image_shape: Tuple[int, int, int] = (1, 28, 28)
+    latent_dim: int = 20
+    generator_hidden: int = 1024
+    generator_channels: int = 128
+    batch_norm: bool = True
+    sigma: float = 0.3
+    flow_steps: int = 5
+    flow_width: int = 64
+    ebm_hidden: int = 200
+    ebm_prior_steps: int = 60
+    ebm_prior_step_size: float = 0.4
+
+    def build_prior(self) -> LatentPrior:
+        if self.prior == "flow":
+            return FlowPrior(self.latent_dim, num_steps=self.flow_steps, hidden_dim=self.flow_width)
+        if self.prior == "gaussian":
+            return GaussianPrior(self.latent_dim)
+        if self.prior == "ebm":
+            return EnergyPrior(
+                self.latent_dim,
+                hidden_dims=(self.ebm_hidden, self.ebm_hidden),
+                num_prior_steps=self.ebm_prior_steps,
+                prior_step_size=self.ebm_prior_step_size,
+            )
+        raise ValueError(f"unknown prior {self.prior!r}; choose one of {', '.join(PRIORS)}")
+
+    def build(self) -> LatentModel:
+        kwargs = {}
+        if self.image_shape == (1, 28, 28):
+            kwargs = dict(hidden_dim=self.generator_hidden, channels=self.generator_channels, batch_norm=self.batch_norm)
+        generator = make_generator(tuple(self.image_shape), self.latent_dim, **kwargs)
+        return LatentModel(self.build_prior(), generator, sigma=self.sigma)
+
+
+@dataclass
+class LearnConfig:
+    """Algorithm 1's settings and the test-time inference."""
+
+    epochs: int = 21
+    batch_size: int = 100
+    num_steps: int = 20
+    step_size: float = 0.1
+    test_steps: int = 400
+    test_step_size: float = 0.1
+    test_batch_size: int = 100
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+@dataclass
+class Preset:
+    model: ModelConfig
+    learn: LearnConfig
+
+    def with_prior(self, prior: str) -> "Preset":
+        """The same preset for another prior (LEBM gets its own learning rates, as in its code)."""
+        if prior not in PRIORS:
+            raise ValueError(f"unknown prior {prior!r}; choose one of {', '.join(PRIORS)}")
+        learn = self.learn
+        if prior == "ebm":
+            # LEBM's code: energy net at 2e-5 against 1e-4 for the generator, i.e. a fifth.
+            learn = replace(learn, optim=replace(learn.optim, prior_lr=learn.optim.prior_lr or learn.optim.lr / 5))
+        return Preset(replace(self.model, prior=prior), learn)
+
+    def to_dict(self) -> Dict:
+        return {"model": asdict(self.model), "learn": asdict(self.learn)}
+
+
+def _paper() -> Preset:
+    """The paper's MNIST setting (LFBM code defaults, protocols A6)."""
+    return Preset(ModelConfig(), LearnConfig())
+
+
+def _cpu() -> Preset:
+    """Minutes on a 2-core CPU: a narrower generator, the paper's flow and Langevin settings."""
+    return Preset(
+        ModelConfig(generator_hidden=256, generator_channels=32),
+        LearnConfig(epochs=10, test_steps=100, test_batch_size=500, optim=OptimConfig(lr=1e-3)),
+    )
+
+
+def _tiny() -> Preset:
+    """Seconds: for smoke tests only."""
+    return Preset(
+        ModelConfig(latent_dim=8, generator_hidden=64, generator_channels=16, flow_steps=2, flow_width=16,
+                    ebm_hidden=16, ebm_prior_steps=5),
+        LearnConfig(epochs=1, batch_size=50, num_steps=5, test_steps=10, test_batch_size=200, optim=OptimConfig(lr=2e-3)),
+    )
+
+
+PRESETS = {"paper": _paper, "cpu": _cpu, "tiny": _tiny}
+
+
+def get_preset(name: str, prior: str = "flow") -> Preset:
+    """A fresh copy of the named preset (``paper``, ``cpu`` or ``tiny``) for ``prior``."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]().with_prior(prior)
