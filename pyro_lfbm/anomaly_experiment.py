@@ -1,0 +1,133 @@
+"""One run of the anomaly-detection experiment: split, train (or load), score, measure.
+
+Shared by ``experiments/anomaly.py`` (one run) and ``experiments/anomaly_table.py`` (the grid of
+held-out digits × priors × seeds).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import pyro
+import torch
+
+from pyro_lfbm.anomaly import DECISION_FUNCTIONS, anomaly_metrics, anomaly_scores
+from pyro_lfbm.checkpoint import CheckpointError, check_config_compatible, load_checkpoint
+from pyro_lfbm.cli import UsageError
+from pyro_lfbm.data import heldout_digit_split
+from pyro_lfbm.infer import LangevinGuide
+from pyro_lfbm.presets import get_preset
+from pyro_lfbm.training import fit
+
+
+@dataclass
+class AnomalyRunConfig:
+    heldout: int = 7
+    prior: str = "flow"
+    preset: str = "cpu"
+    seed: int = 1
+    epochs: Optional[int] = None
+    test_steps: Optional[int] = None
+    batchnorm: str = "eval"
+    limit_train: Optional[int] = None
+    limit_test: Optional[int] = None
+    data_root: Optional[str] = None
+    device: str = "cpu"
+    checkpoint_dir: Optional[str] = None
+    resume: bool = False
+    eval_only: Optional[str] = None
+    progress: bool = True
+    sigma: Optional[float] = None
+    lr: Optional[float] = None
+
+
+@dataclass
+class AnomalyRunResult:
+    rows: List[Dict]  # one per decision function
+    scores: Dict[str, torch.Tensor]
+    is_anomaly: torch.Tensor
+    test_x: torch.Tensor
+    history: List[Dict]
+    config: Dict
+
+
+CONFIG_KEYS = ("model",)
+
+
+def checkpoint_name(cfg: AnomalyRunConfig) -> str:
+    return f"lfbm-{cfg.prior}-heldout{cfg.heldout}-seed{cfg.seed}-{cfg.preset}.pt"
+
+
+def run_anomaly(cfg: AnomalyRunConfig) -> AnomalyRunResult:
+    """Train LFBM (or ABP / LEBM) on the normal images of the held-out-digit split and score its test set."""
+    try:
+        preset = get_preset(cfg.preset, cfg.prior)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    learn = preset.learn
+    if cfg.sigma is not None:
+        if not cfg.sigma > 0:
+            raise UsageError(f"--sigma must be positive, got {cfg.sigma}")
+        preset.model.sigma = cfg.sigma
+    if cfg.lr is not None:
+        learn = replace(learn, optim=replace(learn.optim, lr=cfg.lr))
+    if cfg.epochs is not None:
+        if cfg.epochs < 1:
+            raise UsageError(f"--epochs must be at least 1, got {cfg.epochs}")
+        learn = replace(learn, epochs=cfg.epochs)
+    if cfg.test_steps is not None:
+        learn = replace(learn, test_steps=cfg.test_steps)
+    try:
+        split = heldout_digit_split(cfg.data_root, heldout=cfg.heldout, seed=cfg.seed)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if cfg.limit_train or cfg.limit_test:
+        split = split.subset(cfg.limit_train, cfg.limit_test, seed=cfg.seed)
+    config = {"model": preset.to_dict()["model"], "learn": preset.to_dict()["learn"], "run": vars(cfg).copy()}
+    config["learn"]["epochs"], config["learn"]["test_steps"] = learn.epochs, learn.test_steps
+
+    pyro.clear_param_store()
+    torch.manual_seed(cfg.seed)
+    device = torch.device(cfg.device)
+    model = preset.model.build().to(device)
+    history: List[Dict] = []
+    train_seconds = 0.0
+    if cfg.eval_only:
+        ckpt = load_checkpoint(cfg.eval_only)
+        check_config_compatible(ckpt.get("config", {}), config, CONFIG_KEYS)
+        try:
+            model.load_state_dict(ckpt["model"])
+        except RuntimeError:
+            raise CheckpointError(f"{cfg.eval_only} does not fit this model; pass the --preset and --prior it was trained with") from None
+        history = list(ckpt.get("history", []))
+        train_seconds = sum(row["seconds"] for row in history)
+    else:
+        checkpoint_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
+        guide = LangevinGuide(model, num_steps=learn.num_steps, step_size=learn.step_size)
+        result = fit(
+            model, guide, split.train_x, epochs=learn.epochs, batch_size=learn.batch_size, optim=learn.optim,
+            seed=cfg.seed, checkpoint_path=checkpoint_dir / checkpoint_name(cfg) if checkpoint_dir else None,
+            resume=cfg.resume, config=config, config_keys=CONFIG_KEYS, progress=cfg.progress,
+        )
+        history = result.epochs
+        train_seconds = result.train_seconds
+
+    started = time.perf_counter()
+    scores, inference = anomaly_scores(
+        model, split.test_x, num_steps=learn.test_steps, step_size=learn.test_step_size,
+        batch_size=learn.test_batch_size, batchnorm=cfg.batchnorm, seed=cfg.seed, progress=cfg.progress,
+    )
+    test_seconds = time.perf_counter() - started
+    rows = []
+    for name in DECISION_FUNCTIONS:
+        metrics = anomaly_metrics(split.test_is_anomaly, scores[name])
+        rows.append({
+            "heldout": cfg.heldout, "prior": cfg.prior, "score": name, "seed": cfg.seed, **metrics,
+            "preset": cfg.preset, "epochs": learn.epochs, "test_steps": learn.test_steps, "batchnorm": cfg.batchnorm,
+            "n_train": int(split.train_x.shape[0]), "n_test": int(split.test_x.shape[0]),
+            "train_seconds": round(train_seconds, 1), "test_seconds": round(test_seconds, 1),
+        })
+    return AnomalyRunResult(rows, scores, split.test_is_anomaly, split.test_x, history, config)

@@ -1,0 +1,55 @@
+"""Figures written by the experiments (matplotlib, torchvision grids)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from sklearn.metrics import precision_recall_curve  # noqa: E402
+from torchvision.utils import save_image  # noqa: E402
+
+
+def plot_precision_recall(is_anomaly, scores: Dict[str, torch.Tensor], path: Path, title: str = "") -> None:
+    """One precision-recall curve per decision function."""
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    y = np.asarray(is_anomaly)
+    for name, score in scores.items():
+        precision, recall, _ = precision_recall_curve(y, np.asarray(score))
+        ax.plot(recall, precision, label=name)
+    ax.axhline(y.mean(), color="gray", lw=0.8, ls="--", label="prevalence")
+    ax.set(xlabel="recall", ylabel="precision", title=title, xlim=(0, 1), ylim=(0, 1.02))
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_score_histograms(is_anomaly, scores: Dict[str, torch.Tensor], path: Path, title: str = "") -> None:
+    """Histograms of normal against anomalous scores, one panel per decision function."""
+    y = np.asarray(is_anomaly).astype(bool)
+    fig, axes = plt.subplots(1, len(scores), figsize=(4 * len(scores), 3.2), squeeze=False)
+    for ax, (name, score) in zip(axes[0], scores.items()):
+        s = np.asarray(score)
+        lo, hi = np.percentile(s, [0.5, 99.5])
+        bins = np.linspace(lo, hi, 60)
+        ax.hist(s[~y], bins=bins, alpha=0.6, density=True, label="normal")
+        ax.hist(s[y], bins=bins, alpha=0.6, density=True, label="held-out digit")
+        ax.set(title=f"{name} score", xlabel="score (higher = more anomalous)")
+    axes[0][0].legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def save_ranked_grid(images: torch.Tensor, score: torch.Tensor, path: Path, count: int = 32) -> None:
+    """Top row block: the ``count`` highest-scoring images; bottom block: the ``count`` lowest."""
+    order = torch.argsort(torch.as_tensor(score), descending=True)
+    picked = torch.cat([images[order[:count]], images[order[-count:]]])
+    save_image((picked + 1) / 2, path, nrow=16, padding=1, pad_value=1.0)

@@ -1,0 +1,93 @@
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import auc, precision_recall_curve
+
+from pyro_lfbm.anomaly import anomaly_metrics, anomaly_scores
+from pyro_lfbm.presets import get_preset
+from tests.conftest import REPO, require_mnist
+
+
+def test_metrics_follow_the_protocol():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 500)
+    s = y + rng.normal(0, 1.0, 500)
+    precision, recall, _ = precision_recall_curve(y, s)
+    m = anomaly_metrics(torch.tensor(y), torch.tensor(s))
+    assert m["auprc"] == pytest.approx(auc(recall, precision))
+    assert 0.5 < m["auroc"] < 1 and m["prevalence"] == pytest.approx(y.mean())
+    assert anomaly_metrics(y, y.astype(float))["auprc"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="both normal and anomalous"):
+        anomaly_metrics(np.zeros(5), np.arange(5.0))
+    with pytest.raises(ValueError, match="NaN"):
+        anomaly_metrics(y, np.full(500, np.nan))
+
+
+@pytest.mark.parametrize("prior", ["flow", "ebm"])
+def test_joint_score_is_negative_log_joint_of_the_model(prior):
+    model = get_preset("tiny", prior).model.build()
+    x = torch.rand(30, 1, 28, 28) * 2 - 1
+    scores, result = anomaly_scores(model, x, num_steps=5, batch_size=12, progress=False)
+    assert model.training  # the caller's mode is restored
+    model.eval()
+    expected = -model.log_joint(x, z=result.z).detach()
+    assert torch.allclose(scores["joint"], expected, atol=1e-3)
+    assert torch.allclose(scores["joint"], scores["recon"] + scores["prior"])
+    model.train()
+    # reproducible for a seed
+    again, _ = anomaly_scores(model, x, num_steps=5, batch_size=12, progress=False)
+    assert torch.equal(again["joint"], scores["joint"])
+
+
+def run_script(*args, env_root=None):
+    cmd = [sys.executable, str(REPO / "experiments" / "anomaly.py"), *args, "--no-progress"]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+
+
+def test_end_to_end_smoke_run_writes_results(tmp_path):
+    root = require_mnist()
+    out = tmp_path / "out"
+    proc = run_script("--heldout", "7", "--preset", "tiny", "--limit-train", "300", "--limit-test", "200",
+                      "--data-root", str(root), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    run_dir = out / "heldout7-flow-seed1"
+    for name in ("metrics.csv", "history.csv", "scores.pt", "precision_recall.png", "score_histograms.png",
+                 "ranked_joint.png", "run.json"):
+        assert (run_dir / name).exists(), name
+    table = pd.read_csv(run_dir / "metrics.csv")
+    assert set(table.score) == {"joint", "recon", "prior"}
+    assert table.auprc.between(0, 1).all()
+    assert "AUPRC" in proc.stdout
+    ckpt = out / "checkpoints" / "lfbm-flow-heldout7-seed1-tiny.pt"
+    assert ckpt.exists()
+
+    # scoring the checkpoint again reproduces the numbers
+    again = run_script("--heldout", "7", "--preset", "tiny", "--limit-train", "300", "--limit-test", "200",
+                       "--data-root", str(root), "--out", str(tmp_path / "again"), "--eval-only", str(ckpt))
+    assert again.returncode == 0, again.stderr
+    table2 = pd.read_csv(tmp_path / "again" / "heldout7-flow-seed1" / "metrics.csv")
+    assert np.allclose(table.auprc, table2.auprc)
+
+    # a checkpoint from another configuration: one line, exit 2, no results
+    bad = run_script("--heldout", "7", "--preset", "cpu", "--limit-train", "300", "--limit-test", "200",
+                     "--data-root", str(root), "--out", str(tmp_path / "bad"), "--eval-only", str(ckpt))
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error:") and len(bad.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "bad" / "heldout7-flow-seed1").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--heldout", "10"], "heldout"),
+    (["--heldout", "7", "--data-root", "/nonexistent/place"], "/nonexistent/place"),
+])
+def test_bad_input_is_one_line_exit_2_without_results(tmp_path, args, message):
+    if "--data-root" not in args:
+        args = args + ["--data-root", str(require_mnist())]
+    proc = run_script(*args, "--preset", "tiny", "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("heldout*"))
