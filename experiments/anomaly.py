@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from pyro_lfbm.anomaly_experiment import AnomalyRunConfig, run_anomaly
-from pyro_lfbm.cli import add_common_arguments, resolve_device, run_cli, run_record, staged_output, write_json
+from pyro_lfbm.cli import add_common_arguments, parse_overrides, resolve_device, run_cli, run_record, staged_output, write_json
 from pyro_lfbm.plots import plot_precision_recall, plot_score_histograms, save_ranked_grid
 from pyro_lfbm.presets import PRIORS
 
@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batchnorm", choices=("eval", "train"), default="eval",
                         help="BatchNorm statistics when scoring: running (eval) or per test batch (train, as the official code)")
     parser.add_argument("--sigma", type=float, default=None, help="override the pixel noise std σ of the preset")
+    parser.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                        help="override a model-config field, e.g. --set batch_norm=false --set latent_dim=16")
     parser.add_argument("--lr", type=float, default=None, help="override the preset's Adam learning rate")
     parser.add_argument("--limit-train", type=int, default=None, help="use only this many training images")
     parser.add_argument("--limit-test", type=int, default=None, help="use only this many test images (anomaly share kept)")
@@ -45,6 +47,7 @@ def main(args: argparse.Namespace) -> pd.DataFrame:
         test_steps=args.test_steps, batchnorm=args.batchnorm, limit_train=args.limit_train, limit_test=args.limit_test,
         data_root=args.data_root, device=str(device), checkpoint_dir=args.checkpoint_dir or str(Path(args.out) / "checkpoints"),
         resume=args.resume, eval_only=args.eval_only, progress=not args.no_progress, sigma=args.sigma, lr=args.lr,
+        model_overrides=parse_overrides(args.overrides),
     )
     result = run_anomaly(cfg)
     table = pd.DataFrame(result.rows)

@@ -37,7 +37,12 @@ def anomaly_scores(
     :param str batchnorm: ``"eval"`` scores with BatchNorm's running statistics (each image on its
         own); ``"train"`` with the statistics of each test batch, as the official LFBM code does
         (it never calls ``eval()``), which makes a score depend on the other images in its batch.
-    :param seed: seeds z₀ so that scores are reproducible (None leaves the RNG alone).
+    :param seed: seeds z₀ and the batch order so that scores are reproducible (None leaves the
+        RNG alone).
+
+    Images are scored in a random order, never in the order of ``x``: with ``batchnorm="train"``
+    a batch made only of anomalies (a test set sorted by class) would be normalised by anomaly
+    statistics, leaking the label into the score.
     :returns: ``({"joint": (N,), "recon": (N,), "prior": (N,)}, inference result)``.
     """
     if batchnorm not in ("eval", "train"):
@@ -48,12 +53,16 @@ def anomaly_scores(
         with torch.random.fork_rng():
             if seed is not None:
                 torch.manual_seed(seed)
+            order = torch.randperm(x.shape[0])
             result = infer_dataset(
-                model, x, num_steps=num_steps, step_size=step_size, noise=False, batch_size=batch_size,
+                model, x[order], num_steps=num_steps, step_size=step_size, noise=False, batch_size=batch_size,
                 progress=progress, desc="scoring",
             )
     finally:
         model.train(was_training)
+    restore = torch.argsort(order)
+    result.z, result.log_joint = result.z[restore], result.log_joint[restore]
+    result.log_joint_terms = {k: v[restore] for k, v in result.log_joint_terms.items()}
     recon = -result.log_joint_terms["likelihood"]
     prior = -result.log_joint_terms["prior"]
     return {"joint": recon + prior, "recon": recon, "prior": prior}, result

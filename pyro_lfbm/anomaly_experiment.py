@@ -42,6 +42,7 @@ class AnomalyRunConfig:
     progress: bool = True
     sigma: Optional[float] = None
     lr: Optional[float] = None
+    model_overrides: Optional[Dict] = None
 
 
 @dataclass
@@ -72,6 +73,10 @@ def run_anomaly(cfg: AnomalyRunConfig) -> AnomalyRunResult:
         if not cfg.sigma > 0:
             raise UsageError(f"--sigma must be positive, got {cfg.sigma}")
         preset.model.sigma = cfg.sigma
+    for key, value in (cfg.model_overrides or {}).items():
+        if not hasattr(preset.model, key):
+            raise UsageError(f"--set {key}=...: the model config has no field {key!r}")
+        setattr(preset.model, key, value)
     if cfg.lr is not None:
         learn = replace(learn, optim=replace(learn.optim, lr=cfg.lr))
     if cfg.epochs is not None:

@@ -40,6 +40,28 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, default_out: str, p
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def parse_overrides(items) -> dict:
+    """``["latent_dim=16", "batch_norm=false"]`` → ``{"latent_dim": 16, "batch_norm": False}``."""
+    out = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
+        lowered = text.strip().lower()
+        if lowered in ("true", "false"):
+            value = lowered == "true"
+        else:
+            try:
+                value = int(text)
+            except ValueError:
+                try:
+                    value = float(text)
+                except ValueError:
+                    value = text
+        out[key.strip().replace("-", "_")] = value
+    return out
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is a usage error."""
     if name == "auto":

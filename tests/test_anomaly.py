@@ -91,3 +91,18 @@ def test_bad_input_is_one_line_exit_2_without_results(tmp_path, args, message):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("heldout*"))
+
+
+def test_batch_order_cannot_leak_labels_through_batchnorm(monkeypatch):
+    """With BatchNorm on batch statistics, a class-sorted test set must still be scored in mixed batches."""
+    import pyro_lfbm.anomaly as anomaly
+
+    seen = []
+    real = anomaly.infer_dataset
+    monkeypatch.setattr(anomaly, "infer_dataset", lambda model, x, **kw: seen.append(x) or real(model, x, **kw))
+    model = get_preset("tiny", "gaussian").model.build()
+    x = torch.cat([torch.rand(40, 1, 28, 28), -torch.ones(40, 1, 28, 28)])  # sorted: 40 "normal", 40 "anomalous"
+    anomaly_scores(model, x, num_steps=2, batch_size=40, batchnorm="train", progress=False)
+    first_batch = seen[0][:40]
+    blank = (first_batch == -1).flatten(1).all(1)
+    assert 5 < int(blank.sum()) < 35  # both kinds in the first batch
