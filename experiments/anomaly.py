@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--heldout", type=int, default=7, help="the digit treated as anomalous (0-9)")
     parser.add_argument("--prior", choices=PRIORS, default="flow", help="flow = LFBM, gaussian = ABP, ebm = LEBM")
     parser.add_argument("--test-steps", type=int, default=None, help="test-time Langevin steps (paper: 400)")
-    parser.add_argument("--batchnorm", choices=("eval", "train"), default="eval",
+    parser.add_argument("--batchnorm", choices=("eval", "train", "both"), default="both",
                         help="BatchNorm statistics when scoring: running (eval) or per test batch (train, as the official code)")
     parser.add_argument("--sigma", type=float, default=None, help="override the pixel noise std σ of the preset")
     parser.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
@@ -60,9 +60,9 @@ def main(args: argparse.Namespace) -> pd.DataFrame:
         plot_score_histograms(result.is_anomaly, result.scores, stage / "score_histograms.png", title)
         save_ranked_grid(result.test_x, result.scores["joint"], stage / "ranked_joint.png")
         write_json(stage / "run.json", run_record({"config": result.config}))
-    joint = table.set_index("score").loc["joint"]
-    print(table[["score", "auprc", "ap", "auroc", "train_seconds", "test_seconds"]].to_string(index=False))
-    print(f"AUPRC (−log p(x, z)) = {joint['auprc']:.3f}  (prevalence {joint['prevalence']:.3f})")
+    print(table[["batchnorm", "score", "auprc", "ap", "auroc", "train_seconds", "test_seconds"]].to_string(index=False))
+    for _, row in table[table.score == "joint"].iterrows():
+        print(f"AUPRC (−log p(x, z), BatchNorm {row.batchnorm}) = {row.auprc:.3f}  (prevalence {row.prevalence:.3f})")
     print(f"wrote {out}/ (metrics.csv, history.csv, scores.pt, precision_recall.png, score_histograms.png, "
           f"ranked_joint.png, run.json); checkpoint in {cfg.checkpoint_dir}")
     return table

@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--priors", nargs="+", choices=PRIORS, default=list(PRIORS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--test-steps", type=int, default=None)
-    parser.add_argument("--batchnorm", choices=("eval", "train"), default="eval")
+    parser.add_argument("--batchnorm", choices=("eval", "train", "both"), default="both")
     parser.add_argument("--sigma", type=float, default=None)
     parser.add_argument("--limit-train", type=int, default=None)
     parser.add_argument("--limit-test", type=int, default=None)
@@ -40,9 +40,9 @@ def main(args: argparse.Namespace) -> pd.DataFrame:
     out.mkdir(parents=True, exist_ok=True)
     table_path = out / "table.csv"
     table = pd.read_csv(table_path) if table_path.exists() else pd.DataFrame()
-    for digit in args.digits:
-        for prior in args.priors:
-            for seed in args.seeds:
+    for seed in args.seeds:  # seeds outermost: an interrupted table still covers every digit and prior
+        for digit in args.digits:
+            for prior in args.priors:
                 key = (digit, prior, seed, args.preset)
                 if not table.empty and ((table.heldout == digit) & (table.prior == prior) & (table.seed == seed)
                                         & (table.preset == args.preset)).any():

@@ -17,12 +17,14 @@ PRIOR_TO_ROW = {"flow": "LFBM", "ebm": "LEBM", "gaussian": "ABP"}
 
 
 def summary_table(table: pd.DataFrame, metric: str = "auprc") -> pd.DataFrame:
-    """Rows (prior, score), columns held-out digits, cells "mean ± std (n)" over seeds."""
-    grouped = table.groupby(["prior", "score", "heldout"])[metric].agg(["mean", "std", "count"]).reset_index()
+    """Rows (prior, BatchNorm mode, score), columns held-out digits, cells "mean ± std (n)" over seeds."""
+    keys = ["prior", "batchnorm", "score"] if "batchnorm" in table else ["prior", "score"]
+    grouped = table.groupby(keys + ["heldout"])[metric].agg(["mean", "std", "count"]).reset_index()
     grouped["cell"] = [
-        f"{m:.3f} ± {0.0 if pd.isna(s) else s:.3f} ({n})" for m, s, n in zip(grouped["mean"], grouped["std"], grouped["count"])
+        f"{m:.3f} ({n})" if n < 2 else f"{m:.3f} ± {s:.3f} ({n})"
+        for m, s, n in zip(grouped["mean"], grouped["std"], grouped["count"])
     ]
-    return grouped.pivot(index=["prior", "score"], columns="heldout", values="cell").fillna("–")
+    return grouped.pivot(index=keys, columns="heldout", values="cell").fillna("–").reset_index()
 
 
 def write_report(table: pd.DataFrame, path: Path, record: dict) -> None:
@@ -40,7 +42,7 @@ def write_report(table: pd.DataFrame, path: Path, record: dict) -> None:
         "",
         "## Measured AUPRC",
         "",
-        summary_table(table).to_markdown(),
+        summary_table(table).to_markdown(index=False),
         "",
         "## The paper's AUPRC",
         "",
