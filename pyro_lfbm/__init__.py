@@ -7,16 +7,18 @@ Langevin dynamics (:class:`LangevinGuide`), which makes ``pyro.infer.SVI`` the p
 algorithm.
 """
 
-from pyro_lfbm.infer import LangevinGuide, LangevinKernel, langevin_step, short_run_langevin
+from pyro_lfbm.infer import EncoderGuide, HybridGuide, LangevinGuide, LangevinKernel, langevin_step, short_run_langevin
 from pyro_lfbm.models import LatentModel
 from pyro_lfbm.priors import EnergyPrior, FlowPrior, GaussianPrior, LatentPrior
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "EncoderGuide",
     "EnergyPrior",
     "FlowPrior",
     "GaussianPrior",
+    "HybridGuide",
     "LangevinGuide",
     "LangevinKernel",
     "LatentModel",

@@ -79,3 +79,12 @@ def test_sample_shapes_and_range():
     model = make_model("flow")
     x = model.sample(7)
     assert x.shape == (7, 1, 28, 28) and x.abs().max() <= 1.0
+
+
+def test_log_joint_with_extra_batch_dimensions():
+    """A vectorised particle dimension in front of the batch keeps per-example shapes."""
+    model = make_model("flow")
+    x, z = torch.rand(5, 1, 28, 28), torch.randn(3, 5, 6)
+    out = model.log_joint(x, z=z)
+    assert out.shape == (3, 5)
+    assert torch.allclose(out[1], model.log_joint(x, z=z[1]), atol=1e-4)

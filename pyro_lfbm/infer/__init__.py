@@ -1,20 +1,33 @@
-"""Posterior inference: short-run Langevin (guide and pure step function) and MCMC kernels."""
+"""Posterior inference: short-run Langevin (guide and pure step function), MCMC kernels, encoder
+and hybrid guides, and per-image baselines (AutoNormal, MALA)."""
 
+from pyro_lfbm.infer.baselines import AutoNormalFit, MALAReference, fit_autonormal, mala_reference
 from pyro_lfbm.infer.dataset import InferenceResult, infer_dataset
+from pyro_lfbm.infer.encoder_guide import EncoderGuide, encode_dataset, fit_encoder
 from pyro_lfbm.infer.guide import LangevinGuide
+from pyro_lfbm.infer.hybrid import HybridGuide, hybrid_infer_dataset
 from pyro_lfbm.infer.kernel import LangevinKernel
 from pyro_lfbm.infer.langevin import LangevinState, evaluate, langevin_step, short_run_langevin, value_and_grad
 from pyro_lfbm.infer.trace_log_joint import find_latent_sites, per_example_log_joint
 
 __all__ = [
+    "AutoNormalFit",
+    "EncoderGuide",
+    "HybridGuide",
     "InferenceResult",
     "LangevinGuide",
     "LangevinKernel",
     "LangevinState",
+    "MALAReference",
+    "encode_dataset",
     "evaluate",
+    "fit_autonormal",
+    "fit_encoder",
     "find_latent_sites",
+    "hybrid_infer_dataset",
     "infer_dataset",
     "langevin_step",
+    "mala_reference",
     "per_example_log_joint",
     "short_run_langevin",
     "value_and_grad",

@@ -57,7 +57,7 @@ class LatentModel(PyroModule):
         likelihood = dist.Normal(mean, self.sigma)
         if mask is not None:
             likelihood = likelihood.mask(mask.bool())
-        return likelihood.to_event(mean.dim() - 1)
+        return likelihood.to_event(mean.dim() - (z.dim() - 1))  # every output dim beyond z's batch dims
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The Pyro model. ``x``: (B, C, H, W) observed images; returns z of shape (B, D)."""

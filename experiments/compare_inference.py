@@ -1,0 +1,458 @@
+"""Langevin against SVI guides on one Pyro model: inference table, training variants, figures.
+
+For each data set (MNIST, then Fashion-MNIST; class 7 is held out of training, as in the
+anomaly protocol) this trains (or, with ``--resume``, loads) four models on the same images:
+
+- ``LFBM-MCMC``: flow prior, learned by short-run Langevin (LFBM's Algorithm 1);
+- ``LFBM-VAE``: flow prior and an encoder guide, learned jointly by SVI/Trace_ELBO;
+- ``LFBM-hybrid``: flow prior, learned from Langevin chains started at an encoder's mean;
+- ``VAE``: Gaussian prior and an encoder guide (the baseline).
+
+LFBM-MCMC gets a post-hoc encoder (fitted by SVI to the frozen model). Then on test images of
+the normal classes it compares Langevin from N(0, I) (K steps of gradient ascent), the encoder
+guide, hybrid inference, AutoNormal and a long MALA run (on a handful of images) on
+reconstruction MSE, log p(x, z), an IWAE estimate of log p(x), wall time and gradient
+evaluations; and it compares the training variants on test MSE and anomaly AUPRC (via
+:mod:`pyro_lfbm.anomaly`). Outputs: ``table.csv``, ``training.csv``, ``curves.csv``, figures and
+``README.md`` in ``--out``.
+
+Default: ``python experiments/compare_inference.py`` (``cpu`` preset, 6,000 training images; measured
+about 18 min per data set on a 2-core CPU under heavy load; ``--datasets mnist --append`` runs one data set
+and adds its rows to ``--out``). GPU: ``python experiments/compare_inference.py --preset paper --train-size 0``.
+Checkpoints go to ``--checkpoint-dir`` (default ``runs/compare_inference``); ``--resume`` reloads them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import pyro
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from pyro_lfbm.anomaly import anomaly_metrics, anomaly_scores  # noqa: E402
+from pyro_lfbm.cli import UsageError, add_common_arguments, resolve_device, run_cli, run_record, staged_output, write_json  # noqa: E402
+from pyro_lfbm.data import heldout_digit_split  # noqa: E402
+from pyro_lfbm.evaluation import GaussianProposal, inference_row, langevin_trajectory, log_joint_terms, reconstruction_mse  # noqa: E402
+from pyro_lfbm.infer import LangevinGuide  # noqa: E402
+from pyro_lfbm.infer.baselines import fit_autonormal, mala_reference  # noqa: E402
+from pyro_lfbm.infer.encoder_guide import EncoderGuide, encode_dataset, fit_encoder  # noqa: E402
+from pyro_lfbm.infer.hybrid import HybridGuide  # noqa: E402
+from pyro_lfbm.nets import make_encoder  # noqa: E402
+from pyro_lfbm.presets import get_preset  # noqa: E402
+from pyro_lfbm.training import fit  # noqa: E402
+
+VARIANTS = ("LFBM-MCMC", "LFBM-VAE", "LFBM-hybrid", "VAE")
+CURVE_STEPS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 400)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_common_arguments(parser, default_out="results/inference")
+    parser.add_argument("--datasets", nargs="+", default=["mnist", "fashion-mnist"], choices=["mnist", "fashion-mnist"])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--heldout", type=int, default=7, help="class left out of training (anomalies)")
+    parser.add_argument("--train-size", type=int, default=6000, help="training images (0 = all of the split)")
+    parser.add_argument("--test-size", type=int, default=1000, help="normal test images for the inference table")
+    parser.add_argument("--anomaly-test-size", type=int, default=1000, help="test images (normal + anomalous) for AUPRC (0 = all)")
+    parser.add_argument("--anomaly-steps", type=int, default=None, help="Langevin steps of the anomaly score (default: the preset's test_steps)")
+    parser.add_argument("--langevin-steps", type=int, nargs="+", default=[5, 20, 100])
+    parser.add_argument("--hybrid-steps", type=int, nargs="+", default=[5, 20])
+    parser.add_argument("--hybrid-train-steps", type=int, default=5, help="Langevin steps per batch when training LFBM-hybrid")
+    parser.add_argument("--step-size", type=float, default=0.1, help="test-time Langevin step size")
+    parser.add_argument("--encoder-epochs", type=int, default=None, help="epochs of the post-hoc encoder of LFBM-MCMC (default: as training)")
+    parser.add_argument("--iwae-particles", type=int, default=50)
+    parser.add_argument("--reference-images", type=int, default=16, help="images for AutoNormal and MALA")
+    parser.add_argument("--autonormal-steps", type=int, default=500)
+    parser.add_argument("--autonormal-lr", type=float, default=0.05)
+    parser.add_argument("--mala-samples", type=int, default=500)
+    parser.add_argument("--mala-warmup", type=int, default=200)
+    parser.add_argument("--figure-images", type=int, default=8)
+    parser.add_argument("--append", action="store_true",
+                        help="keep the rows of other data sets already in --out (run data sets one at a time)")
+    return parser.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def build_variant(variant: str, preset, device, args):
+    """(model, training guide, encoder guide or None) of one training variant."""
+    prior = "gaussian" if variant == "VAE" else "flow"
+    cfg = replace(preset.model, prior=prior)
+    model = cfg.build().to(device)
+    encoder_guide = make_encoder_guide(cfg).to(device)
+    if variant == "LFBM-MCMC":
+        guide = LangevinGuide(model, num_steps=preset.learn.num_steps, step_size=preset.learn.step_size)
+        return model, guide, encoder_guide  # encoder fitted post hoc
+    if variant == "LFBM-hybrid":
+        guide = HybridGuide(model, encoder_guide, num_steps=args.hybrid_train_steps, step_size=preset.learn.step_size)
+        return model, guide, encoder_guide
+    return model, encoder_guide, encoder_guide
+
+
+def make_encoder_guide(cfg) -> EncoderGuide:
+    kwargs = {}
+    if tuple(cfg.image_shape) == (1, 28, 28):
+        kwargs = dict(hidden_dim=cfg.generator_hidden, channels=cfg.generator_channels, batch_norm=cfg.batch_norm)
+    return EncoderGuide(make_encoder(tuple(cfg.image_shape), cfg.latent_dim, **kwargs))
+
+
+def train_variant(variant, dataset, preset, train_x, device, args, ckpt_dir: Path):
+    pyro.clear_param_store()
+    torch.manual_seed(args.seed)
+    model, guide, encoder_guide = build_variant(variant, preset, device, args)
+    tag = f"{dataset}-{variant}-{args.preset}-n{train_x.shape[0]}"
+    config = {**preset.to_dict(), "variant": variant, "train_size": int(train_x.shape[0]), "heldout": args.heldout}
+    started = time.perf_counter()
+    history = fit(model, guide, train_x, epochs=preset.learn.epochs, batch_size=preset.learn.batch_size,
+                  optim=preset.learn.optim, seed=args.seed, checkpoint_path=ckpt_dir / f"{tag}.pt",
+                  resume=args.resume, config=config, config_keys=("model", "variant", "train_size"),
+                  progress=not args.no_progress)
+    train_seconds = history.train_seconds
+    if variant == "LFBM-MCMC":  # post-hoc amortized inference network for the frozen model
+        path = ckpt_dir / f"{tag}-posthoc-encoder.pt"
+        if args.resume and path.exists():
+            encoder_guide.load_state_dict(torch.load(path, map_location=device))
+        else:
+            pyro.clear_param_store()
+            fit_encoder(model, encoder_guide, train_x, epochs=args.encoder_epochs or preset.learn.epochs,
+                        batch_size=preset.learn.batch_size, lr=preset.learn.optim.lr, seed=args.seed,
+                        progress=not args.no_progress)
+            torch.save(encoder_guide.state_dict(), path)
+    print(f"[{dataset}] {variant}: trained in {time.perf_counter() - started:.0f} s "
+          f"(loss {history.epochs[-1]['loss']:.1f} per image)", flush=True)
+    model.eval()
+    encoder_guide.eval()
+    return model, encoder_guide, {"train_seconds": train_seconds, "final_loss": history.epochs[-1]["loss"]}
+
+
+# ----------------------------------------------------------------------------- inference table
+
+
+def compare_inference(model, encoder_guide, x, args, progress=True):
+    """Rows of the inference table and the MSE-against-time curves for one trained model."""
+    rows, curves, recon = [], [], {}
+    steps = sorted(set(CURVE_STEPS) | set(args.langevin_steps))
+    steps = [k for k in steps if k <= max(args.langevin_steps)]
+    kw = dict(num_particles=args.iwae_particles)
+
+    def add(method, z, seconds, grads, proposal):
+        rows.append({**inference_row(model, x, z, method=method, seconds=seconds, gradient_evaluations=grads,
+                                     proposal=proposal, **kw), "images": f"test-{x.shape[0]}"})
+        recon[method] = z
+
+    traj = langevin_trajectory(model, x, steps, step_size=args.step_size, progress=progress, desc="Langevin")
+    for k, (z, sec) in traj.items():
+        curves.append({"family": "Langevin", "steps": k, "seconds_per_1000": sec * 1000 / x.shape[0],
+                       "mse": reconstruction_mse(model, x, z).mean().item()})
+    for k in args.langevin_steps:
+        z, sec = traj[k]
+        add(f"Langevin K={k}", z, sec, k, GaussianProposal.laplace(model, x, z))
+
+    enc = encode_dataset(encoder_guide, x, progress=False)
+    add("encoder guide", enc.z, enc.seconds, 0, GaussianProposal.from_guide(encoder_guide, x))
+    hsteps = sorted(set(k for k in CURVE_STEPS if k <= max(args.hybrid_steps)) | set(args.hybrid_steps))
+    htraj = langevin_trajectory(model, x, hsteps, step_size=args.step_size, init=encoder_guide.mean,
+                                progress=progress, desc="hybrid")
+    for k, (z, sec) in htraj.items():
+        curves.append({"family": "hybrid", "steps": k, "seconds_per_1000": sec * 1000 / x.shape[0],
+                       "mse": reconstruction_mse(model, x, z).mean().item()})
+    for k in args.hybrid_steps:
+        z, sec = htraj[k]
+        add(f"hybrid K={k}", z, sec, k, GaussianProposal.laplace(model, x, z))
+
+    # Per-image references on a handful of images; every method is also scored on the same images.
+    n = min(args.reference_images, x.shape[0])
+    xs = x[:n]
+    auto = fit_autonormal(model, xs, num_steps=args.autonormal_steps, lr=args.autonormal_lr, progress=progress)
+    z_long = traj[max(args.langevin_steps)][0][:n]
+    mala = mala_reference(model, xs, num_samples=args.mala_samples, warmup_steps=args.mala_warmup, init=z_long,
+                          progress=progress)
+    sub_rows = []
+    for method, z in recon.items():
+        base = next(r for r in rows if r["method"] == method)
+        prop = (GaussianProposal.from_guide(encoder_guide, xs) if method == "encoder guide"
+                else GaussianProposal.laplace(model, xs, z[:n]))
+        sub_rows.append({**inference_row(model, xs, z[:n], method=method, seconds=base["seconds_per_1000"] * n / 1000,
+                                         gradient_evaluations=base["gradient_evaluations"], proposal=prop, **kw),
+                         "images": f"subset-{n}"})
+    for method, z, sec, grads, prop, extra in (
+        ("AutoNormal", auto.loc, auto.seconds, auto.gradient_evaluations, GaussianProposal.from_diag(auto.loc, auto.scale),
+         {"final_elbo_loss": auto.losses[-1]}),
+        ("MALA reference (posterior mean)", mala.samples.mean(0), mala.seconds, mala.gradient_evaluations,
+         GaussianProposal.from_samples(mala.samples), {"acceptance": mala.acceptance_rate, "mala_step_size": mala.step_size}),
+    ):
+        row = {**inference_row(model, xs, z, method=method, seconds=sec, gradient_evaluations=grads, proposal=prop, **kw),
+               "images": f"subset-{n}", **extra}
+        sub_rows.append(row)
+        rows.append(row)
+        recon[method] = z
+        curves.append({"family": method, "steps": grads, "seconds_per_1000": row["seconds_per_1000"], "mse": row["mse"]})
+    curves.append({"family": "encoder guide", "steps": 0, "seconds_per_1000": enc.seconds * 1000 / x.shape[0],
+                   "mse": next(r["mse"] for r in rows if r["method"] == "encoder guide")})
+    return rows, sub_rows, curves, recon
+
+
+# ----------------------------------------------------------------------------- training variants
+
+
+def compare_training(variant, model, encoder_guide, split_test_x, is_anomaly, table_rows, args, preset, progress):
+    """Test MSE and anomaly AUPRC of one trained variant (Langevin score as in the anomaly module)."""
+    steps = args.anomaly_steps or preset.learn.test_steps
+    scores, result = anomaly_scores(model, split_test_x, num_steps=steps, step_size=args.step_size,
+                                    batch_size=preset.learn.test_batch_size, progress=progress)
+    kmax = max(args.langevin_steps)
+    row = {
+        "variant": variant,
+        f"test_mse_langevin{kmax}": next(r["mse"] for r in table_rows if r["method"] == f"Langevin K={kmax}"),
+        "test_mse_encoder": next(r["mse"] for r in table_rows if r["method"] == "encoder guide"),
+        "iwae_best": max(r["iwae"] for r in table_rows if r["images"].startswith("test")),
+        f"auprc_langevin{steps}": anomaly_metrics(is_anomaly, scores["joint"])["auprc"],
+        "auroc_langevin": anomaly_metrics(is_anomaly, scores["joint"])["auroc"],
+    }
+    z = encode_dataset(encoder_guide, split_test_x, progress=False).z
+    terms = log_joint_terms(model, split_test_x, z)
+    row["auprc_encoder"] = anomaly_metrics(is_anomaly, -(terms["prior"] + terms["likelihood"]))["auprc"]
+    row["prevalence"] = float(is_anomaly.float().mean())
+    return row
+
+
+# ----------------------------------------------------------------------------- figures and README
+
+
+def figures(dataset, x, recons: dict, curves: pd.DataFrame, models_for_figure, out: Path, nimg: int):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for variant in models_for_figure:
+        model, rec = recons[variant]
+        methods = list(rec)
+        fig, axes = plt.subplots(len(methods) + 1, nimg, figsize=(nimg * 0.9, (len(methods) + 1) * 0.95))
+        imgs = [("data", x[:nimg])]
+        with torch.no_grad():
+            for m in methods:
+                device = next(iter(model.parameters())).device
+                imgs.append((m, model.generator(rec[m][:nimg].to(device))))
+        for r, (name, batch) in enumerate(imgs):
+            for c in range(nimg):
+                ax = axes[r, c]
+                ax.imshow(batch[c, 0].cpu().numpy(), cmap="gray", vmin=-1, vmax=1)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if c == 0:
+                    ax.set_ylabel(name.replace(" (posterior mean)", ""), rotation=0, ha="right", va="center", fontsize=7)
+        fig.suptitle(f"{dataset}, {variant}: reconstructions of the same test images", fontsize=9)
+        fig.savefig(out / f"recon_{dataset}_{variant}.png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+
+    variants = list(dict.fromkeys(curves["variant"]))
+    fig, axes = plt.subplots(1, len(variants), figsize=(4.2 * len(variants), 3.6), squeeze=False)
+    for ax, variant in zip(axes[0], variants):
+        cv = curves[curves["variant"] == variant]
+        for family, marker in (("Langevin", "o-"), ("hybrid", "s-")):
+            c = cv[(cv["family"] == family) & (cv["steps"] > 0)]
+            ax.plot(c["seconds_per_1000"], c["mse"], marker, ms=3, label=f"{family} (K = {', '.join(map(str, c['steps']))})")
+        for family, marker in (("encoder guide", "*"), ("AutoNormal", "^"), ("MALA reference (posterior mean)", "D")):
+            c = cv[cv["family"] == family]
+            ax.plot(c["seconds_per_1000"], c["mse"], marker, ms=9, label=family.replace(" (posterior mean)", ""))
+        ax.set_xscale("log")
+        ax.set_xlabel("wall time per 1,000 images (s)")
+        ax.set_ylabel("reconstruction MSE")
+        ax.set_title(f"{dataset}: {variant}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out / f"mse_vs_time_{dataset}.png", dpi=110)
+    plt.close(fig)
+
+
+def targets(table: pd.DataFrame, curves: pd.DataFrame, kmax: int) -> list:
+    """The two targets of the issue, measured per data set and model (kmax = the longest Langevin run)."""
+    lines = []
+    for (dataset, variant), t in table[table["images"].str.startswith("test")].groupby(["dataset", "variant"], sort=False):
+        cv = curves[(curves["dataset"] == dataset) & (curves["variant"] == variant)]
+        mse100 = t.loc[t["method"] == f"Langevin K={kmax}", "mse"].item()
+        hy = cv[(cv["family"] == "hybrid") & (cv["mse"] <= mse100)]
+        if len(hy):
+            k = int(hy["steps"].min())
+            verdict = "met" if 5 * k <= kmax else "missed"
+            hybrid_text = (f"hybrid reaches Langevin-{kmax}'s MSE {mse100:.4f} after K = {k} steps "
+                           f"({k}/{kmax} of the gradient evaluations; target ≤ 1/5): {verdict}")
+        else:
+            best = cv[cv["family"] == "hybrid"].sort_values("mse").iloc[0]
+            hybrid_text = (f"hybrid never reaches Langevin-{kmax}'s MSE {mse100:.4f} within {int(cv[cv['family'] == 'hybrid']['steps'].max())} steps "
+                           f"(best {best['mse']:.4f} at K = {int(best['steps'])}, gap {best['mse'] - mse100:+.4f}): missed")
+        enc_mse = t.loc[t["method"] == "encoder guide", "mse"].item()
+        enc_sec = t.loc[t["method"] == "encoder guide", "seconds_per_1000"].item()
+        lv = cv[(cv["family"] == "Langevin") & (cv["mse"] <= enc_mse)]
+        if len(lv):
+            first = lv.sort_values("steps").iloc[0]
+            verdict = "met" if first["seconds_per_1000"] <= enc_sec else "missed"
+            lang_text = (f"Langevin reaches the encoder's MSE {enc_mse:.4f} after K = {int(first['steps'])} steps, "
+                         f"{first['seconds_per_1000']:.2f} s per 1,000 images against the encoder's {enc_sec:.3f} s "
+                         f"({first['seconds_per_1000'] / enc_sec:.0f}x): {verdict}")
+        else:
+            best = cv[cv["family"] == "Langevin"].sort_values("mse").iloc[0]
+            lang_text = (f"Langevin never reaches the encoder's MSE {enc_mse:.4f} (best {best['mse']:.4f} at K = {int(best['steps'])}, "
+                         f"gap {best['mse'] - enc_mse:+.4f}): missed")
+        lines.append(f"- **{dataset}, {variant}**: {hybrid_text}; {lang_text}.")
+    return lines
+
+
+def write_readme(out: Path, table: pd.DataFrame, training: pd.DataFrame, curves: pd.DataFrame, record: dict, args):
+    cols = ["method", "images", "mse", "log_joint", "iwae", "seconds_per_1000", "gradient_evaluations"]
+    parts = [
+        "# Langevin against SVI guides (issue 4)",
+        "",
+        "Generated by `experiments/compare_inference.py`; every number below comes from the run recorded here.",
+        "",
+        "Commands (one per data set, each adding its rows with `--append`):",
+        "",
+        *[f"- `{c['command']}` ({', '.join(c['datasets'])}): finished {c['finished']} on {c['machine']}, "
+          f"wall time {c['wall_seconds']:.0f} s" for c in record["commands"]],
+        "",
+        "Setting: class {h} held out of training (anomaly protocol split, seed {s}); `{p}` preset; {n} training images; "
+        "inference compared on the first {t} held-back *normal* test images. Test-time Langevin = gradient ascent on "
+        "log p(x, z) (no noise), step {st}, from z0 ~ N(0, I); hybrid = the same from the encoder mean. "
+        "AutoNormal ({an} SVI steps, Adam with lr {alr} decaying to a tenth) and MALA ({ms} samples after {mw} warm-up, started at the longest Langevin run, "
+        "step size tuned by pilot runs) run on the first {r} images only (`images = subset-{r}`); every method is also "
+        "scored on that subset. IWAE: {P} particles; proposal = q(z|x) for the encoder guide, a diagonal Gaussian for "
+        "AutoNormal, a Gaussian fitted to the MALA samples, and a Laplace approximation (exact Hessian) at the result for "
+        "Langevin and hybrid. Gradient evaluations are per image (the encoder costs one forward pass, counted as 0); "
+        "wall time is the inference alone, per 1,000 images (AutoNormal and MALA scaled up from {r} images, MALA includes "
+        "the step-size pilots). Costs of scoring (IWAE, Hessians) are not counted.".format(
+            h=args.heldout, s=args.seed, p=args.preset, n=args.train_size or "all", t=args.test_size, st=args.step_size,
+            an=args.autonormal_steps, alr=args.autonormal_lr, ms=args.mala_samples, mw=args.mala_warmup,
+            r=args.reference_images, P=args.iwae_particles),
+        "",
+        "## Targets",
+        "",
+        *targets(table, curves, max(args.langevin_steps)),
+        "",
+    ]
+    for dataset in dict.fromkeys(table["dataset"]):
+        parts += [f"## {dataset}", "", "### Training variants (test MSE, anomaly AUPRC for held-out class "
+                  f"{args.heldout})", ""]
+        tr = training[training["dataset"] == dataset].drop(columns=["dataset"])
+        parts += [tr.to_markdown(index=False, floatfmt=".4g"), ""]
+        for variant in dict.fromkeys(table.loc[table["dataset"] == dataset, "variant"]):
+            t = table[(table["dataset"] == dataset) & (table["variant"] == variant)]
+            parts += [f"### Inference on the {variant} model", "", t[cols].to_markdown(index=False, floatfmt=".4g"), ""]
+        parts += [f"![MSE against wall time](mse_vs_time_{dataset}.png)", ""]
+        for variant in ("LFBM-MCMC", "LFBM-VAE"):
+            if (out / f"recon_{dataset}_{variant}.png").exists():
+                parts += [f"![reconstructions, {variant}](recon_{dataset}_{variant}.png)", ""]
+    parts += [
+        "## Files",
+        "",
+        "- `table.csv`: one row per data set × model × method × image set (`test-N` or `subset-N`), with "
+        "log p(z) and log p(x|z) parts, AutoNormal's final loss and MALA's acceptance rate.",
+        "- `training.csv`: the training variants; `auprc_langevinK` scores −log p(x, z) after K test-time Langevin steps "
+        "(`pyro_lfbm.anomaly.anomaly_scores`), `auprc_encoder` scores −log p(x, μ_φ(x)); both through "
+        "`pyro_lfbm.anomaly.anomaly_metrics` (trapezoidal AUPRC).",
+        "- `curves.csv`: reconstruction MSE against steps and wall time; `run.json`: command, versions, timings.",
+        "",
+    ]
+    (out / "README.md").write_text("\n".join(parts))
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(args: argparse.Namespace) -> None:
+    started = time.perf_counter()
+    device = resolve_device(args.device)
+    if device.type == "cpu" and not args.threads:
+        torch.set_num_threads(1)  # a shared CPU: one thread unless --threads says otherwise
+    try:
+        preset = get_preset(args.preset, "flow")
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if args.epochs is not None:
+        if args.epochs < 1:
+            raise UsageError(f"--epochs must be at least 1, got {args.epochs}")
+        preset = replace(preset, learn=replace(preset.learn, epochs=args.epochs))
+    if args.test_size < 1 or args.reference_images < 2:
+        raise UsageError("--test-size must be >= 1 and --reference-images >= 2")
+    if min(args.langevin_steps + args.hybrid_steps) < 1:
+        raise UsageError("--langevin-steps and --hybrid-steps must be positive step counts")
+    ckpt_dir = Path(args.checkpoint_dir or "runs/compare_inference")
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    progress = not args.no_progress
+
+    tables, trainings, curves_all, commands = [], [], [], []
+    out = Path(args.out)
+    if args.append and (out / "table.csv").exists():
+        keep = lambda df: df[~df["dataset"].isin(args.datasets)]  # noqa: E731
+        tables.append(keep(pd.read_csv(out / "table.csv")))
+        curves_all.append(keep(pd.read_csv(out / "curves.csv")))
+        trainings += keep(pd.read_csv(out / "training.csv")).to_dict("records")
+        if (out / "run.json").exists():
+            previous = json.loads((out / "run.json").read_text())
+            commands += [c for c in previous.get("commands", [previous]) if c.get("datasets") != args.datasets]
+    with staged_output(args.out) as stage:
+        for dataset in args.datasets:
+            split = heldout_digit_split(args.data_root, heldout=args.heldout, seed=args.seed, dataset=dataset)
+            train_x = split.train_x
+            if args.train_size:
+                split_small = split.subset(args.train_size, None, seed=args.seed)
+                train_x = split_small.train_x
+            normal_test = split.test_x[split.test_is_anomaly == 0][: args.test_size]
+            anomaly_split = split.subset(None, args.anomaly_test_size or None, seed=args.seed)
+            recons = {}
+            for variant in args.variants:
+                model, encoder_guide, info = train_variant(variant, dataset, preset, train_x, device, args, ckpt_dir)
+                t0 = time.perf_counter()
+                rows, sub_rows, curves, recon = compare_inference(model, encoder_guide, normal_test.to(device), args, progress)
+                for r in rows + sub_rows:
+                    r.update(dataset=dataset, variant=variant)
+                for c in curves:
+                    c.update(dataset=dataset, variant=variant)
+                tables.append(pd.DataFrame([r for r in rows if r["images"].startswith("test")] + sub_rows))
+                curves_all.append(pd.DataFrame(curves))
+                recons[variant] = (model, recon)
+                tr = compare_training(variant, model, encoder_guide, anomaly_split.test_x.to(device),
+                                      anomaly_split.test_is_anomaly, rows, args, preset, progress)
+                tr.update(dataset=dataset, train_seconds=info["train_seconds"], final_train_loss=info["final_loss"])
+                trainings.append(tr)
+                print(f"[{dataset}] {variant}: evaluated in {time.perf_counter() - t0:.0f} s", flush=True)
+                # What is done so far, beside the checkpoints (--out is only written, whole, at the end).
+                table = pd.concat(tables, ignore_index=True)
+                curves_df = pd.concat(curves_all, ignore_index=True)
+                training = pd.DataFrame(trainings)
+                table.to_csv(ckpt_dir / "partial_table.csv", index=False)
+                curves_df.to_csv(ckpt_dir / "partial_curves.csv", index=False)
+                training.to_csv(ckpt_dir / "partial_training.csv", index=False)
+            figures(dataset, normal_test, recons, curves_df[curves_df["dataset"] == dataset],
+                    [v for v in ("LFBM-MCMC", "LFBM-VAE") if v in recons], stage,
+                    min(args.figure_images, args.reference_images))
+        front = ["dataset", "variant", "method", "images"]
+        table = table[front + [c for c in table.columns if c not in front]]
+        table.to_csv(stage / "table.csv", index=False)
+        training = training[["dataset", "variant"] + [c for c in training.columns if c not in ("dataset", "variant")]]
+        training.to_csv(stage / "training.csv", index=False)
+        curves_df.to_csv(stage / "curves.csv", index=False)
+        record = run_record({"wall_seconds": time.perf_counter() - started, "preset": preset.to_dict(),
+                             "datasets": args.datasets})
+        record["commands"] = commands + [{k: record[k] for k in ("command", "finished", "wall_seconds", "machine", "datasets")}]
+        write_json(stage / "run.json", record)
+        write_readme(stage, table, training, curves_df, record, args)
+    print(pd.read_csv(Path(args.out) / "table.csv")[["dataset", "variant", "method", "images", "mse", "log_joint", "iwae",
+                                                      "seconds_per_1000", "gradient_evaluations"]].to_string(index=False))
+    print(f"done in {time.perf_counter() - started:.0f} s; results in {args.out}")
+
+
+if __name__ == "__main__":
+    run_cli(main, parse_args())
