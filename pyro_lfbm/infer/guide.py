@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional
+import contextlib
+import warnings
+from typing import Callable, Dict, Iterable, Iterator, Optional
 
 import torch
 import pyro
@@ -13,6 +15,61 @@ from pyro_lfbm.infer.langevin import LangevinState, short_run_langevin
 from pyro_lfbm.infer.trace_log_joint import LatentSites, find_latent_sites, per_example_log_joint
 
 Latents = Dict[str, torch.Tensor]
+
+
+@contextlib.contextmanager
+def frozen_parameters(model, extra: Iterable[torch.Tensor] = ()) -> Iterator[None]:
+    """While a chain runs, set ``requires_grad=False`` on the parameters of ``model`` (when it is
+    an ``nn.Module``) and on the leaf tensors ``extra`` (a model's Pyro param sites) that require
+    grad, and restore them afterwards.
+
+    Only gradients with respect to the latents are wanted inside the chain; with frozen
+    parameters autograd neither records nor keeps anything for parameter gradients, and
+    parameter-only computations (the flow's assembled LU weight) are computed once per chain.
+    """
+    candidates = list(model.parameters()) if isinstance(model, torch.nn.Module) else []
+    params, seen = [], set()
+    for p in [*candidates, *extra]:
+        if p.requires_grad and p.is_leaf and id(p) not in seen:
+            seen.add(id(p))
+            params.append(p)
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        with warnings.catch_warnings():
+            # pyro.module skips (and, in train mode, warns about) frozen parameters: expected here
+            warnings.filterwarnings("ignore", message=".*not registered in the param store because requires_grad=False")
+            yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def validate_first_call_only(fn: Callable[[Latents], torch.Tensor]) -> Callable[[Latents], torch.Tensor]:
+    """Wrap a log density so that Pyro's/torch's argument validation runs on its first call only.
+
+    Within one chain every call sees the same data and the same shapes; the first call catches
+    what validation can catch (a bad observation, a wrong shape), and later calls skip the
+    support checks on every pixel (``pyro.validation_enabled(False)``).
+    """
+    calls = [0]
+
+    def wrapped(latents: Latents) -> torch.Tensor:
+        calls[0] += 1
+        if calls[0] == 1:
+            return fn(latents)
+        with pyro.validation_enabled(False):
+            return fn(latents)
+
+    return wrapped
+
+
+def _couples_rows(model) -> bool:
+    """True when the model's examples interact within a batch (BatchNorm in train mode uses
+    batch statistics): then stopped rows cannot be dropped from the evaluation."""
+    if not isinstance(model, torch.nn.Module):
+        return False
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules())
 
 
 class LangevinGuide:
@@ -43,6 +100,16 @@ class LangevinGuide:
     :param init: optional ``init(*args, **kwargs) -> {site: tensor}`` giving z₀ instead of
         N(0, I) (persistent chains, an encoder's mean, ...).
     :param bool use_fast_path: use ``model.log_joint`` when the model has one.
+    :param float tolerance: optional early stopping (for ``noise=False``): a row (example) stops
+        at the first step where its gradient norm is below ``tolerance``, and on the fast path
+        stopped rows are no longer evaluated unless the model couples rows (BatchNorm in train
+        mode: then every row is evaluated until all have stopped) (see
+        :func:`~pyro_lfbm.infer.langevin.short_run_langevin`). ``last_state.steps`` then holds
+        the gradient evaluations spent per example. ``None`` (default): exactly ``num_steps``.
+
+    Inside the chain the model's parameters are frozen (``requires_grad=False``, restored
+    afterwards) and Pyro's argument validation runs on the first evaluation only; neither
+    changes the trajectory.
 
     After each call, :attr:`latents` holds the final latents ({site: (B, ...)}) and
     :attr:`last_state` the final :class:`~pyro_lfbm.infer.langevin.LangevinState`.
@@ -56,6 +123,7 @@ class LangevinGuide:
         noise: bool = True,
         init: Optional[Callable[..., Latents]] = None,
         use_fast_path: bool = True,
+        tolerance: Optional[float] = None,
     ):
         if not isinstance(num_steps, int) or num_steps < 0:
             raise ValueError(f"num_steps must be a non-negative integer, got {num_steps!r}")
@@ -67,6 +135,9 @@ class LangevinGuide:
         self.noise = noise
         self.init = init
         self.use_fast_path = use_fast_path
+        if tolerance is not None and not tolerance >= 0:
+            raise ValueError(f"tolerance must be non-negative, got {tolerance!r}")
+        self.tolerance = tolerance
         self.latents: Optional[Latents] = None
         self.last_state: Optional[LangevinState] = None
 
@@ -82,15 +153,48 @@ class LangevinGuide:
         model, plate = self.model, sites.plate
         return lambda latents: per_example_log_joint(model, latents, args, kwargs, plate)
 
+    def _restricted_log_density(self, initial: Latents, args, kwargs):
+        """rows -> the fast-path log density of those rows only: every tensor argument whose
+        leading size is the batch size is indexed by ``rows``; validation stays off."""
+        batch = next(iter(initial.values())).shape[0]
+        log_joint = self.model.log_joint
+
+        def take(value, rows):
+            if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == batch:
+                return value[rows]
+            return value
+
+        def restrict(rows: torch.Tensor) -> Callable[[Latents], torch.Tensor]:
+            sub_args = tuple(take(a, rows) for a in args)
+            sub_kwargs = {k: take(v, rows) for k, v in kwargs.items()}
+
+            def fn(latents: Latents) -> torch.Tensor:
+                with pyro.validation_enabled(False):
+                    return log_joint(*sub_args, **sub_kwargs, **latents)
+
+            return fn
+
+        return restrict
+
     def infer(self, *args, **kwargs) -> Latents:
         """Run the chain without emitting Pyro sites; returns {site: final value} (detached)."""
         sites = find_latent_sites(self.model, args, kwargs)
         initial = dict(sites.initial)
         if self.init is not None:
             initial.update({k: v.detach() for k, v in self.init(*args, **kwargs).items()})
-        with posterior_inference():
+        log_density_fn = validate_first_call_only(self.log_density_fn(sites, args, kwargs))
+        restrict = None
+        if self.tolerance is not None and self.uses_fast_path and not _couples_rows(self.model):
+            restrict = self._restricted_log_density(initial, args, kwargs)
+        with posterior_inference(), frozen_parameters(self.model, sites.params):
             state = short_run_langevin(
-                self.log_density_fn(sites, args, kwargs), initial, self.num_steps, self.step_size, noise=self.noise
+                log_density_fn,
+                initial,
+                self.num_steps,
+                self.step_size,
+                noise=self.noise,
+                tolerance=self.tolerance,
+                restrict=restrict,
             )
         self.last_state, self.latents = state, state.position
         self._sites = sites

@@ -24,6 +24,9 @@ class LangevinState(NamedTuple):
     :ivar log_density: (B,) log p(x, z) at ``position``, or None while not yet evaluated.
     :ivar grad: site name -> ∇ log p at ``position`` (same shapes), or None while not yet evaluated.
 
+    :ivar steps: (B,) int64, the gradient evaluations spent on each row, set only by
+        :func:`short_run_langevin` with a ``tolerance`` (rows stop early there).
+
     A step evaluates the gradient only where it is missing, so K steps from a fresh state cost
     exactly K gradient evaluations; :func:`evaluate` fills in the final values when wanted.
     """
@@ -31,6 +34,7 @@ class LangevinState(NamedTuple):
     position: Latents
     log_density: Optional[torch.Tensor] = None
     grad: Optional[Latents] = None
+    steps: Optional[torch.Tensor] = None
 
 
 def evaluate(state: LangevinState, log_density_fn: LogDensityFn) -> LangevinState:
@@ -91,16 +95,92 @@ def short_run_langevin(
     generator: Optional[torch.Generator] = None,
     callback: Optional[Callable[[int, LangevinState], None]] = None,
     evaluate_final: bool = False,
+    tolerance: Optional[float] = None,
+    restrict: Optional[Callable[[torch.Tensor], LogDensityFn]] = None,
 ) -> LangevinState:
     """Run ``num_steps`` Langevin steps from ``initial_position``; returns the final state.
 
     Costs ``num_steps`` gradient evaluations, plus one when ``evaluate_final`` asks for the
     log density and gradient at the final position. ``callback(k, state)`` runs after step k
     (k = 1..num_steps) with the state *before* its evaluation.
+
+    Early stopping (``tolerance`` set; meant for ``noise=False``, the test-time gradient ascent):
+    the leading dimension of every site indexes independent rows (chains); a row stops for good
+    at the first step where its gradient norm (over all sites) is below ``tolerance`` and keeps
+    its position; the loop ends when every row has stopped. With ``restrict(rows) -> fn``, a
+    log density of only those rows (``rows``: int64 indices into the batch), each step evaluates
+    the still-moving rows only, so stopped rows cost nothing; without it, every row is evaluated
+    until all have stopped. The returned state's ``steps`` (B,) counts the gradient evaluations
+    spent on each row (``callback`` is not called in this mode). With ``tolerance=None`` the
+    trajectory is exactly that of the plain loop.
     """
+    if tolerance is not None:
+        return _run_with_tolerance(
+            log_density_fn, initial_position, num_steps, step_size, noise, generator, tolerance, restrict, evaluate_final
+        )
     state = LangevinState(dict(initial_position))
     for k in range(1, num_steps + 1):
         state = langevin_step(state, log_density_fn, step_size, noise=noise, generator=generator)
         if callback is not None:
             callback(k, state)
     return evaluate(state, log_density_fn) if evaluate_final else state
+
+
+def _row_norms(grad: Latents) -> torch.Tensor:
+    """(B,) Euclidean norm of each row's gradient over every site (leading dim = rows)."""
+    total = None
+    for g in grad.values():
+        sq = g.reshape(g.shape[0], -1).pow(2).sum(1)
+        total = sq if total is None else total + sq
+    return total.sqrt()
+
+
+def _run_with_tolerance(
+    log_density_fn: LogDensityFn,
+    initial_position: Latents,
+    num_steps: int,
+    step_size: float,
+    noise: bool,
+    generator: Optional[torch.Generator],
+    tolerance: float,
+    restrict: Optional[Callable[[torch.Tensor], LogDensityFn]],
+    evaluate_final: bool,
+) -> LangevinState:
+    position = {name: value.detach() for name, value in initial_position.items()}
+    first = next(iter(position.values()))
+    batch, device = first.shape[0], first.device
+    active = torch.arange(batch, device=device)  # rows still moving
+    steps = torch.zeros(batch, dtype=torch.long, device=device)
+    half_sq = 0.5 * step_size**2
+    for _ in range(num_steps):
+        if active.numel() == 0:
+            break
+        whole = restrict is None or active.numel() == batch
+        fn = log_density_fn if restrict is None else (log_density_fn if whole else restrict(active))
+        if whole:
+            sub = position
+        else:
+            sub = {name: value[active] for name, value in position.items()}
+        _, grad = value_and_grad(fn, sub)
+        if restrict is None and active.numel() < batch:
+            grad = {name: g[active] for name, g in grad.items()}
+            sub = {name: value[active] for name, value in position.items()}
+        steps[active] += 1
+        moving = _row_norms(grad) >= tolerance  # (len(active),)
+        rows = active[moving]
+        if rows.numel() > 0:
+            new = {}
+            for name, z in sub.items():
+                moved = z[moving] + half_sq * grad[name][moving]
+                if noise:
+                    moved = moved + step_size * _randn_like(moved, generator)
+                updated = position[name].clone()
+                updated[rows] = moved
+                new[name] = updated
+            position = new
+        active = rows
+    state = LangevinState(position, steps=steps)
+    if evaluate_final:
+        log_density, grad = value_and_grad(log_density_fn, position)
+        state = LangevinState(position, log_density, grad, steps)
+    return state

@@ -32,6 +32,16 @@ class _InitLatents(Messenger):
         msg["value"] = self.init_fn(msg["fn"])
 
 
+class _ParamsUnrecorded(Messenger):
+    """Let ``pyro.param`` sites (``pyro.module`` registers one per parameter on every model call)
+    bypass the handlers outside this one: the parameter store still answers them, but they are
+    not recorded in the trace nor seen by ``block``. Only the sample sites' log probabilities
+    are read from the per-step trace, and parameters are constants within a Langevin chain."""
+
+    def _pyro_param(self, msg):
+        msg["stop"] = True
+
+
 def standard_normal_init(fn) -> torch.Tensor:
     """z₀ ~ N(0, I) with the shape of the site (batch and event dimensions).
 
@@ -67,6 +77,7 @@ class LatentSites:
     initial: Latents
     event_dims: Dict[str, int]
     plate: Optional[PlateInfo]
+    params: Tuple[torch.Tensor, ...] = ()  # the unconstrained leaf tensors of the model's param sites
 
 
 def find_latent_sites(model, args: Tuple, kwargs: Dict, init_fn=standard_normal_init) -> LatentSites:
@@ -79,7 +90,14 @@ def find_latent_sites(model, args: Tuple, kwargs: Dict, init_fn=standard_normal_
         trace = poutine.trace(_InitLatents(init_fn)(model)).get_trace(*args, **kwargs)
     initial, event_dims, frames = {}, {}, None
     plate = None
+    params = []
     for name, site in trace.nodes.items():
+        if site["type"] == "param":
+            unconstrained = getattr(site["value"], "unconstrained", None)
+            leaf = unconstrained() if callable(unconstrained) else site["value"]
+            if torch.is_tensor(leaf) and leaf.is_leaf:
+                params.append(leaf)
+            continue
         if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):
             continue
         support = site["fn"].support
@@ -102,7 +120,7 @@ def find_latent_sites(model, args: Tuple, kwargs: Dict, init_fn=standard_normal_
         subsample = trace.nodes[frame.name]["value"] if frame.name in trace.nodes else None
         full_size = frame.full_size if frame.full_size is not None else frame.size
         plate = PlateInfo(frame.name, full_size, subsample, frame.dim)
-    return LatentSites(initial, event_dims, plate)
+    return LatentSites(initial, event_dims, plate, tuple(params))
 
 
 def _is_real(support) -> bool:
@@ -120,7 +138,7 @@ def per_example_log_joint(model, latents: Latents, args: Tuple, kwargs: Dict, pl
     latents and are left out; they do not affect Langevin moves.
     """
     with poutine.block():
-        conditioned = poutine.condition(model, data=latents)
+        conditioned = _ParamsUnrecorded()(poutine.condition(model, data=latents))
         trace = poutine.trace(conditioned).get_trace(*args, **kwargs)
     trace.compute_log_prob(site_filter=lambda name, site: not site_is_subsample(site))
     total = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pyro.distributions as dist
 import torch
+from pyro.distributions import constraints
 from pyro.distributions.torch_transform import ComposeTransformModule, TransformModule
 from pyro.distributions.transforms import Permute
 
@@ -39,6 +40,45 @@ def _random_permutation(dim: int) -> torch.Tensor:
     while torch.equal(perm, identity):
         perm = torch.randperm(dim)
     return perm
+
+
+class FlowDistribution(dist.TransformedDistribution):
+    """``TransformedDistribution(N(0, I), [prior.flow.inv])`` of a :class:`FlowPrior`, made cheap
+    for use inside Pyro models that are evaluated at every Langevin step.
+
+    Sampling is that of the parent class (base sample, then the inverse flow). Two things differ:
+    :meth:`log_prob` is :meth:`FlowPrior.log_prob` (one forward pass of the flow, instead of the
+    parent's pass plus a recomputation of every intermediate for the log-Jacobians), and
+    construction skips the parent's recursive domain/codomain bookkeeping of the composed
+    transform (the event shape is ``(latent_dim,)``; the support is ``real_vector``).
+
+    :param FlowPrior prior: the prior whose flow and base distribution are used.
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.real_vector
+
+    def __init__(self, prior: "FlowPrior", validate_args=None):
+        self._prior = prior
+        self.base_dist = prior.base_dist()
+        self.transforms = [prior.flow.inv]
+        torch.distributions.Distribution.__init__(
+            self, torch.Size(), torch.Size((prior.latent_dim,)), validate_args=validate_args
+        )
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(FlowDistribution, _instance)
+        new = super().expand(batch_shape, _instance=new)
+        new._prior = self._prior
+        return new
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """:param value: (..., D). :returns: log p(value), shape ``broadcast(value.shape[:-1], batch_shape)``."""
+        if self._validate_args:
+            self._validate_sample(value)
+        log_prob = self._prior.log_prob(value)
+        shape = torch.broadcast_shapes(log_prob.shape, self.batch_shape)
+        return log_prob if shape == log_prob.shape else log_prob.expand(shape)
 
 
 class FlowPrior(LatentPrior):
@@ -104,8 +144,9 @@ class FlowPrior(LatentPrior):
         self.flow = ComposeTransformModule(parts)
 
     def dist(self) -> dist.Distribution:
-        """:returns: ``TransformedDistribution(N(0, I), [flow.inv])``, event shape ``(latent_dim,)``."""
-        return dist.TransformedDistribution(self.base_dist(), [self.flow.inv])
+        """:returns: ``TransformedDistribution(N(0, I), [flow.inv])``, event shape ``(latent_dim,)``
+        (a :class:`FlowDistribution`, whose ``log_prob`` is the single pass of :meth:`log_prob`)."""
+        return FlowDistribution(self)
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """

@@ -8,6 +8,17 @@ from pyro.distributions.torch_transform import TransformModule
 from torch import nn
 
 
+def _plain_eager() -> bool:
+    """True outside inference mode, torch.compile tracing and torch.func transforms: only then is
+    a cached tensor an ordinary tensor that is safe to reuse in later calls."""
+    if torch.is_inference_mode_enabled() or torch.compiler.is_compiling():
+        return False
+    try:
+        return torch._C._functorch.maybe_current_level() is None
+    except AttributeError:  # pragma: no cover - older torch
+        return True
+
+
 class LULinear(TransformModule):
     r"""
     Invertible linear bijection :math:`\mathbf{y} = W\mathbf{x}`, computed on row vectors as
@@ -72,9 +83,32 @@ class LULinear(TransformModule):
 
     @property
     def weight(self) -> torch.Tensor:
-        """The assembled matrix :math:`W = PLU`, shape ``(input_dim, input_dim)``."""
+        """The assembled matrix :math:`W = PLU`, shape ``(input_dim, input_dim)``.
+
+        When no gradient can flow to the parameters (they are frozen, or grad mode is off) the
+        matrix is cached and reused until a parameter changes (in-place updates bump tensor
+        versions, ``.to()``/``load_state_dict`` change storage or version), so a Langevin chain
+        run with frozen parameters assembles W once instead of once per step.
+        """
+        params = (self.lower_entries, self.upper_entries, self.log_abs_diag)
+        if (torch.is_grad_enabled() and any(p.requires_grad for p in params)) or not _plain_eager():
+            return self._assemble()
+        key = tuple((t.data_ptr(), t._version, t.device, t.dtype) for t in (*params, self.perm, self.diag_sign))
+        cached = self.__dict__.get("_weight_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        weight = self._assemble()
+        self.__dict__["_weight_cache"] = (key, weight)
+        return weight
+
+    def _assemble(self) -> torch.Tensor:
         lower, upper = self._factors()
         return (lower @ upper)[self.perm]
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_weight_cache", None)
+        return state
 
     def _call(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.linear(x, self.weight)
