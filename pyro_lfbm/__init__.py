@@ -8,17 +8,20 @@ algorithm.
 """
 
 from pyro_lfbm.infer import EncoderGuide, HybridGuide, LangevinGuide, LangevinKernel, langevin_step, short_run_langevin
-from pyro_lfbm.models import LatentModel
+from pyro_lfbm.models import GLF, CoopFlow, ImageFlow, LatentModel
 from pyro_lfbm.priors import EnergyPrior, FlowPrior, GaussianPrior, LatentPrior
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CoopFlow",
     "EncoderGuide",
     "EnergyPrior",
     "FlowPrior",
+    "GLF",
     "GaussianPrior",
     "HybridGuide",
+    "ImageFlow",
     "LangevinGuide",
     "LangevinKernel",
     "LatentModel",

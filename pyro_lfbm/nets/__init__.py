@@ -9,10 +9,12 @@ from .generators import (
     init_weights_xavier,
     make_generator,
 )
+from .energy import ConvEnergy, ResEnergy32, make_energy
 from .mlp import ACTIVATIONS, MLP, make_activation
 
 __all__ = [
     "ACTIVATIONS",
+    "ConvEnergy",
     "DCGANEncoder32",
     "DCGANEncoder64",
     "DCGANGenerator32",
@@ -22,8 +24,10 @@ __all__ = [
     "MLP",
     "MNISTEncoder",
     "MNISTGenerator",
+    "ResEnergy32",
     "init_weights_xavier",
     "make_activation",
     "make_encoder",
+    "make_energy",
     "make_generator",
 ]

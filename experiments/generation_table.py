@@ -1,0 +1,230 @@
+"""Sample quality of every generative model in the library on MNIST and Fashion-MNIST.
+
+Two stages over one folder of runs (``<runs-dir>/<dataset>/<model>/``, each holding
+``metrics.json`` and ``samples.pt``):
+
+    # 1. train the latent-variable models (LFBM-MCMC, ABP, LEBM by short-run Langevin; LFBM-VAE by
+    #    an amortized encoder), all with the generator and flow of the same preset
+    python experiments/generation_table.py train --dataset mnist --models lfbm-mcmc abp lebm lfbm-vae
+    # (GLF and CoopFlow runs come from experiments/glf.py and experiments/coopflow.py with
+    #  --out <runs-dir>/<dataset>/glf and .../coopflow)
+    # 2. score every run with the same sample-quality code and write the table
+    python experiments/generation_table.py table --runs-dir runs/generation --out results/generation
+
+The table has one row per (dataset, model): the classifier-feature Fréchet distance of the samples
+(and Inception FID where its weights exist), the test reconstruction MSE per pixel in [-1, 1] units
+where the model has an inference path, and the training time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyro
+import torch
+
+from pyro_lfbm.cli import UsageError, add_common_arguments, resolve_device, run_cli, run_record, staged_output, write_json
+from pyro_lfbm.data import load_images
+from pyro_lfbm.infer import LangevinGuide, infer_dataset
+from pyro_lfbm.presets import get_preset
+from pyro_lfbm.training import fit
+
+#: model name -> the prior of a :class:`~pyro_lfbm.models.LatentModel` trained by short-run Langevin.
+LATENT_MODELS = {"lfbm-mcmc": "flow", "abp": "gaussian", "lebm": "ebm"}
+ALL_MODELS = ("glf", "coopflow", "lfbm-mcmc", "lfbm-vae", "abp", "lebm")
+DATASETS = ("mnist", "fashion-mnist")
+
+
+def save_run(out: Path, samples: torch.Tensor, metrics: dict, extra_files: dict | None = None) -> None:
+    """Write one run folder: ``samples.pt`` (N, C, H, W) in [-1, 1], ``samples.png``, ``metrics.json``."""
+    from torchvision.utils import save_image
+
+    with staged_output(out) as stage:
+        torch.save(samples.cpu(), stage / "samples.pt")
+        save_image(samples[:100].cpu() * 0.5 + 0.5, stage / "samples.png", nrow=10)
+        for name, writer in (extra_files or {}).items():
+            writer(stage / name)
+        write_json(stage / "metrics.json", run_record(metrics))
+
+
+def _train_latent_model(name: str, args, x_train, x_test, device) -> tuple[torch.Tensor, dict]:
+    """Train LFBM-MCMC / ABP / LEBM with SVI + LangevinGuide; returns (samples, metrics)."""
+    pyro.clear_param_store()
+    torch.manual_seed(args.seed)
+    preset = get_preset(args.preset, LATENT_MODELS[name])
+    epochs = args.epochs if args.epochs is not None else preset.learn.epochs
+    model = preset.model.build().to(device)
+    guide = LangevinGuide(model, num_steps=preset.learn.num_steps, step_size=preset.learn.step_size)
+    ckpt = Path(args.checkpoint_dir or Path(args.runs_dir) / "checkpoints") / f"{args.dataset}-{name}.pt"
+    history = fit(model, guide, x_train, epochs=epochs, batch_size=preset.learn.batch_size, optim=preset.learn.optim,
+                  seed=args.seed, checkpoint_path=ckpt, resume=args.resume, config=preset.to_dict(),
+                  config_keys=("model",), progress=not args.no_progress)
+    model.eval()
+    started = time.perf_counter()
+    result = infer_dataset(model, x_test.to(device), num_steps=preset.learn.test_steps,
+                           step_size=preset.learn.test_step_size, noise=False,
+                           batch_size=preset.learn.test_batch_size, progress=not args.no_progress, desc="test inference")
+    with torch.no_grad():
+        recon = torch.cat([model.generator(z.to(device)).cpu() for z in result.z.split(500)])
+        mse = (recon - x_test).pow(2).mean().item()
+        samples = torch.cat([model.sample(min(500, args.num_samples - i)).cpu()
+                             for i in range(0, args.num_samples, 500)])
+    metrics = {
+        "model": name, "dataset": args.dataset, "preset": args.preset, "epochs": epochs, "seed": args.seed,
+        "n_train": int(x_train.shape[0]), "n_test": int(x_test.shape[0]),
+        "train_seconds": history.train_seconds, "recon_mse": mse,
+        "recon_protocol": f"{preset.learn.test_steps} noise-free Langevin steps of {preset.learn.test_step_size} from N(0, I)",
+        "test_inference_seconds": time.perf_counter() - started,
+        "final_loss": history.epochs[-1]["loss"], "history": history.epochs,
+    }
+    return samples, metrics
+
+
+def _train_lfbm_vae(args, x_train, x_test, device) -> tuple[torch.Tensor, dict]:
+    """LFBM-VAE: the LFBM model (same generator and flow prior as LFBM-MCMC) learned with the amortized
+    encoder guide of :mod:`pyro_lfbm.infer.encoder_guide` (reparametrized ELBO); the encoder mirrors
+    the generator. Reconstruction: G(μ_φ(x))."""
+    from pyro_lfbm.infer.encoder_guide import EncoderGuide
+    from pyro_lfbm.nets import make_encoder
+
+    pyro.clear_param_store()
+    torch.manual_seed(args.seed)
+    preset = get_preset(args.preset, "flow")
+    epochs = args.epochs if args.epochs is not None else preset.learn.epochs
+    model = preset.model.build().to(device)
+    m = preset.model
+    kwargs = dict(hidden_dim=m.generator_hidden, channels=m.generator_channels, batch_norm=m.batch_norm) \
+        if tuple(m.image_shape) == (1, 28, 28) else {}
+    guide = EncoderGuide(make_encoder(tuple(m.image_shape), m.latent_dim, **kwargs)).to(device)
+    ckpt = Path(args.checkpoint_dir or Path(args.runs_dir) / "checkpoints") / f"{args.dataset}-lfbm-vae.pt"
+    history = fit(model, guide, x_train, epochs=epochs, batch_size=preset.learn.batch_size, optim=preset.learn.optim,
+                  seed=args.seed, checkpoint_path=ckpt, resume=args.resume, config=preset.to_dict(),
+                  config_keys=("model",), progress=not args.no_progress)
+    model.eval()
+    guide.eval()
+    started = time.perf_counter()
+    with torch.no_grad():
+        recon = torch.cat([model.generator(guide.mean(xb.to(device))).cpu() for xb in x_test.split(500)])
+        samples = torch.cat([model.sample(min(500, args.num_samples - i)).cpu()
+                             for i in range(0, args.num_samples, 500)])
+    metrics = {
+        "model": "lfbm-vae", "dataset": args.dataset, "preset": args.preset, "epochs": epochs, "seed": args.seed,
+        "n_train": int(x_train.shape[0]), "n_test": int(x_test.shape[0]),
+        "train_seconds": history.train_seconds, "recon_mse": (recon - x_test).pow(2).mean().item(),
+        "recon_protocol": "G(encoder mean), one encoder pass",
+        "test_inference_seconds": time.perf_counter() - started,
+        "final_loss": history.epochs[-1]["loss"], "history": history.epochs,
+    }
+    return samples, metrics
+
+
+def train(args) -> None:
+    if args.dataset not in DATASETS:
+        raise UsageError(f"--dataset must be one of {', '.join(DATASETS)}, got {args.dataset!r}")
+    unknown = [m for m in args.models if m not in LATENT_MODELS and m != "lfbm-vae"]
+    if unknown:
+        raise UsageError(f"train trains {', '.join([*LATENT_MODELS, 'lfbm-vae'])}; got {', '.join(unknown)} "
+                         f"(GLF and CoopFlow have their own scripts)")
+    torch.set_num_threads(args.threads or 1)
+    device = resolve_device(args.device)
+    x_train = load_images(args.dataset, args.data_root, "train", limit=args.n_train).tensors[0]
+    x_test = load_images(args.dataset, args.data_root, "test", limit=args.n_test).tensors[0]
+    for name in args.models:
+        print(f"== {args.dataset}: {name}")
+        if name == "lfbm-vae":
+            samples, metrics = _train_lfbm_vae(args, x_train, x_test, device)
+        else:
+            samples, metrics = _train_latent_model(name, args, x_train, x_test, device)
+        save_run(Path(args.runs_dir) / args.dataset / name, samples, metrics)
+        print(f"   train {metrics['train_seconds']:.0f} s, test recon MSE {metrics['recon_mse']:.4f}")
+
+
+def _reference_images(dataset: str, args) -> torch.Tensor:
+    """The real images the samples are compared with: the first ``--n-reference`` test images."""
+    return load_images(dataset, args.data_root, "test", limit=args.n_reference).tensors[0]
+
+
+def _scores(samples: torch.Tensor, real: torch.Tensor, classifier, inception: tuple) -> dict:
+    """Classifier-feature Fréchet distance, and Inception FID when ``pytorch_fid`` and its weights exist."""
+    from pyro_lfbm import fid
+
+    row = {"fd_classifier": fid.sample_frechet_distance(samples, real, classifier=classifier)}
+    row["fid_inception"] = fid.inception_fid(samples, real) if inception[0] else float("nan")
+    return row
+
+
+def table(args) -> pd.DataFrame:
+    from pyro_lfbm import fid
+
+    torch.set_num_threads(args.threads or 1)
+    runs = Path(args.runs_dir)
+    inception = fid.inception_status()
+    rows = []
+    for dataset in DATASETS:
+        folders = [runs / dataset / name for name in ALL_MODELS if (runs / dataset / name / "metrics.json").exists()]
+        if not folders:
+            continue
+        real = _reference_images(dataset, args)
+        classifier = fid.ClassifierFeatures.load_or_train(dataset, args.data_root, progress=False)
+        # a floor for the distances: as many real training images as there are samples per model
+        n = int(torch.load(folders[0] / "samples.pt").shape[0])
+        train_real = load_images(dataset, args.data_root, "train", limit=n).tensors[0]
+        rows.append({"dataset": dataset, "model": f"real train images (n={n})",
+                     **_scores(train_real, real, classifier, inception), "recon_mse": None, "train_seconds": None,
+                     "epochs": None, "n_train": None, "n_samples": n, "command": None})
+        for folder in folders:
+            metrics = json.loads((folder / "metrics.json").read_text())
+            samples = torch.load(folder / "samples.pt")
+            rows.append({
+                "dataset": dataset, "model": folder.name, **_scores(samples, real, classifier, inception),
+                "recon_mse": metrics.get("recon_mse"), "train_seconds": metrics.get("train_seconds"),
+                "epochs": metrics.get("epochs"), "n_train": metrics.get("n_train"),
+                "n_samples": int(samples.shape[0]), "command": metrics.get("command"),
+            })
+            if (folder / "flow_samples.pt").exists():  # CoopFlow: the same samples before Langevin revision
+                before = torch.load(folder / "flow_samples.pt")
+                rows.append({**rows[-1], "model": f"{folder.name} (flow samples, before revision)",
+                             **_scores(before, real, classifier, inception)})
+    if not rows:
+        raise UsageError(f"no runs under {runs}; run the 'train' stage and the GLF / CoopFlow scripts first")
+    frame = pd.DataFrame(rows)
+    with staged_output(args.out) as stage:
+        frame.to_csv(stage / "table.csv", index=False)
+        write_json(stage / "table_run.json", run_record({
+            "reference": f"first {args.n_reference} test images", "classifier_fd": "pyro_lfbm.fid.sample_frechet_distance",
+            "inception_fid": "computed" if inception[0] else f"not computed: {inception[1]}",
+        }))
+    print(frame.drop(columns=["command"]).to_string(index=False))
+    return frame
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="stage", required=True)
+    tr = sub.add_parser("train", help="train the latent-variable baselines")
+    tr.add_argument("--dataset", default="mnist", help="mnist or fashion-mnist")
+    tr.add_argument("--models", nargs="+", default=["lfbm-mcmc", "abp", "lebm"])
+    tr.add_argument("--n-train", type=int, default=5000, help="training images (first N of the train split)")
+    tr.add_argument("--n-test", type=int, default=1000, help="test images for the reconstruction MSE")
+    tr.add_argument("--num-samples", type=int, default=2000, help="samples kept for the Fréchet distance")
+    tr.add_argument("--runs-dir", default="runs/generation")
+    add_common_arguments(tr, default_out="runs/generation")
+    tb = sub.add_parser("table", help="score every run and write the table")
+    tb.add_argument("--runs-dir", default="runs/generation")
+    tb.add_argument("--data-root", default=None)
+    tb.add_argument("--out", default="results/generation")
+    tb.add_argument("--n-reference", type=int, default=5000, help="real test images the samples are compared with")
+    tb.add_argument("--threads", type=int, default=None)
+    return parser
+
+
+def main(args: argparse.Namespace):
+    return train(args) if args.stage == "train" else table(args)
+
+
+if __name__ == "__main__":
+    run_cli(main, build_parser().parse_args())

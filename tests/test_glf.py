@@ -1,0 +1,102 @@
+"""Tests of Generative Latent Flow (:mod:`pyro_lfbm.models.glf`)."""
+
+import pytest
+import torch
+
+from pyro_lfbm.models.glf import GLF, GLFTrainer, glf_preset
+from pyro_lfbm.step_training import fit_steps
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: these small tensors gain nothing from more, and on a shared 2-core
+    machine a second spinning thread makes every step tens of times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def blobs(n=200, seed=0):
+    """Smooth images in [-1, 1] that a tiny autoencoder can fit."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(n, 1, 7, 7, generator=g)
+    return torch.tanh(2 * torch.nn.functional.interpolate(base, size=28, mode="bilinear"))
+
+
+def tiny(stop_gradient=True):
+    torch.manual_seed(0)
+    cfg = glf_preset("tiny")
+    cfg.stop_gradient = stop_gradient
+    return cfg, cfg.build()
+
+
+def test_flow_term_sends_no_gradient_to_the_encoder():
+    cfg, model = tiny()
+    x = blobs(20)
+    terms = model.loss(x)
+    model.zero_grad()
+    terms["nll"].backward()
+    for name, p in model.encoder.named_parameters():
+        assert p.grad is None or p.grad.abs().max() == 0, name
+    for name, p in model.generator.named_parameters():
+        assert p.grad is None or p.grad.abs().max() == 0, name
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.prior.parameters())
+    # ... while the reconstruction term does reach the encoder, and never the flow
+    model.zero_grad()
+    model.loss(x)["recon"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters() if p.dim() > 1)
+    assert all(p.grad is None or p.grad.abs().max() == 0 for p in model.prior.parameters())
+
+
+def test_without_stop_gradient_the_flow_term_reaches_the_encoder():
+    _, model = tiny(stop_gradient=False)
+    model.loss(blobs(20))["nll"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
+
+
+def test_a_short_run_lowers_both_losses(tmp_path):
+    cfg, model = tiny()
+    cfg.lr = 3e-3
+    trainer = GLFTrainer(model, cfg)
+    x = blobs(200)
+    history = fit_steps(trainer, x, epochs=6, batch_size=20, seed=0, progress=False,
+                        checkpoint_path=tmp_path / "glf.pt")
+    first, last = history.epochs[0], history.epochs[-1]
+    assert last["recon"] < 0.7 * first["recon"], (first, last)
+    assert last["nll"] < first["nll"], (first, last)
+    model.eval()
+    s = model.sample(7)
+    assert s.shape == (7, 1, 28, 28) and torch.isfinite(s).all()
+    assert model.reconstruct(x[:5]).shape == (5, 1, 28, 28)
+
+
+def test_resume_continues_the_same_run(tmp_path):
+    def run(folder, epochs, interrupt_at=None, resume=False):
+        cfg, model = tiny()
+        trainer = GLFTrainer(model, cfg)
+
+        def after_step(step):
+            if interrupt_at is not None and step == interrupt_at:
+                raise KeyboardInterrupt
+
+        fit_steps(trainer, blobs(100), epochs=epochs, batch_size=20, seed=1, progress=False, after_step=after_step,
+                  checkpoint_path=folder / "ck.pt", resume=resume, config=cfg.to_dict(), config_keys=("latent_dim",))
+        return model
+
+    reference = run(tmp_path / "a", 2)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b", 2, interrupt_at=7)
+    resumed = run(tmp_path / "b", 2, resume=True)
+    for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5), name
+
+
+def test_bad_input_is_a_one_line_error():
+    with pytest.raises(ValueError, match="unknown GLF preset"):
+        glf_preset("huge")
+    _, model = tiny()
+    with pytest.raises(ValueError, match="expected x of shape"):
+        model.loss(torch.zeros(2, 1, 8, 8))
+    with pytest.raises(ValueError, match="nll_weight"):
+        GLF(model.encoder, model.generator, model.prior, nll_weight=-1)
