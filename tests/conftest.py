@@ -1,6 +1,10 @@
 import os
 from pathlib import Path
 
+# One thread per process: the suite's models are small, and on a busy 2-core machine two threads
+# per process made single tests up to 50x slower (oversubscription). Subprocesses inherit this.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import pyro
 import pytest
 import torch
@@ -13,7 +17,7 @@ def _fresh_pyro_state():
     """Every test starts from a clean Pyro param store and a fixed seed."""
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    torch.set_num_threads(1)
     yield
     pyro.clear_param_store()
 

@@ -1,0 +1,86 @@
+"""The synthesis experiment: per prior, train or load, sample, Fréchet distance, test reconstruction (experiments/synthesis.py)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from pyro_lfbm.cli import UsageError, run_record, staged_output, write_json
+from pyro_lfbm.data import dataset_info
+from pyro_lfbm.fid import ClassifierFeatures
+from pyro_lfbm.panels import save_grid
+from pyro_lfbm.synthesis import synthesis_metrics
+from pyro_lfbm.task_cli import load_split, task_preset, trained_model
+
+__all__ = ["run_synthesis"]
+
+LABELS = {"flow": "flow (LFBM)", "ebm": "energy (LEBM)", "gaussian": "Gaussian (ABP)"}
+
+
+def run_synthesis(args: argparse.Namespace) -> pd.DataFrame:
+    """Write ``<out>/<dataset>/``: table.csv, README.md, samples-<prior>.png; returns the table."""
+    if args.num_samples < 2:
+        raise UsageError(f"--num-samples must be at least 2, got {args.num_samples}")
+    try:
+        info = dataset_info(args.dataset)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    x_train = load_split(args, "train", args.n_train)
+    x_test = load_split(args, "test", args.n_test)
+    classifier = None
+    if info.num_classes >= 2:
+        classifier = ClassifierFeatures.load_or_train(info.name, args.data_root, args.cache_dir, progress=not args.no_progress,
+                                                      fake_shape=tuple(x_train.shape[1:]))
+    rows, grids = [], {}
+    for prior in args.priors:
+        model, history = trained_model(args, prior, x_train)
+        learn = task_preset(args, prior, tuple(x_train.shape[1:])).learn
+        steps = args.test_steps if args.test_steps is not None else learn.test_steps
+        m = synthesis_metrics(model, x_train, x_test, classifier=classifier, num_samples=args.num_samples,
+                              num_steps=steps, step_size=learn.test_step_size, seed=args.seed,
+                              batch_size=learn.test_batch_size, progress=not args.no_progress)
+        grids[prior] = m["samples"][:100]
+        rows.append({"dataset": info.name, "prior": prior, "classifier_fd": m["classifier_fd"],
+                     "inception_fid": m["inception_fid"], "recon_mse_pm1": m["recon_mse"], "test_steps": steps,
+                     "n_train": int(x_train.shape[0]), "n_test": int(x_test.shape[0]), "num_samples": args.num_samples,
+                     "epochs": len(history.epochs), "train_seconds": round(history.train_seconds, 1), "seed": args.seed,
+                     "preset": args.preset})
+        print(f"{info.name} {prior}: classifier FD {m['classifier_fd']:.2f}, test recon MSE {m['recon_mse']:.4f}", flush=True)
+    table = pd.DataFrame(rows)
+    record = run_record({"classifier": classifier.info if classifier else None, "inception": rows and m["inception_note"]})
+    out = Path(args.out) / info.name
+    with staged_output(out) as stage:
+        table.to_csv(stage / "table.csv", index=False)
+        for prior, grid in grids.items():
+            save_grid(grid, stage / f"samples-{prior}.png", nrow=10)
+        write_json(stage / "run.json", record)
+        _write_readme(stage / "README.md", table, record, list(grids))
+    return table
+
+
+def _write_readme(path: Path, table: pd.DataFrame, record: dict, priors) -> None:
+    clf = record.get("classifier") or {}
+    inception = record.get("inception") or "computed (pytorch-fid)"
+    shown = table[["prior", "classifier_fd", "inception_fid", "recon_mse_pm1", "test_steps", "n_train", "epochs", "train_seconds"]]
+    lines = [
+        f"# Synthesis and reconstruction: {table['dataset'].iloc[0]}",
+        "",
+        "* `classifier_fd`: Fréchet distance between samples x = g(z), z ~ p_α(z), and the training images in the "
+        "128-d feature space of a small CNN classifier trained once on this data set and cached outside the repository "
+        f"(test accuracy {clf.get('test_accuracy', 'n/a')}, {clf.get('train_images', '?')} training images, "
+        f"{clf.get('epochs', '?')} epochs). **This is not the Inception FID**; its values are comparable only with this "
+        "classifier (`pyro_lfbm.fid`, CLASSIFIER_VERSION 1). Lower is better.",
+        f"* `inception_fid`: the standard FID (pytorch-fid); here: {inception}.",
+        "* `recon_mse_pm1`: test reconstruction error, per pixel in [-1, 1] units (the paper's), of g(z) after "
+        "`test_steps` noise-free Langevin steps of 0.1 from z0 ~ N(0, I).",
+        "",
+        shown.to_markdown(index=False),
+        "",
+        f"Command: `{record['command']}` ({record['finished']}, {record['machine']}).",
+        "",
+        *[f"![{LABELS.get(p, p)} samples](samples-{p}.png)  {LABELS.get(p, p)}" for p in priors],
+        "",
+    ]
+    path.write_text("\n".join(lines))
