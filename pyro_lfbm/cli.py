@@ -80,6 +80,9 @@ def run_cli(main: Callable[[argparse.Namespace], object], args: argparse.Namespa
     except (UsageError, DataError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2)
+    except FloatingPointError as err:  # a NaN/inf guard fired during training
+        print(f"error: {err} (the last epoch's checkpoint is kept; --resume continues from it)", file=sys.stderr)
+        raise SystemExit(3)
     except KeyboardInterrupt:
         print("\ninterrupted: the last checkpoint is kept; re-run with --resume to continue", file=sys.stderr)
         raise SystemExit(130)
