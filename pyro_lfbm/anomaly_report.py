@@ -40,6 +40,8 @@ def write_report(table: pd.DataFrame, path: Path, record: dict) -> None:
         "the seed also fixes the data split. Decision functions: `joint` = −log p(x, z) (the paper's),",
         "`recon` = −log p(x | z), `prior` = −log p(z), all at z inferred by test-time Langevin.",
         "",
+        *([f"See `NOTES.md` for what decides the score, and for the runs at the protocol's full size.", ""]
+          if (path.parent / "NOTES.md").exists() else []),
         "## Measured AUPRC",
         "",
         summary_table(table).to_markdown(index=False),
