@@ -18,21 +18,19 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from pyro_lfbm.cli import UsageError, add_common_arguments, resolve_device, run_cli, run_record, staged_output, write_json
-from pyro_lfbm.data import load_images
+from pyro_lfbm.cli import UsageError, resolve_device, run_cli, run_record, staged_output, write_json
 from pyro_lfbm.models.coopflow import CoopFlowTrainer, coopflow_preset
 from pyro_lfbm.models.image_flow import dequantize
 from pyro_lfbm.step_training import fit_steps
+from pyro_lfbm.task_cli import add_task_arguments, load_split
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="mnist", help="mnist, fashion-mnist, cifar10, svhn or fake")
-    parser.add_argument("--n-train", type=int, default=5000, help="training images (first N of the split; 0 = all)")
     parser.add_argument("--num-samples", type=int, default=2000, help="samples saved for the Fréchet distance")
     parser.add_argument("--langevin-steps", type=int, default=None, help="override T (official: 30)")
     parser.add_argument("--step-size", type=float, default=None, help="override the Langevin step size s")
-    add_common_arguments(parser, default_out="runs/coopflow")
+    add_task_arguments(parser, default_out="runs/coopflow", n_train=5000, n_test=None)
     return parser
 
 
@@ -43,11 +41,10 @@ def main(args: argparse.Namespace) -> dict:
     if args.threads is None:
         torch.set_num_threads(1)
     device = resolve_device(args.device)
-    if args.n_train < 0 or args.num_samples < 1:
-        raise UsageError("--n-train must be >= 0 and --num-samples >= 1")
+    if args.num_samples < 1:
+        raise UsageError("--num-samples must be >= 1")
+    x_train = load_split(args, "train", args.n_train)
     try:
-        x_train = load_images(args.dataset, args.data_root, "train", limit=args.n_train or None,
-                              fake_size=max(args.n_train, 200)).tensors[0]
         cfg = coopflow_preset(args.preset, tuple(x_train.shape[1:]))
     except ValueError as err:  # unknown data set / preset, or the paper preset on 28x28 images: one line
         raise UsageError(str(err)) from err

@@ -17,20 +17,17 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from pyro_lfbm.cli import UsageError, add_common_arguments, resolve_device, run_cli, run_record, staged_output, write_json
-from pyro_lfbm.data import load_images
+from pyro_lfbm.cli import UsageError, resolve_device, run_cli, run_record, staged_output, write_json
+from pyro_lfbm.task_cli import add_task_arguments, load_split
 from pyro_lfbm.models.glf import GLFTrainer, glf_preset
 from pyro_lfbm.step_training import fit_steps
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="mnist", help="mnist, fashion-mnist, cifar10, svhn or fake")
-    parser.add_argument("--n-train", type=int, default=5000, help="training images (first N of the split; 0 = all)")
-    parser.add_argument("--n-test", type=int, default=1000, help="test images for the reconstruction MSE")
     parser.add_argument("--num-samples", type=int, default=2000, help="samples saved for the Fréchet distance")
     parser.add_argument("--no-stop-gradient", action="store_true", help="let the flow NLL train the encoder too")
-    add_common_arguments(parser, default_out="runs/glf")
+    add_task_arguments(parser, default_out="runs/glf", n_train=5000, n_test=1000)
     return parser
 
 
@@ -41,13 +38,11 @@ def main(args: argparse.Namespace) -> dict:
     if args.threads is None:
         torch.set_num_threads(1)
     device = resolve_device(args.device)
-    if args.n_train < 0 or args.n_test < 1 or args.num_samples < 1:
-        raise UsageError("--n-train must be >= 0, --n-test and --num-samples >= 1")
-    limit = args.n_train or None
+    if args.n_test < 1 or args.num_samples < 1:
+        raise UsageError("--n-test and --num-samples must be >= 1")
+    x_train = load_split(args, "train", args.n_train)
+    x_test = load_split(args, "test", args.n_test)
     try:
-        data = load_images(args.dataset, args.data_root, "train", limit=limit, fake_size=max(args.n_train, 200))
-        x_train = data.tensors[0]
-        x_test = load_images(args.dataset, args.data_root, "test", limit=args.n_test, fake_size=args.n_test).tensors[0]
         cfg = glf_preset(args.preset, tuple(x_train.shape[1:]))
     except ValueError as err:  # unknown data set / split / preset: one line
         raise UsageError(str(err)) from err
