@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from pyro.distributions import constraints
 from pyro.distributions.torch_transform import TransformModule
 from torch import nn
 from torch.nn import functional as F
 
+from pyro_lfbm.transforms.last_pass import LastPassMixin
+
 MASKS = ("channel", "checkerboard")
 
 
-class AffineCoupling2d(TransformModule):
+class AffineCoupling2d(LastPassMixin, TransformModule):
     r"""
     Affine coupling on (..., C, H, W) images with a sigmoid-bounded scale (as in Glow and in
     :class:`~pyro_lfbm.transforms.BoundedAffineCoupling`). A binary mask :math:`m` picks the
@@ -71,7 +71,6 @@ class AffineCoupling2d(TransformModule):
         )
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
-        self._last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def _checkerboard(self, like: torch.Tensor) -> torch.Tensor:
         """The (1, H, W) mask m: 1 where the pixel conditions."""
@@ -101,29 +100,22 @@ class AffineCoupling2d(TransformModule):
 
     def _call(self, x: torch.Tensor) -> torch.Tensor:
         y, ladj = self._transform(x, inverse=False)
-        self._last = (x, y, ladj)
+        self._keep_last(x, y, ladj)
         return y
 
     def _inverse(self, y: torch.Tensor) -> torch.Tensor:
         x, ladj = self._transform(y, inverse=True)
-        self._last = (x, y, ladj)
+        self._keep_last(x, y, ladj)
         return x
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """:returns: :math:`\\sum (1-m)\\log\\sigma`, shape ``x.shape[:-3]`` (reuses the last pass on ``x, y``)."""
-        last, self._last = self._last, None
-        if last is not None and last[0] is x and last[1] is y:
-            return last[2]
+        kept = self._take_last(x, y)
+        if kept is not None:
+            return kept
         return self._transform(x, inverse=False)[1]
 
-    def clear_cache(self) -> None:
-        super().clear_cache()
-        self._last = None
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        state["_last"] = None
-        return state
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, hidden_channels={self.hidden_channels}, mask={self.mask!r}, parity={self.parity}"

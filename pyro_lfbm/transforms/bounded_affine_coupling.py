@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from pyro.distributions import constraints
 from pyro.distributions.torch_transform import TransformModule
 from torch import nn
 from torch.nn import functional as F
 
+from pyro_lfbm.transforms.last_pass import LastPassMixin
 
-class BoundedAffineCoupling(TransformModule):
+
+class BoundedAffineCoupling(LastPassMixin, TransformModule):
     r"""
     Affine coupling layer whose scale lies in (0, 1), as in Glow and the LFBM latent flow:
 
@@ -67,7 +67,6 @@ class BoundedAffineCoupling(TransformModule):
         )
         nn.init.zeros_(self.hypernet[-1].weight)
         nn.init.zeros_(self.hypernet[-1].bias)
-        self._last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def _split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return x[..., : self.split_dim], x[..., self.split_dim :]
@@ -82,33 +81,24 @@ class BoundedAffineCoupling(TransformModule):
         x1, x2 = self._split(x)
         shift, scale, log_scale = self._shift_scale(x1)
         y = torch.cat([x1, (x2 + shift) * scale], dim=-1)
-        self._last = (x, y, log_scale.sum(-1))
+        self._keep_last(x, y, log_scale.sum(-1))
         return y
 
     def _inverse(self, y: torch.Tensor) -> torch.Tensor:
         y1, y2 = self._split(y)
         shift, scale, log_scale = self._shift_scale(y1)
         x = torch.cat([y1, y2 / scale - shift], dim=-1)
-        self._last = (x, y, log_scale.sum(-1))
+        self._keep_last(x, y, log_scale.sum(-1))
         return x
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """:returns: :math:`\\sum \\log\\sigma(\\mathbf{x}_{1:d})`, shape ``x.shape[:-1]``."""
-        last, self._last = self._last, None
-        if last is not None and last[0] is x and last[1] is y:
-            return last[2]
+        kept = self._take_last(x, y)
+        if kept is not None:
+            return kept
         return self._shift_scale(self._split(x)[0])[2].sum(-1)
 
-    def clear_cache(self) -> None:
-        """Drop the kept ``(x, y, log|det J|)`` (and Pyro's cache, which is unused here)."""
-        super().clear_cache()
-        self._last = None
 
-    def __getstate__(self) -> dict[str, Any]:
-        # Never pickle/deepcopy the kept tensors (non-leaf tensors cannot be deep-copied).
-        state = super().__getstate__()
-        state["_last"] = None
-        return state
 
 
 def bounded_affine_coupling(input_dim: int, hidden_dim: int = 64) -> BoundedAffineCoupling:
