@@ -151,25 +151,23 @@ def compare_inference(model, encoder_guide, x, args, progress=True):
                                      proposal=proposal, **kw), "images": f"test-{x.shape[0]}"})
         recon[method] = z
 
-    traj = langevin_trajectory(model, x, steps, step_size=args.step_size, progress=progress, desc="Langevin")
-    for k, (z, sec) in traj.items():
-        curves.append({"family": "Langevin", "steps": k, "seconds_per_1000": sec * 1000 / x.shape[0],
-                       "mse": reconstruction_mse(model, x, z).mean().item()})
-    for k in args.langevin_steps:
-        z, sec = traj[k]
-        add(f"Langevin K={k}", z, sec, k, GaussianProposal.laplace(model, x, z))
+    def chain_family(family, curve_steps, table_steps, init=None):
+        """One chain read off at several step counts: MSE-vs-time curve points and table rows."""
+        traj = langevin_trajectory(model, x, curve_steps, step_size=args.step_size, init=init,
+                                   progress=progress, desc=family)
+        for k, (z, sec) in traj.items():
+            curves.append({"family": family, "steps": k, "seconds_per_1000": sec * 1000 / x.shape[0],
+                           "mse": reconstruction_mse(model, x, z).mean().item()})
+        for k in table_steps:
+            z, sec = traj[k]
+            add(f"{family} K={k}", z, sec, k, GaussianProposal.laplace(model, x, z))
+        return traj
 
+    traj = chain_family("Langevin", steps, args.langevin_steps)
     enc = encode_dataset(encoder_guide, x, progress=False)
     add("encoder guide", enc.z, enc.seconds, 0, GaussianProposal.from_guide(encoder_guide, x))
     hsteps = sorted(set(k for k in CURVE_STEPS if k <= max(args.hybrid_steps)) | set(args.hybrid_steps))
-    htraj = langevin_trajectory(model, x, hsteps, step_size=args.step_size, init=encoder_guide.mean,
-                                progress=progress, desc="hybrid")
-    for k, (z, sec) in htraj.items():
-        curves.append({"family": "hybrid", "steps": k, "seconds_per_1000": sec * 1000 / x.shape[0],
-                       "mse": reconstruction_mse(model, x, z).mean().item()})
-    for k in args.hybrid_steps:
-        z, sec = htraj[k]
-        add(f"hybrid K={k}", z, sec, k, GaussianProposal.laplace(model, x, z))
+    chain_family("hybrid", hsteps, args.hybrid_steps, init=encoder_guide.mean)
 
     # Per-image references on a handful of images; every method is also scored on the same images.
     n = min(args.reference_images, x.shape[0])
