@@ -13,11 +13,9 @@ import argparse
 from pathlib import Path
 
 import pandas as pd
-import torch
 
-from pyro_lfbm.anomaly_experiment import AnomalyRunConfig, run_anomaly
-from pyro_lfbm.cli import add_common_arguments, parse_overrides, resolve_device, run_cli, run_record, staged_output, write_json
-from pyro_lfbm.plots import plot_precision_recall, plot_score_histograms, save_ranked_grid
+from pyro_lfbm.anomaly_experiment import RUN_FILES, AnomalyRunConfig, run_anomaly, run_folder_name, save_anomaly_run
+from pyro_lfbm.cli import add_common_arguments, parse_overrides, resolve_device, run_cli
 from pyro_lfbm.presets import PRIORS
 
 
@@ -41,7 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> pd.DataFrame:
     device = resolve_device(args.device)
-    out = Path(args.out) / f"heldout{args.heldout}-{args.prior}-seed{args.seed}"
     cfg = AnomalyRunConfig(
         heldout=args.heldout, prior=args.prior, preset=args.preset, seed=args.seed, epochs=args.epochs,
         test_steps=args.test_steps, batchnorm=args.batchnorm, limit_train=args.limit_train, limit_test=args.limit_test,
@@ -49,22 +46,14 @@ def main(args: argparse.Namespace) -> pd.DataFrame:
         resume=args.resume, eval_only=args.eval_only, progress=not args.no_progress, sigma=args.sigma, lr=args.lr,
         model_overrides=parse_overrides(args.overrides),
     )
+    out = Path(args.out) / run_folder_name(cfg)
     result = run_anomaly(cfg)
     table = pd.DataFrame(result.rows)
-    with staged_output(out) as stage:
-        table.to_csv(stage / "metrics.csv", index=False)
-        pd.DataFrame(result.history).to_csv(stage / "history.csv", index=False)
-        torch.save({k: v for k, v in result.scores.items()} | {"is_anomaly": result.is_anomaly}, stage / "scores.pt")
-        title = f"held-out {args.heldout}, {args.prior} prior, seed {args.seed}"
-        plot_precision_recall(result.is_anomaly, result.scores, stage / "precision_recall.png", title)
-        plot_score_histograms(result.is_anomaly, result.scores, stage / "score_histograms.png", title)
-        save_ranked_grid(result.test_x, result.scores["joint"], stage / "ranked_joint.png")
-        write_json(stage / "run.json", run_record({"config": result.config}))
+    save_anomaly_run(result, cfg, out)
     print(table[["batchnorm", "score", "auprc", "ap", "auroc", "train_seconds", "test_seconds"]].to_string(index=False))
     for _, row in table[table.score == "joint"].iterrows():
         print(f"AUPRC (−log p(x, z), BatchNorm {row.batchnorm}) = {row.auprc:.3f}  (prevalence {row.prevalence:.3f})")
-    print(f"wrote {out}/ (metrics.csv, history.csv, scores.pt, precision_recall.png, score_histograms.png, "
-          f"ranked_joint.png, run.json); checkpoint in {cfg.checkpoint_dir}")
+    print(f"wrote {out}/ ({', '.join(RUN_FILES)}); checkpoint in {cfg.checkpoint_dir}")
     return table
 
 

@@ -3,8 +3,9 @@
     python experiments/anomaly_table.py                       # digits 1 4 5 7 9, 3 priors, seeds 1 2 3
     python experiments/anomaly_table.py --digits 7 --priors flow --seeds 1 2 3
 
-Each run is one `experiments/anomaly.py`-style run (same library code); finished runs are kept in
-table.csv and skipped when the command is run again, so an interrupted table resumes.
+Each run is one `experiments/anomaly.py`-style run (same library code, same files under
+<out>/runs/heldout<d>-<prior>-seed<s>/); finished runs are kept in table.csv and skipped when the
+command is run again, so an interrupted table resumes.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pyro_lfbm.anomaly_experiment import AnomalyRunConfig, run_anomaly
+from pyro_lfbm.anomaly_experiment import AnomalyRunConfig, run_anomaly, run_folder_name, save_anomaly_run
 from pyro_lfbm.anomaly_report import PAPER_AUPRC, write_report
 from pyro_lfbm.cli import add_common_arguments, resolve_device, run_cli, run_record
 from pyro_lfbm.presets import PRIORS
@@ -56,6 +57,7 @@ def main(args: argparse.Namespace) -> pd.DataFrame:
                     progress=not args.no_progress, sigma=args.sigma,
                 )
                 result = run_anomaly(cfg)
+                save_anomaly_run(result, cfg, out / "runs" / run_folder_name(cfg))
                 rows = pd.DataFrame(result.rows)
                 print(rows[["heldout", "prior", "seed", "score", "auprc", "train_seconds", "test_seconds"]].to_string(index=False))
                 table = pd.concat([table, rows], ignore_index=True)

@@ -11,14 +11,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import pandas as pd
 import pyro
 import torch
 
 from pyro_lfbm.anomaly import DECISION_FUNCTIONS, anomaly_metrics, anomaly_scores
 from pyro_lfbm.checkpoint import CheckpointError, check_config_compatible, load_checkpoint
-from pyro_lfbm.cli import UsageError
+from pyro_lfbm.cli import UsageError, run_record, staged_output, write_json
 from pyro_lfbm.data import heldout_digit_split
 from pyro_lfbm.infer import LangevinGuide
+from pyro_lfbm.plots import plot_precision_recall, plot_score_histograms, save_ranked_grid
 from pyro_lfbm.presets import get_preset
 from pyro_lfbm.training import fit
 
@@ -56,6 +58,14 @@ class AnomalyRunResult:
 
 
 CONFIG_KEYS = ("model",)
+
+
+RUN_FILES = ("metrics.csv", "history.csv", "scores.pt", "precision_recall.png", "score_histograms.png",
+             "ranked_joint.png", "run.json")
+
+
+def run_folder_name(cfg: AnomalyRunConfig) -> str:
+    return f"heldout{cfg.heldout}-{cfg.prior}-seed{cfg.seed}"
 
 
 def checkpoint_name(cfg: AnomalyRunConfig) -> str:
@@ -139,3 +149,20 @@ def run_anomaly(cfg: AnomalyRunConfig) -> AnomalyRunResult:
             })
         all_scores.setdefault("main", scores)  # figures use the first mode
     return AnomalyRunResult(rows, all_scores["main"], split.test_is_anomaly, split.test_x, history, config)
+
+
+def save_anomaly_run(result: AnomalyRunResult, cfg: AnomalyRunConfig, out: Path) -> None:
+    """Write one run's files (:data:`RUN_FILES`) into ``out``, all at once or not at all.
+
+    metrics.csv has one row per BatchNorm mode and decision function; scores.pt holds the test
+    scores of the first mode (each shape ``(N_test,)``) and ``is_anomaly``; the figures use them too.
+    """
+    with staged_output(Path(out)) as stage:
+        pd.DataFrame(result.rows).to_csv(stage / "metrics.csv", index=False)
+        pd.DataFrame(result.history).to_csv(stage / "history.csv", index=False)
+        torch.save(dict(result.scores) | {"is_anomaly": result.is_anomaly}, stage / "scores.pt")
+        title = f"held-out {cfg.heldout}, {cfg.prior} prior, seed {cfg.seed}"
+        plot_precision_recall(result.is_anomaly, result.scores, stage / "precision_recall.png", title)
+        plot_score_histograms(result.is_anomaly, result.scores, stage / "score_histograms.png", title)
+        save_ranked_grid(result.test_x, result.scores["joint"], stage / "ranked_joint.png")
+        write_json(stage / "run.json", run_record({"config": result.config}))

@@ -28,7 +28,7 @@ class UsageError(ValueError):
 
 def add_common_arguments(parser: argparse.ArgumentParser, *, default_out: str, presets=("cpu", "paper", "tiny")) -> None:
     """--data-root, --seed, --preset, --epochs, --device, --out, --checkpoint-dir, --resume, --no-progress."""
-    parser.add_argument("--data-root", default=None, help="data folder in torchvision layout (default: $PYRO_LFBM_DATA, else ./data)")
+    parser.add_argument("--data-root", default=None, help="data folder in torchvision layout (default: $PYRO_LFBM_DATA, else ./data or ../shared/data, whichever has the data)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the data split and of training")
     parser.add_argument("--preset", choices=presets, default=presets[0], help="model and schedule preset")
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's number of epochs")

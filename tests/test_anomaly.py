@@ -106,3 +106,23 @@ def test_batch_order_cannot_leak_labels_through_batchnorm(monkeypatch):
     first_batch = seen[0][:40]
     blank = (first_batch == -1).flatten(1).all(1)
     assert 5 < int(blank.sum()) < 35  # both kinds in the first batch
+
+
+def test_table_runner_writes_rows_report_and_run_folders_and_skips_done_runs(tmp_path):
+    root = require_mnist()
+    cmd = [sys.executable, str(REPO / "experiments" / "anomaly_table.py"), "--digits", "7", "--priors", "flow", "gaussian",
+           "--seeds", "1", "--preset", "tiny", "--limit-train", "200", "--limit-test", "100", "--batchnorm", "eval",
+           "--data-root", str(root), "--out", str(tmp_path), "--no-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    table = pd.read_csv(tmp_path / "table.csv")
+    required = {"heldout", "prior", "score", "seed", "auprc", "ap", "auroc", "train_seconds", "test_seconds"}
+    assert required <= set(table.columns)
+    assert len(table) == 2 * 3 and set(table.prior) == {"flow", "gaussian"}
+    readme = (tmp_path / "README.md").read_text()
+    assert "0.682" in readme and "over training seeds" in readme  # the paper's LFBM row and what ± means
+    for prior in ("flow", "gaussian"):
+        assert (tmp_path / "runs" / f"heldout7-{prior}-seed1" / "precision_recall.png").exists()
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert again.returncode == 0 and again.stdout.count("skip") == 2
+    assert len(pd.read_csv(tmp_path / "table.csv")) == 6

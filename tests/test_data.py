@@ -51,6 +51,18 @@ def test_resolve_data_root_precedence(monkeypatch, tmp_path):
     assert resolve_data_root() == pathlib.Path("data")
 
 
+def test_default_data_root_falls_back_to_shared_folder(monkeypatch, tmp_path):
+    monkeypatch.delenv("PYRO_LFBM_DATA", raising=False)
+    (tmp_path / "project").mkdir()
+    (tmp_path / "shared" / "data" / "MNIST").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "project")
+    has_mnist = lambda base: (base / "MNIST").is_dir()  # noqa: E731
+    assert resolve_data_root(has_data=has_mnist) == pathlib.Path("../shared/data")
+    (tmp_path / "project" / "data" / "MNIST").mkdir(parents=True)
+    assert resolve_data_root(has_data=has_mnist) == pathlib.Path("data")  # ./data first when it has the data
+    assert resolve_data_root(has_data=lambda base: False) == pathlib.Path("data")  # downloads go to ./data
+
+
 # --------------------------------------------------------------------------- real MNIST
 
 

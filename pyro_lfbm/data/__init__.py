@@ -13,7 +13,7 @@ from .datasets import (
     load_images,
     stratified_subset,
 )
-from .root import DATA_ROOT_ENV, DEFAULT_DATA_ROOT, resolve_data_root
+from .root import DATA_ROOT_ENV, DEFAULT_DATA_ROOT, DEFAULT_DATA_ROOTS, resolve_data_root
 
 __all__ = [
     "AnomalySplit",
@@ -21,6 +21,7 @@ __all__ = [
     "DATASETS",
     "DATA_ROOT_ENV",
     "DEFAULT_DATA_ROOT",
+    "DEFAULT_DATA_ROOTS",
     "DataError",
     "DatasetInfo",
     "dataset_info",

@@ -238,7 +238,7 @@ def _load_uint8(
     if info.name == "fake":
         return _read_fake(split, fake_size, tuple(fake_shape or info.shape), limit)
 
-    base = resolve_data_root(root)
+    base = resolve_data_root(root, has_data=lambda b: all(p.exists() for p in expected_files(info.name, b, split)))
     missing = [p for p in expected_files(info.name, base, split) if not p.exists()]
     if missing and not download:
         raise DataError(_missing_message(info.name, split, base, missing, " and download=False"))
