@@ -10,6 +10,8 @@ algorithm.
 from pyro_lfbm.infer import EncoderGuide, HybridGuide, LangevinGuide, LangevinKernel, langevin_step, short_run_langevin
 from pyro_lfbm.models import GLF, CoopFlow, ImageFlow, LatentModel
 from pyro_lfbm.priors import EnergyPrior, FlowPrior, GaussianPrior, LatentPrior
+from pyro_lfbm.step_training import History, StepTrainer, fit_steps
+from pyro_lfbm.training import OptimConfig, SVITrainer, fit
 
 __version__ = "0.1.0"
 
@@ -20,12 +22,18 @@ __all__ = [
     "FlowPrior",
     "GLF",
     "GaussianPrior",
+    "History",
     "HybridGuide",
     "ImageFlow",
     "LangevinGuide",
     "LangevinKernel",
     "LatentModel",
     "LatentPrior",
+    "OptimConfig",
+    "SVITrainer",
+    "StepTrainer",
+    "fit",
+    "fit_steps",
     "langevin_step",
     "short_run_langevin",
 ]

@@ -22,6 +22,7 @@ from pyro_lfbm.data import heldout_digit_split
 from pyro_lfbm.infer import LangevinGuide
 from pyro_lfbm.plots import plot_precision_recall, plot_score_histograms, save_ranked_grid
 from pyro_lfbm.presets import get_preset
+from pyro_lfbm.step_training import trainer_state
 from pyro_lfbm.training import fit
 
 
@@ -114,7 +115,7 @@ def run_anomaly(cfg: AnomalyRunConfig) -> AnomalyRunResult:
         ckpt = load_checkpoint(cfg.eval_only)
         check_config_compatible(ckpt.get("config", {}), config, CONFIG_KEYS)
         try:
-            model.load_state_dict(ckpt["model"])
+            model.load_state_dict(trainer_state(ckpt)["model"])
         except RuntimeError:
             raise CheckpointError(f"{cfg.eval_only} does not fit this model; pass the --preset and --prior it was trained with") from None
         history = list(ckpt.get("history", []))

@@ -102,7 +102,7 @@ def test_hybrid_training_moves_model_and_encoder_towards_the_chains(tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(enc0, guide.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(gen0, model.generator.parameters()))
     ckpt = torch.load(tmp_path / "h.pt", weights_only=False)
-    assert any(k.startswith("encoder_guide.encoder") for k in ckpt["guide"])
+    assert any(k.startswith("encoder_guide.encoder") for k in ckpt["trainer"]["guide"])
     # the encoder now predicts the refined latents better than at the start of training
     model.eval(), guide.eval()
     z = hybrid.infer(x)["z"]
