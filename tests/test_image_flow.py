@@ -9,11 +9,18 @@ import torch
 from torch.autograd.functional import jacobian
 
 from pyro_lfbm.models.image_flow import ImageFlow, dequantize
-from pyro_lfbm.transforms.actnorm2d import ActNorm2d
-from pyro_lfbm.transforms.affine_coupling2d import AffineCoupling2d
-from pyro_lfbm.transforms.invertible_conv import InvertibleConv1x1
-from pyro_lfbm.transforms.logit import BoundedLogit
-from pyro_lfbm.transforms.squeeze import Squeeze2d
+from pyro_lfbm.transforms import (
+    ActNorm2d,
+    AffineCoupling2d,
+    BoundedLogit,
+    InvertibleConv1x1,
+    Squeeze2d,
+    actnorm2d,
+    affine_coupling2d,
+    bounded_logit,
+    invertible_conv1x1,
+    squeeze2d,
+)
 
 SHAPE = (4, 4, 4)  # (C, H, W): 64 dimensions, small enough for a full Jacobian
 
@@ -31,20 +38,28 @@ def _one_thread():
 def make(kind, seed=0, noise=0.3):
     """A float64 transform with parameters moved away from their (near-identity) initialisation."""
     torch.manual_seed(seed)
-    t = {
-        "squeeze": lambda: Squeeze2d(),
-        "actnorm2d": lambda: ActNorm2d(SHAPE[0]),
-        "conv1x1": lambda: InvertibleConv1x1(SHAPE[0]),
-        "coupling_channel": lambda: AffineCoupling2d(SHAPE[0], 8, "channel", parity=0),
-        "coupling_channel_odd": lambda: AffineCoupling2d(SHAPE[0], 8, "channel", parity=1),
-        "coupling_checkerboard": lambda: AffineCoupling2d(SHAPE[0], 8, "checkerboard", parity=0),
-        "coupling_checkerboard_odd": lambda: AffineCoupling2d(SHAPE[0], 8, "checkerboard", parity=1),
-        "logit": lambda: BoundedLogit(0.05),
+    t = {  # built by the lowercase factories, as a user would (Pyro's convention)
+        "squeeze": lambda: squeeze2d(),
+        "actnorm2d": lambda: actnorm2d(SHAPE[0]),
+        "conv1x1": lambda: invertible_conv1x1(SHAPE[0]),
+        "coupling_channel": lambda: affine_coupling2d(SHAPE[0], 8, "channel", parity=0),
+        "coupling_channel_odd": lambda: affine_coupling2d(SHAPE[0], 8, "channel", parity=1),
+        "coupling_checkerboard": lambda: affine_coupling2d(SHAPE[0], 8, "checkerboard", parity=0),
+        "coupling_checkerboard_odd": lambda: affine_coupling2d(SHAPE[0], 8, "checkerboard", parity=1),
+        "logit": lambda: bounded_logit(0.05),
     }[kind]().double()
     with torch.no_grad():
         for p in t.parameters():
             p.add_(noise * torch.randn_like(p))
     return t
+
+
+def test_factories_build_their_classes():
+    assert isinstance(squeeze2d(), Squeeze2d) and squeeze2d(3).factor == 3
+    assert isinstance(actnorm2d(4), ActNorm2d) and actnorm2d(4).channels == 4
+    assert isinstance(invertible_conv1x1(4), InvertibleConv1x1)
+    assert isinstance(affine_coupling2d(4, 8, "checkerboard", 1), AffineCoupling2d)
+    assert isinstance(bounded_logit(0.1), BoundedLogit) and bounded_logit(0.1).alpha == 0.1
 
 
 KINDS = ["squeeze", "actnorm2d", "conv1x1", "coupling_channel", "coupling_channel_odd", "coupling_checkerboard",

@@ -58,3 +58,12 @@ class ActNorm2d(TransformModule):
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}"
+
+
+def actnorm2d(channels: int) -> ActNorm2d:
+    """
+    Build an :class:`ActNorm2d` transform (identity until its data-dependent initialisation).
+
+    :param int channels: number of image channels C of events (C, H, W).
+    """
+    return ActNorm2d(channels)

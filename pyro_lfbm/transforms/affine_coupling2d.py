@@ -119,3 +119,15 @@ class AffineCoupling2d(LastPassMixin, TransformModule):
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, hidden_channels={self.hidden_channels}, mask={self.mask!r}, parity={self.parity}"
+
+
+def affine_coupling2d(channels: int, hidden_channels: int = 64, mask: str = "channel", parity: int = 0) -> AffineCoupling2d:
+    """
+    Build an :class:`AffineCoupling2d` transform on events (C, H, W).
+
+    :param int channels: number of image channels C.
+    :param int hidden_channels: width of the convolutional conditioner.
+    :param str mask: ``"channel"`` (split the channels) or ``"checkerboard"``.
+    :param int parity: which half is transformed (0 or 1).
+    """
+    return AffineCoupling2d(channels, hidden_channels, mask=mask, parity=parity)

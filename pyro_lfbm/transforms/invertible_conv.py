@@ -28,3 +28,12 @@ class InvertibleConv1x1(GeneralizedChannelPermute):
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}"
+
+
+def invertible_conv1x1(channels: int) -> InvertibleConv1x1:
+    """
+    Build an :class:`InvertibleConv1x1` transform (Glow's 1×1 convolution) on events (C, H, W).
+
+    :param int channels: number of image channels C.
+    """
+    return InvertibleConv1x1(channels)

@@ -51,3 +51,12 @@ class BoundedLogit(TransformModule):
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}"
+
+
+def bounded_logit(alpha: float = 0.05) -> BoundedLogit:
+    """
+    Build a :class:`BoundedLogit` transform from pixels in [-1, 1] to logit space.
+
+    :param float alpha: the squeeze away from the bounds, in (0, 0.5).
+    """
+    return BoundedLogit(alpha)

@@ -64,3 +64,12 @@ class Squeeze2d(TransformModule):
 
     def extra_repr(self) -> str:
         return f"factor={self.factor}"
+
+
+def squeeze2d(factor: int = 2) -> Squeeze2d:
+    """
+    Build a :class:`Squeeze2d` transform, (C, H, W) -> (C·f², H/f, W/f).
+
+    :param int factor: the spatial factor f (at least 2).
+    """
+    return Squeeze2d(factor)
