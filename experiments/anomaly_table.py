@@ -17,7 +17,7 @@ import pandas as pd
 
 from pyro_lfbm.anomaly_experiment import AnomalyRunConfig, run_anomaly, run_folder_name, save_anomaly_run
 from pyro_lfbm.anomaly_report import PAPER_AUPRC, write_report
-from pyro_lfbm.cli import add_common_arguments, resolve_device, run_cli, run_record
+from pyro_lfbm.cli import UsageError, add_common_arguments, resolve_device, run_cli, run_record
 from pyro_lfbm.presets import PRIORS
 
 
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sigma", type=float, default=None)
     parser.add_argument("--limit-train", type=int, default=None)
     parser.add_argument("--limit-test", type=int, default=None)
+    parser.add_argument("--report-only", action="store_true", help="only rewrite README.md from table.csv")
     add_common_arguments(parser, default_out="results/anomaly")
     return parser
 
@@ -41,6 +42,12 @@ def main(args: argparse.Namespace) -> pd.DataFrame:
     out.mkdir(parents=True, exist_ok=True)
     table_path = out / "table.csv"
     table = pd.read_csv(table_path) if table_path.exists() else pd.DataFrame()
+    if args.report_only:
+        if table.empty:
+            raise UsageError(f"--report-only: no runs in {table_path}; run the table first")
+        write_report(table, out / "README.md", run_record())
+        print(f"wrote {out / 'README.md'}")
+        return table
     for seed in args.seeds:  # seeds outermost: an interrupted table still covers every digit and prior
         for digit in args.digits:
             for prior in args.priors:

@@ -126,3 +126,22 @@ def test_table_runner_writes_rows_report_and_run_folders_and_skips_done_runs(tmp
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert again.returncode == 0 and again.stdout.count("skip") == 2
     assert len(pd.read_csv(tmp_path / "table.csv")) == 6
+
+
+def test_target_table_compares_with_paper_and_other_priors():
+    from pyro_lfbm.anomaly_report import target_table
+
+    rows = []
+    for seed, (flow, gauss) in enumerate([(0.70, 0.5), (0.72, 0.6), (0.69, 0.55)], start=1):
+        rows += [{"heldout": 7, "prior": "flow", "score": "joint", "batchnorm": "train", "seed": seed, "auprc": flow},
+                 {"heldout": 7, "prior": "gaussian", "score": "joint", "batchnorm": "train", "seed": seed, "auprc": gauss},
+                 {"heldout": 7, "prior": "flow", "score": "joint", "batchnorm": "eval", "seed": seed, "auprc": 0.1}]
+    rows += [{"heldout": 1, "prior": "flow", "score": "joint", "batchnorm": "train", "seed": 1, "auprc": 0.9},
+             {"heldout": 4, "prior": "flow", "score": "joint", "batchnorm": "train", "seed": 1, "auprc": 0.5},
+             {"heldout": 4, "prior": "ebm", "score": "joint", "batchnorm": "train", "seed": 1, "auprc": 0.6}]
+    t = target_table(pd.DataFrame(rows)).set_index("heldout")
+    assert t.loc[7, "flow"] == pytest.approx((0.70 + 0.72 + 0.69) / 3) and t.loc[7, "paper"] == 0.682 and t.loc[7, "seeds"] == 3
+    assert bool(t.loc[7, "met"]) and bool(t.loc[7, "ahead"])  # eval-mode rows (0.1) are not the headline
+    assert not t.loc[1, "met"]  # above the paper, but one seed only
+    assert pd.isna(t.loc[1, "ahead"])  # no other prior run for digit 1
+    assert not bool(t.loc[4, "ahead"]) and t.loc[4, "gap"] == pytest.approx(0.5 - 0.812)
