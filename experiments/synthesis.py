@@ -1,7 +1,7 @@
 """Synthesis and reconstruction (LFBM task 4), and the sample Fréchet distance of each prior.
 
     python experiments/synthesis.py --dataset mnist                       # flow prior
-    python experiments/synthesis.py --dataset mnist --priors flow gaussian ebm
+    python experiments/synthesis.py --dataset mnist --priors flow gaussian ebm --seeds 1 2
 
 trains (or loads from the checkpoint cache) one model per prior on the first --n-train complete
 training images, saves a grid of samples x = g(z), z ~ p_α(z), reports the test reconstruction MSE
@@ -24,6 +24,8 @@ from pyro_lfbm.task_cli import add_task_arguments
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--priors", nargs="+", choices=PRIORS, default=["flow"], help="flow = LFBM, gaussian = ABP, ebm = LEBM")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="several training seeds, one table with mean ± std (default: --seed)")
     parser.add_argument("--num-samples", type=int, default=2000, help="samples for the Fréchet distance")
     parser.add_argument("--test-steps", type=int, default=None, help="reconstruction Langevin steps (default: the preset's)")
     add_task_arguments(parser, default_out="results/synthesis")

@@ -14,7 +14,7 @@ from pyro_lfbm.panels import save_grid
 from pyro_lfbm.synthesis import synthesis_metrics
 from pyro_lfbm.task_cli import load_split, task_preset, trained_model
 
-__all__ = ["run_synthesis"]
+__all__ = ["flow_below_gaussian", "run_synthesis", "seed_summary"]
 
 LABELS = {"flow": "flow (LFBM)", "ebm": "energy (LEBM)", "gaussian": "Gaussian (ABP)"}
 
@@ -33,21 +33,25 @@ def run_synthesis(args: argparse.Namespace) -> pd.DataFrame:
     if info.num_classes >= 2:
         classifier = ClassifierFeatures.load_or_train(info.name, args.data_root, args.cache_dir, progress=not args.no_progress,
                                                       fake_shape=tuple(x_train.shape[1:]))
+    seeds = list(getattr(args, "seeds", None) or [args.seed])
     rows, grids = [], {}
-    for prior in args.priors:
-        model, history = trained_model(args, prior, x_train)
-        learn = task_preset(args, prior, tuple(x_train.shape[1:])).learn
-        steps = args.test_steps if args.test_steps is not None else learn.test_steps
-        m = synthesis_metrics(model, x_train, x_test, classifier=classifier, num_samples=args.num_samples,
-                              num_steps=steps, step_size=learn.test_step_size, seed=args.seed,
-                              batch_size=learn.test_batch_size, progress=not args.no_progress)
-        grids[prior] = m["samples"][:100]
-        rows.append({"dataset": info.name, "prior": prior, "classifier_fd": m["classifier_fd"],
-                     "inception_fid": m["inception_fid"], "recon_mse_pm1": m["recon_mse"], "test_steps": steps,
-                     "n_train": int(x_train.shape[0]), "n_test": int(x_test.shape[0]), "num_samples": args.num_samples,
-                     "epochs": len(history.epochs), "train_seconds": round(history.train_seconds, 1), "seed": args.seed,
-                     "preset": args.preset})
-        print(f"{info.name} {prior}: classifier FD {m['classifier_fd']:.2f}, test recon MSE {m['recon_mse']:.4f}", flush=True)
+    for seed in seeds:
+        seed_args = argparse.Namespace(**{**vars(args), "seed": seed})
+        for prior in args.priors:
+            model, history = trained_model(seed_args, prior, x_train)
+            learn = task_preset(seed_args, prior, tuple(x_train.shape[1:])).learn
+            steps = args.test_steps if args.test_steps is not None else learn.test_steps
+            m = synthesis_metrics(model, x_train, x_test, classifier=classifier, num_samples=args.num_samples,
+                                  num_steps=steps, step_size=learn.test_step_size, seed=seed,
+                                  batch_size=learn.test_batch_size, progress=not args.no_progress)
+            grids.setdefault(prior, m["samples"][:100])  # the first seed's samples are shown
+            rows.append({"dataset": info.name, "prior": prior, "classifier_fd": m["classifier_fd"],
+                         "inception_fid": m["inception_fid"], "recon_mse_pm1": m["recon_mse"], "test_steps": steps,
+                         "n_train": int(x_train.shape[0]), "n_test": int(x_test.shape[0]), "num_samples": args.num_samples,
+                         "epochs": len(history.epochs), "train_seconds": round(history.train_seconds, 1), "seed": seed,
+                         "preset": args.preset})
+            fd = "n/a" if m["classifier_fd"] is None else f"{m['classifier_fd']:.2f}"
+            print(f"{info.name} {prior} seed {seed}: classifier FD {fd}, test recon MSE {m['recon_mse']:.4f}", flush=True)
     table = pd.DataFrame(rows)
     record = run_record({"classifier": classifier.info if classifier else None, "inception": rows and m["inception_note"]})
     out = Path(args.out) / info.name
@@ -60,10 +64,35 @@ def run_synthesis(args: argparse.Namespace) -> pd.DataFrame:
     return table
 
 
+def seed_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per prior: classifier FD and test reconstruction MSE as "mean ± std (n seeds)"."""
+    def cell(values: pd.Series) -> str:
+        values = values.dropna()
+        if values.empty:
+            return "–"
+        return f"{values.mean():.4g} ({len(values)})" if len(values) < 2 else f"{values.mean():.4g} ± {values.std():.2g} ({len(values)})"
+
+    grouped = table.groupby("prior", sort=False)
+    return pd.DataFrame({"prior": [LABELS.get(p, p) for p in grouped.groups],
+                         "classifier_fd": list(grouped.classifier_fd.apply(cell)),
+                         "recon_mse_pm1": list(grouped.recon_mse_pm1.apply(cell))})
+
+
+def flow_below_gaussian(table: pd.DataFrame) -> str:
+    """"met"/"not met" with both means and the seed counts, or why it cannot be judged."""
+    means = table.groupby("prior").classifier_fd.agg(["mean", "count"])
+    if not {"flow", "gaussian"} <= set(means.index) or means["mean"].isna().any():
+        return "not judged (needs both priors and a classifier)"
+    flow, gauss = means.loc["flow"], means.loc["gaussian"]
+    verdict = "met" if flow["mean"] < gauss["mean"] else "not met"
+    return (f"{verdict} (flow {flow['mean']:.4g} over {int(flow['count'])} seed(s), "
+            f"Gaussian {gauss['mean']:.4g} over {int(gauss['count'])})")
+
+
 def _write_readme(path: Path, table: pd.DataFrame, record: dict, priors) -> None:
     clf = record.get("classifier") or {}
     inception = record.get("inception") or "computed (pytorch-fid)"
-    shown = table[["prior", "classifier_fd", "inception_fid", "recon_mse_pm1", "test_steps", "n_train", "epochs", "train_seconds"]]
+    shown = table[["prior", "seed", "classifier_fd", "inception_fid", "recon_mse_pm1", "test_steps", "n_train", "epochs", "train_seconds"]]
     lines = [
         f"# Synthesis and reconstruction: {table['dataset'].iloc[0]}",
         "",
@@ -75,6 +104,14 @@ def _write_readme(path: Path, table: pd.DataFrame, record: dict, priors) -> None
         f"* `inception_fid`: the standard FID (pytorch-fid); here: {inception}.",
         "* `recon_mse_pm1`: test reconstruction error, per pixel in [-1, 1] units (the paper's), of g(z) after "
         "`test_steps` noise-free Langevin steps of 0.1 from z0 ~ N(0, I).",
+        "",
+        "## Mean ± std over seeds",
+        "",
+        seed_summary(table).to_markdown(index=False),
+        "",
+        f"Target, sample Fréchet distance of the flow prior below the Gaussian prior's: {flow_below_gaussian(table)}.",
+        "",
+        "## Every run",
         "",
         shown.to_markdown(index=False),
         "",

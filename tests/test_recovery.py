@@ -1,6 +1,7 @@
 import importlib.util
 import json
 
+import pandas as pd
 import pytest
 import torch
 
@@ -108,6 +109,12 @@ def test_scripts_run_on_fake_data_and_reject_bad_input(tmp_path, capsys):
     assert _run("inpainting", "--priors", "flow", "--n-test", "4", "--completions", "2", "--show", "2",
                 "--out", str(tmp_path / "inp"), *common) == 0
     assert (tmp_path / "inp" / "fake" / "panel.png").exists()
+    assert _run("synthesis", "--priors", "flow", "gaussian", "--seeds", "1", "2", "--n-test", "20", "--num-samples", "50",
+                "--out", str(tmp_path / "syn"), *common) == 0
+    table = pd.read_csv(tmp_path / "syn" / "fake" / "table.csv")
+    assert len(table) == 4 and set(table.seed) == {1, 2} and table.classifier_fd.gt(0).all()
+    readme = (tmp_path / "syn" / "fake" / "README.md").read_text()
+    assert "(2)" in readme and "Target" in readme and (tmp_path / "syn" / "fake" / "samples-gaussian.png").exists()
     capsys.readouterr()
     assert _run("recovery", "--mask", "single", "--level", "70", "--out", str(tmp_path / "bad"), *common) == 2
     err = capsys.readouterr().err
