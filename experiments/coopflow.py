@@ -19,8 +19,7 @@ import pandas as pd
 import torch
 
 from pyro_lfbm.cli import UsageError, resolve_device, run_cli, run_record, staged_output, write_json
-from pyro_lfbm.models.coopflow import CoopFlowTrainer, coopflow_preset
-from pyro_lfbm.models.image_flow import dequantize
+from pyro_lfbm.models.coopflow import CoopFlowTrainer, coopflow_preset, evaluate_coopflow
 from pyro_lfbm.step_training import fit_steps
 from pyro_lfbm.task_cli import add_task_arguments, load_split
 
@@ -65,18 +64,10 @@ def main(args: argparse.Namespace) -> dict:
                                      "flow_checkerboard_steps", "energy", "energy_width"),
                         progress=not args.no_progress, desc="CoopFlow epoch")
     started = time.perf_counter()
-    before, after = [], []
-    for i in range(0, args.num_samples, 250):
-        x0 = model.sample_flow(min(250, args.num_samples - i))
-        before.append(x0.cpu())
-        after.append(model.revise(x0).cpu())
-    before, after = torch.cat(before), torch.cat(after)
-    with torch.no_grad():
-        score_before = model.score(before[:500].to(device)).mean().item()
-        score_after = model.score(after[:500].to(device)).mean().item()
-        score_data = model.score(x_train[:500].to(device)).mean().item()
-        bpd_revised = model.flow.bits_per_dim(dequantize(after[:500].to(device))).mean().item()
-        bpd_data = model.flow.bits_per_dim(dequantize(x_train[:500].to(device))).mean().item()
+    evaluation = evaluate_coopflow(model, x_train, args.num_samples)
+    before, after = evaluation["flow_samples"], evaluation["samples"]
+    score_before, score_after, score_data = (evaluation[k] for k in ("score_flow_samples", "score_revised_samples", "score_data"))
+    bpd_revised, bpd_data = evaluation["flow_bpd_revised"], evaluation["flow_bpd_data"]
     metrics = {
         "model": "coopflow", "dataset": args.dataset, "preset": args.preset, "epochs": cfg.epochs, "seed": args.seed,
         "n_train": int(x_train.shape[0]), "train_seconds": history.train_seconds, "recon_mse": None,

@@ -19,7 +19,7 @@ import torch
 
 from pyro_lfbm.cli import UsageError, resolve_device, run_cli, run_record, staged_output, write_json
 from pyro_lfbm.task_cli import add_task_arguments, load_split
-from pyro_lfbm.models.glf import GLFTrainer, glf_preset
+from pyro_lfbm.models.glf import GLFTrainer, evaluate_glf, glf_preset
 from pyro_lfbm.step_training import fit_steps
 
 
@@ -59,25 +59,21 @@ def main(args: argparse.Namespace) -> dict:
                         config_keys=("dataset", "image_shape", "latent_dim", "hidden_dim", "channels", "flow_steps",
                                      "flow_width", "stop_gradient"),
                         progress=not args.no_progress, desc="GLF epoch")
-    model.eval()
     started = time.perf_counter()
-    with torch.no_grad():
-        recon = torch.cat([model.reconstruct(xb.to(device)).cpu() for xb in x_test.split(500)])
-        codes = torch.cat([model.encode(xb.to(device)).cpu() for xb in x_test.split(500)])
-        samples = torch.cat([model.sample(min(500, args.num_samples - i)).cpu() for i in range(0, args.num_samples, 500)])
-        test_nll = -model.prior.log_prob(codes.to(device)).mean().item()
-    mse = (recon - x_test).pow(2).mean().item()
+    evaluation = evaluate_glf(model, x_test, args.num_samples)
+    samples, recon, mse, test_nll = evaluation["samples"], evaluation["reconstructions"], evaluation["recon_mse"], evaluation["test_code_nll"]
     metrics = {
         "model": "glf", "dataset": args.dataset, "preset": args.preset, "epochs": cfg.epochs, "seed": args.seed,
         "n_train": int(x_train.shape[0]), "n_test": int(x_test.shape[0]), "stop_gradient": cfg.stop_gradient,
         "train_seconds": history.train_seconds, "recon_mse": mse, "recon_protocol": "G(E(x)), one encoder pass",
-        "test_code_nll": test_nll, "code_std": codes.std(0).mean().item(),
+        "test_code_nll": test_nll, "code_std": evaluation["code_std"],
         "eval_seconds": time.perf_counter() - started, "config": cfg.to_dict(), "history": history.epochs,
     }
     with staged_output(out) as stage:
         torch.save(samples, stage / "samples.pt")
         save_image(samples[:100] * 0.5 + 0.5, stage / "samples.png", nrow=10)
-        pairs = torch.stack([x_test[:50], recon[:50]], 1).reshape(100, *x_test.shape[1:])
+        k = min(50, x_test.shape[0])  # each test image beside its reconstruction
+        pairs = torch.stack([x_test[:k], recon[:k]], 1).reshape(2 * k, *x_test.shape[1:])
         save_image(pairs * 0.5 + 0.5, stage / "reconstructions.png", nrow=10)
         pd.DataFrame(history.epochs).to_csv(stage / "history.csv", index=False)
         write_json(stage / "metrics.json", run_record(metrics))

@@ -1,5 +1,7 @@
 """Tests of Generative Latent Flow (:mod:`pyro_lfbm.models.glf`)."""
 
+import math
+
 import pytest
 import torch
 
@@ -100,3 +102,20 @@ def test_bad_input_is_a_one_line_error():
         model.loss(torch.zeros(2, 1, 8, 8))
     with pytest.raises(ValueError, match="nll_weight"):
         GLF(model.encoder, model.generator, model.prior, nll_weight=-1)
+
+
+def test_glf_and_coopflow_scripts_run_on_fake_data(tmp_path):
+    import json
+
+    from tests.test_recovery import _run
+
+    common = ["--preset", "tiny", "--epochs", "1", "--n-train", "40", "--num-samples", "30", "--no-progress",
+              "--threads", "1", "--dataset", "fake", "--fake-shape", "1,28,28", "--cache-dir", str(tmp_path / "cache")]
+    assert _run("glf", "--n-test", "20", "--out", str(tmp_path / "glf"), *common) == 0
+    metrics = json.loads((tmp_path / "glf" / "metrics.json").read_text())
+    assert metrics["recon_mse"] > 0 and metrics["code_std"] > 0
+    assert torch.load(tmp_path / "glf" / "samples.pt").shape == (30, 1, 28, 28)
+    assert _run("coopflow", "--out", str(tmp_path / "coop"), *common) == 0
+    metrics = json.loads((tmp_path / "coop" / "metrics.json").read_text())
+    assert all(math.isfinite(metrics[k]) for k in ("score_flow_samples", "score_revised_samples", "flow_bpd_data"))
+    assert (tmp_path / "coop" / "before_after.png").exists()

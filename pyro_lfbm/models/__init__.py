@@ -1,6 +1,6 @@
 from pyro_lfbm.models.latent_model import LatentModel
-from pyro_lfbm.models.coopflow import CoopFlow, CoopFlowConfig, CoopFlowOptim, CoopFlowTrainer, coopflow_preset
-from pyro_lfbm.models.glf import GLF, GLFConfig, GLFTrainer, glf_preset
+from pyro_lfbm.models.coopflow import CoopFlow, CoopFlowConfig, CoopFlowOptim, CoopFlowTrainer, coopflow_preset, evaluate_coopflow
+from pyro_lfbm.models.glf import GLF, GLFConfig, GLFTrainer, evaluate_glf, glf_preset
 from pyro_lfbm.models.image_flow import ImageFlow
 
 __all__ = [
@@ -14,5 +14,7 @@ __all__ = [
     "ImageFlow",
     "LatentModel",
     "coopflow_preset",
+    "evaluate_coopflow",
+    "evaluate_glf",
     "glf_preset",
 ]

@@ -173,3 +173,26 @@ class GLFTrainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+
+
+@torch.no_grad()
+def evaluate_glf(model: GLF, x_test: torch.Tensor, num_samples: int, batch_size: int = 500) -> Dict[str, object]:
+    """Test metrics and images of a trained GLF, in ``eval()`` mode (restored afterwards).
+
+    :param x_test: test images (N, C, H, W) in [-1, 1], on any device.
+    :returns: ``recon_mse`` (per pixel, [-1, 1] units, of G(E(x)): one encoder pass),
+        ``test_code_nll`` (mean −log p_α(E(x))), ``code_std`` (mean per-dimension std of the
+        codes), and on the CPU ``reconstructions`` (N, C, H, W) and ``samples`` (num_samples, C, H, W).
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        recon = torch.cat([model.reconstruct(xb.to(device)).cpu() for xb in x_test.split(batch_size)])
+        codes = torch.cat([model.encode(xb.to(device)).cpu() for xb in x_test.split(batch_size)])
+        samples = torch.cat([model.sample(min(batch_size, num_samples - i)).cpu() for i in range(0, num_samples, batch_size)])
+        test_nll = -model.prior.log_prob(codes.to(device)).mean().item()
+    finally:
+        model.train(was_training)
+    return {"recon_mse": (recon - x_test.cpu()).pow(2).mean().item(), "test_code_nll": test_nll,
+            "code_std": codes.std(0).mean().item(), "reconstructions": recon, "samples": samples}
