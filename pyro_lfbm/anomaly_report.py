@@ -107,7 +107,7 @@ def write_report(table: pd.DataFrame, path: Path, record: dict) -> None:
         "## Targets (joint score, BatchNorm in training mode as the official code scores)",
         "",
         "`met`: mean over at least 3 seeds at least the paper's LFBM row; `ahead`: the flow prior's mean",
-        "above the Gaussian (ABP) and energy (LEBM) priors' where those were run (blank: not run).",
+        "above the Gaussian (ABP) and energy (LEBM) priors' where those were run (nan: not run).",
         "",
         target_table(table).round(3).to_markdown(index=False),
         "",
