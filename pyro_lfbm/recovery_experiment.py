@@ -23,6 +23,7 @@ from pyro_lfbm.recovery_report import (
     encode_images,
     load_runs,
     long_table,
+    rank_counts,
     run_key,
     save_run,
     setting_figure,
@@ -72,6 +73,16 @@ def _md(df) -> str:
     return df.to_markdown() if not df.empty else "(no runs)"
 
 
+def _per_dataset(table) -> List[str]:
+    """One markdown table per data set (the top level of ``table``'s columns), each under a bold title."""
+    if table.empty:
+        return ["(no runs)", ""]
+    lines: List[str] = []
+    for dataset in dict.fromkeys(table.columns.get_level_values(0)):
+        lines += [f"**{dataset}**", "", table[dataset].to_markdown(), ""]
+    return lines
+
+
 def write_recovery_report(out: Path, records: List[Dict], originals: Callable[[str], torch.Tensor],
                           record: Dict, notes: str = "") -> List[str]:
     """Write table.csv (rows: priors; columns: data set x mask setting; hole MSE mean ± std over seeds),
@@ -117,20 +128,23 @@ def write_recovery_report(out: Path, records: List[Dict], originals: Callable[[s
         "coverage p % (on 64x64 this is the paper's table 24/48/90; on 28x28 it is 4/9/19 holes); single-s = one "
         "square hole of side s on 64x64, scaled by 28/64 (9/13/18 px on 28x28). The measured coverage of every run is in runs.csv.",
         "",
-        "## Mean hole MSE over seeds (rows: priors; columns: data set, mask setting)",
+        "## Mean hole MSE over seeds (rows: priors; columns: mask settings)",
         "",
-        _md(summary),
-        "",
+        *_per_dataset(summary),
         "## Mean all-pixel MSE",
         "",
-        _md(summary_all),
-        "",
+        *_per_dataset(summary_all),
         "## Target: flow prior lowest hole MSE in every setting (mean over seeds)",
         "",
         _md(targets),
         "",
         f"Settings where the flow prior has the lowest mean hole MSE: {int(met.sum()) if met is not None else 0} of "
         f"{len(targets)}. `gap` = flow − best other prior (negative = flow better).",
+        "",
+        "How often each prior had the lowest, middle and highest hole MSE on the same images and masks "
+        "(each data set x setting x seed is one comparison):",
+        "",
+        _md(rank_counts(records)),
         "",
         "## What was run",
         "",

@@ -20,8 +20,8 @@ import torch
 from pyro_lfbm.masks import MASK_SETTINGS, MaskSetting
 from pyro_lfbm.panels import save_panel
 
-__all__ = ["decode_images", "encode_images", "load_runs", "run_key", "save_run", "setting_figure", "summary_table",
-           "target_check"]
+__all__ = ["decode_images", "encode_images", "load_runs", "rank_counts", "run_key", "save_run", "setting_figure",
+           "summary_table", "target_check"]
 
 PRIOR_ORDER = ("flow", "ebm", "gaussian")
 PRIOR_LABELS = {"flow": "flow (LFBM)", "ebm": "energy (LEBM)", "gaussian": "Gaussian (ABP)"}
@@ -94,6 +94,24 @@ def summary_table(records: Iterable[Dict], metric: str = "mse_hole", scale: floa
     order = [(d, s) for d in sorted(df["dataset"].unique()) for s in SETTING_ORDER if (d, s) in table.columns]
     order += [c for c in table.columns if c not in order]
     table = table[order].reindex([p for p in PRIOR_ORDER if p in table.index])
+    table.index = [PRIOR_LABELS.get(p, p) for p in table.index]
+    return table
+
+
+def rank_counts(records: Iterable[Dict], metric: str = "mse_hole") -> pd.DataFrame:
+    """How often each prior ranks 1st, 2nd, ... (lowest ``metric`` first) among the priors run on the
+    same images and masks, i.e. within each (dataset, setting, seed) that every prior has.
+
+    :returns: rows priors, columns ``rank 1`` ... ``rank k``, plus ``pairs`` (the comparisons counted).
+    """
+    df = _frame(records)
+    if df.empty:
+        return df
+    wide = df.pivot_table(index=["dataset", "setting", "seed"], columns="prior", values=metric).dropna()
+    ranks = wide.rank(axis=1, method="min").astype(int)
+    table = pd.DataFrame({f"rank {k}": (ranks == k).sum() for k in range(1, wide.shape[1] + 1)})
+    table["pairs"] = len(wide)
+    table = table.reindex([p for p in PRIOR_ORDER if p in table.index] + [p for p in table.index if p not in PRIOR_ORDER])
     table.index = [PRIOR_LABELS.get(p, p) for p in table.index]
     return table
 

@@ -11,7 +11,7 @@ from pyro_lfbm.inpainting import complete, hole_mask, inpaint, inpainting_errors
 from pyro_lfbm.masks import MaskSetting
 from pyro_lfbm.presets import get_preset
 from pyro_lfbm.recovery import recovery_errors, region_mse, run_recovery
-from pyro_lfbm.recovery_report import decode_images, encode_images, summary_table, target_check
+from pyro_lfbm.recovery_report import decode_images, encode_images, rank_counts, summary_table, target_check
 from tests.conftest import REPO
 
 
@@ -79,6 +79,13 @@ def test_report_tables_and_preview_round_trip():
     assert list(table.index) == ["flow (LFBM)", "energy (LEBM)", "Gaussian (ABP)"]
     check = target_check(records).iloc[0]
     assert check["flow_best"] and check["flow_best_every_seed"] and check["gap"] == pytest.approx(-0.1)
+    # seed 3: the Gaussian prior wins and flow is last; a run without its two rivals is not a comparison
+    records += [{"dataset": "mnist", "setting": "salt-pepper-50", "prior": p, "seed": 3, "mse_hole": v}
+                for p, v in (("flow", 0.5), ("ebm", 0.4), ("gaussian", 0.1))]
+    records += [{"dataset": "mnist", "setting": "single-20", "prior": "flow", "seed": 1, "mse_hole": 0.0}]
+    ranks = rank_counts(records)
+    assert ranks.loc["flow (LFBM)"].tolist() == [2, 0, 1, 3]
+    assert ranks.loc["Gaussian (ABP)"].tolist() == [1, 0, 2, 3]
 
 
 def _script(name):
