@@ -70,7 +70,9 @@ def seed_summary(table: pd.DataFrame) -> pd.DataFrame:
         values = values.dropna()
         if values.empty:
             return "–"
-        return f"{values.mean():.4g} ({len(values)})" if len(values) < 2 else f"{values.mean():.4g} ± {values.std():.2g} ({len(values)})"
+        if len(values) < 2:
+            return f"{values.mean():.4g} ({len(values)})"
+        return f"{values.mean():.4g} ± {float(f'{values.std():.2g}'):g} ({len(values)})"  # no exponent notation
 
     grouped = table.groupby("prior", sort=False)
     return pd.DataFrame({"prior": [LABELS.get(p, p) for p in grouped.groups],
