@@ -5,7 +5,8 @@
 
 Each run is one `experiments/anomaly.py`-style run (same library code, same files under
 <out>/runs/heldout<d>-<prior>-seed<s>/); finished runs are kept in table.csv and skipped when the
-command is run again, so an interrupted table resumes.
+command is run again, so an interrupted table resumes. Two runners may share one --out (e.g. one per
+core with different --digits): each adds its rows to table.csv under a file lock.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from pyro_lfbm.anomaly_experiment import AnomalyRunConfig, run_anomaly, run_folder_name, save_anomaly_run
-from pyro_lfbm.anomaly_report import PAPER_AUPRC, write_report
+from pyro_lfbm.anomaly_report import PAPER_AUPRC, append_rows, has_run, read_table, write_report
 from pyro_lfbm.cli import UsageError, add_common_arguments, resolve_device, run_cli, run_record
 from pyro_lfbm.presets import PRIORS
 
@@ -41,7 +42,7 @@ def main(args: argparse.Namespace) -> pd.DataFrame:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table_path = out / "table.csv"
-    table = pd.read_csv(table_path) if table_path.exists() else pd.DataFrame()
+    table = read_table(table_path)
     if args.report_only:
         if table.empty:
             raise UsageError(f"--report-only: no runs in {table_path}; run the table first")
@@ -51,10 +52,8 @@ def main(args: argparse.Namespace) -> pd.DataFrame:
     for seed in args.seeds:  # seeds outermost: an interrupted table still covers every digit and prior
         for digit in args.digits:
             for prior in args.priors:
-                key = (digit, prior, seed, args.preset)
-                if not table.empty and ((table.heldout == digit) & (table.prior == prior) & (table.seed == seed)
-                                        & (table.preset == args.preset)).any():
-                    print(f"skip {key}: already in {table_path}")
+                if has_run(read_table(table_path), digit, prior, seed, args.preset):  # re-read: runners may work side by side
+                    print(f"skip {(digit, prior, seed, args.preset)}: already in {table_path}")
                     continue
                 cfg = AnomalyRunConfig(
                     heldout=digit, prior=prior, preset=args.preset, seed=seed, epochs=args.epochs,
@@ -67,10 +66,7 @@ def main(args: argparse.Namespace) -> pd.DataFrame:
                 save_anomaly_run(result, cfg, out / "runs" / run_folder_name(cfg))
                 rows = pd.DataFrame(result.rows)
                 print(rows[["heldout", "prior", "seed", "score", "auprc", "train_seconds", "test_seconds"]].to_string(index=False))
-                table = pd.concat([table, rows], ignore_index=True)
-                tmp = table_path.with_suffix(".csv.tmp")
-                table.to_csv(tmp, index=False)
-                tmp.replace(table_path)  # the table is never half-written
+                table = append_rows(table_path, rows)
                 write_report(table, out / "README.md", run_record())
     print(f"wrote {table_path} and {out / 'README.md'}")
     return table

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict
 
@@ -15,6 +17,39 @@ PAPER_AUPRC: Dict[str, Dict[int, float]] = {
     "ABP": {1: 0.095, 4: 0.138, 5: 0.147, 7: 0.138, 9: 0.102},
 }
 PRIOR_TO_ROW = {"flow": "LFBM", "ebm": "LEBM", "gaussian": "ABP"}
+
+
+@contextmanager
+def _locked(table_path: Path):
+    """An exclusive lock beside ``table_path``, so that table runners started side by side do not
+    overwrite each other's rows."""
+    with open(table_path.with_name(table_path.name + ".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def read_table(table_path: Path) -> pd.DataFrame:
+    """The runs recorded so far (empty when there is no table yet)."""
+    return pd.read_csv(table_path) if Path(table_path).exists() else pd.DataFrame()
+
+
+def has_run(table: pd.DataFrame, heldout: int, prior: str, seed: int, preset: str) -> bool:
+    return not table.empty and bool(((table.heldout == heldout) & (table.prior == prior) & (table.seed == seed)
+                                     & (table.preset == preset)).any())
+
+
+def append_rows(table_path: Path, rows: pd.DataFrame) -> pd.DataFrame:
+    """Add one run's rows to the table on disk (re-read under a lock, written atomically); returns the new table."""
+    table_path = Path(table_path)
+    with _locked(table_path):
+        table = pd.concat([read_table(table_path), rows], ignore_index=True)
+        tmp = table_path.with_suffix(".csv.tmp")
+        table.to_csv(tmp, index=False)
+        tmp.replace(table_path)  # never half-written
+    return table
 
 
 def summary_table(table: pd.DataFrame, metric: str = "auprc") -> pd.DataFrame:

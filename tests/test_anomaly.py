@@ -145,3 +145,16 @@ def test_target_table_compares_with_paper_and_other_priors():
     assert not t.loc[1, "met"]  # above the paper, but one seed only
     assert pd.isna(t.loc[1, "ahead"])  # no other prior run for digit 1
     assert not bool(t.loc[4, "ahead"]) and t.loc[4, "gap"] == pytest.approx(0.5 - 0.812)
+
+
+def test_side_by_side_runners_keep_each_others_rows(tmp_path):
+    from pyro_lfbm.anomaly_report import append_rows, has_run, read_table
+
+    path = tmp_path / "table.csv"
+    row = lambda digit: pd.DataFrame([{"heldout": digit, "prior": "flow", "seed": 1, "preset": "cpu", "auprc": 0.5}])  # noqa: E731
+    stale = read_table(path)  # what a second runner saw when it started
+    append_rows(path, row(7))
+    append_rows(path, row(4))  # written by the other runner: the table on disk is re-read, not `stale`
+    table = read_table(path)
+    assert stale.empty and sorted(table.heldout) == [4, 7]
+    assert has_run(table, 4, "flow", 1, "cpu") and not has_run(table, 4, "flow", 2, "cpu")
