@@ -53,7 +53,8 @@ def main(args: argparse.Namespace) -> pd.DataFrame:
     print(table[["batchnorm", "score", "auprc", "ap", "auroc", "train_seconds", "test_seconds"]].to_string(index=False))
     for _, row in table[table.score == "joint"].iterrows():
         print(f"AUPRC (−log p(x, z), BatchNorm {row.batchnorm}) = {row.auprc:.3f}  (prevalence {row.prevalence:.3f})")
-    print(f"wrote {out}/ ({', '.join(RUN_FILES)}); checkpoint in {cfg.checkpoint_dir}")
+    where = f"scored {cfg.eval_only}" if cfg.eval_only else f"checkpoint in {cfg.checkpoint_dir}"
+    print(f"wrote {out}/ ({', '.join(RUN_FILES)}); {where}")
     return table
 
 
