@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from pyro_lfbm.cli import UsageError, resolve_device, run_cli, run_record, staged_output, write_json
-from pyro_lfbm.task_cli import add_task_arguments, load_split
+from pyro_lfbm.cli import UsageError, run_cli, run_record, staged_output, write_json
+from pyro_lfbm.task_cli import add_task_arguments, load_split, seeded_device
 from pyro_lfbm.models.glf import GLFTrainer, evaluate_glf, glf_preset
 from pyro_lfbm.step_training import fit_steps
 
@@ -34,10 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> dict:
     from torchvision.utils import save_image
 
-    torch.manual_seed(args.seed)
-    if args.threads is None:
-        torch.set_num_threads(1)
-    device = resolve_device(args.device)
+    device = seeded_device(args)
     if args.n_test < 1 or args.num_samples < 1:
         raise UsageError("--n-test and --num-samples must be >= 1")
     x_train = load_split(args, "train", args.n_train)

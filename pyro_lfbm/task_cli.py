@@ -52,6 +52,17 @@ def add_task_arguments(parser: argparse.ArgumentParser, *, default_out: str, n_t
                         help="cache for checkpoints and the FD classifier (default: $PYRO_LFBM_CACHE, else ~/.cache/pyro_lfbm)")
 
 
+def seeded_device(args: argparse.Namespace) -> torch.device:
+    """Seed torch with ``--seed``, use one CPU thread unless ``--threads`` says otherwise (these
+    models are small: a second thread only competes with it), and return the ``--device``."""
+    from pyro_lfbm.cli import resolve_device
+
+    torch.manual_seed(args.seed)
+    if args.threads is None:
+        torch.set_num_threads(1)
+    return resolve_device(args.device)
+
+
 def load_split(args: argparse.Namespace, split: str, limit: Optional[int]) -> torch.Tensor:
     """Images (N, C, H, W) in [-1, 1] of ``args.dataset``'s ``split`` (first ``limit``; 0/None = all)."""
     try:

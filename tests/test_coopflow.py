@@ -10,15 +10,6 @@ from pyro_lfbm.nets.energy import ConvEnergy, ResEnergy32, make_energy
 from pyro_lfbm.step_training import fit_steps
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread (see tests/test_glf.py)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def blobs(n=60, seed=0):
     g = torch.Generator().manual_seed(seed)
     base = torch.randn(n, 1, 7, 7, generator=g)

@@ -9,16 +9,6 @@ from pyro_lfbm.models.glf import GLF, GLFTrainer, glf_preset
 from pyro_lfbm.step_training import fit_steps
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these small tensors gain nothing from more, and on a shared 2-core
-    machine a second spinning thread makes every step tens of times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def blobs(n=200, seed=0):
     """Smooth images in [-1, 1] that a tiny autoencoder can fit."""
     g = torch.Generator().manual_seed(seed)

@@ -25,16 +25,6 @@ from pyro_lfbm.transforms import (
 SHAPE = (4, 4, 4)  # (C, H, W): 64 dimensions, small enough for a full Jacobian
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these small tensors gain nothing from more, and on a shared 2-core
-    machine a second spinning thread makes every step tens of times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make(kind, seed=0, noise=0.3):
     """A float64 transform with parameters moved away from their (near-identity) initialisation."""
     torch.manual_seed(seed)
