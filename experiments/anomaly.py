@@ -46,7 +46,7 @@ def main(args: argparse.Namespace) -> pd.DataFrame:
         resume=args.resume, eval_only=args.eval_only, progress=not args.no_progress, sigma=args.sigma, lr=args.lr,
         model_overrides=parse_overrides(args.overrides),
     )
-    out = Path(args.out) / run_folder_name(cfg)
+    out = Path(args.out) / run_folder_name(cfg.heldout, cfg.prior, cfg.seed)
     result = run_anomaly(cfg)
     table = pd.DataFrame(result.rows)
     save_anomaly_run(result, cfg, out)

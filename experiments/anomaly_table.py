@@ -63,7 +63,7 @@ def main(args: argparse.Namespace) -> pd.DataFrame:
                     progress=not args.no_progress, sigma=args.sigma,
                 )
                 result = run_anomaly(cfg)
-                save_anomaly_run(result, cfg, out / "runs" / run_folder_name(cfg))
+                save_anomaly_run(result, cfg, out / "runs" / run_folder_name(cfg.heldout, cfg.prior, cfg.seed))
                 rows = pd.DataFrame(result.rows)
                 print(rows[["heldout", "prior", "seed", "score", "auprc", "train_seconds", "test_seconds"]].to_string(index=False))
                 table = append_rows(table_path, rows)

@@ -65,8 +65,9 @@ RUN_FILES = ("metrics.csv", "history.csv", "scores.pt", "precision_recall.png", 
              "ranked_joint.png", "run.json")
 
 
-def run_folder_name(cfg: AnomalyRunConfig) -> str:
-    return f"heldout{cfg.heldout}-{cfg.prior}-seed{cfg.seed}"
+def run_folder_name(heldout: int, prior: str, seed: int) -> str:
+    """The folder of one run's files: ``heldout<d>-<prior>-seed<s>``."""
+    return f"heldout{heldout}-{prior}-seed{seed}"
 
 
 def checkpoint_name(cfg: AnomalyRunConfig) -> str:

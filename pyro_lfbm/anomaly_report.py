@@ -10,6 +10,8 @@ from typing import Dict
 
 import pandas as pd
 
+from pyro_lfbm.anomaly_experiment import run_folder_name
+
 # "A Tale of Two Latent Flows", MNIST held-out-digit AUPRC (digits 1, 4, 5, 7, 9).
 PAPER_AUPRC: Dict[str, Dict[int, float]] = {
     "LFBM": {1: 0.349, 4: 0.812, 5: 0.823, 7: 0.682, 9: 0.514},
@@ -102,7 +104,7 @@ def run_table(table: pd.DataFrame, runs_dir: Path) -> pd.DataFrame:
     runs["minutes"] = ((runs.train_seconds + runs.test_seconds) / 60).round(1)
     machines, commands = [], []
     for row in runs.itertuples():
-        record_path = runs_dir / f"heldout{row.heldout}-{row.prior}-seed{row.seed}" / "run.json"
+        record_path = runs_dir / run_folder_name(row.heldout, row.prior, row.seed) / "run.json"
         record = json.loads(record_path.read_text()) if record_path.exists() else {}
         machines.append(record.get("machine", ""))
         commands.append(f"`{record['command']}`" if "command" in record else "")
