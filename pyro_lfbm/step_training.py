@@ -65,6 +65,15 @@ def trainer_state(ckpt: dict) -> dict:
     raise CheckpointError("checkpoint holds no trainer state; was it written by pyro_lfbm?")
 
 
+def check_training_data(x: torch.Tensor, batch_size: int, mask: Optional[torch.Tensor] = None) -> None:
+    """Raise a one-line ``ValueError`` unless ``x`` (N, ...) holds at least one batch and ``mask``
+    (if any) has the shape of ``x``."""
+    if x.dim() < 2 or x.shape[0] < batch_size:
+        raise ValueError(f"need at least batch_size={batch_size} training examples, got {tuple(x.shape)}")
+    if mask is not None and mask.shape != x.shape:
+        raise ValueError(f"mask shape {tuple(mask.shape)} must equal the data shape {tuple(x.shape)}")
+
+
 def fit_steps(
     trainer: StepTrainer,
     x: torch.Tensor,
@@ -99,10 +108,7 @@ def fit_steps(
     :raises ValueError: fewer than ``batch_size`` examples, or a mask of another shape.
     :raises FloatingPointError: a step returned a non-finite ``loss`` metric.
     """
-    if x.dim() < 2 or x.shape[0] < batch_size:
-        raise ValueError(f"need at least batch_size={batch_size} training examples, got {tuple(x.shape)}")
-    if mask is not None and mask.shape != x.shape:
-        raise ValueError(f"mask shape {tuple(mask.shape)} must equal the data shape {tuple(x.shape)}")
+    check_training_data(x, batch_size, mask)
     history, start_epoch, start_batch = History(), 0, 0
     checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
     if resume and checkpoint_path is not None and checkpoint_path.exists():

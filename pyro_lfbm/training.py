@@ -17,7 +17,7 @@ import torch
 import pyro
 from pyro.infer import SVI, Trace_ELBO
 
-from pyro_lfbm.step_training import History, fit_steps
+from pyro_lfbm.step_training import History, check_training_data, fit_steps
 
 
 @dataclass
@@ -112,10 +112,7 @@ def fit(
     :returns: the :class:`History` of all epochs (rows: epoch, loss per example, lr, seconds,
         examples_per_second), including those before a resume.
     """
-    if x.dim() < 2 or x.shape[0] < batch_size:
-        raise ValueError(f"need at least batch_size={batch_size} training examples, got {tuple(x.shape)}")
-    if mask is not None and mask.shape != x.shape:
-        raise ValueError(f"mask shape {tuple(mask.shape)} must equal the data shape {tuple(x.shape)}")
+    check_training_data(x, batch_size, mask)  # before the param-store probe reads a batch
     device = _device_of(model, x)
     probe = x[:batch_size].to(device)
     check_param_store(model, *((probe,) if mask is None else (probe, mask[:batch_size].to(device))))
