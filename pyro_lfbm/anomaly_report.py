@@ -90,6 +90,19 @@ def target_table(table: pd.DataFrame, batchnorm: str = "train") -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def readable_targets(targets: pd.DataFrame) -> pd.DataFrame:
+    """``target_table`` for reading: AUPRCs to 3 decimals, ``met`` and ``ahead`` as yes / no, and
+    "not run" where a prior was not run."""
+    if targets.empty:
+        return targets
+    out = targets.copy()
+    for column in ("flow", "paper", "gap", "gaussian", "ebm"):
+        out[column] = ["not run" if pd.isna(v) else f"{v:.3f}" for v in targets[column]]
+    out["met"] = ["yes" if met else "no" for met in targets.met]
+    out["ahead"] = ["not run" if pd.isna(a) else ("yes" if a else "no") for a in targets.ahead]
+    return out
+
+
 def run_table(table: pd.DataFrame, runs_dir: Path) -> pd.DataFrame:
     """One row per run (held-out digit, prior, seed) with its settings, time and, where its
     ``runs_dir/heldout<d>-<prior>-seed<s>/run.json`` exists, the machine and command."""
@@ -117,8 +130,9 @@ def write_report(table: pd.DataFrame, path: Path, record: dict) -> None:
     lines = [
         "# MNIST held-out-digit anomaly detection",
         "",
-        f"Produced by: `{record['command']}`  ",
-        f"Finished {record['finished']} on {record['machine']} (torch {record['torch']}, pyro {record['pyro']}).",
+        f"This page was last written by `{record['command']}`  ",
+        f"on {record['finished']}, {record['machine']} (torch {record['torch']}, pyro {record['pyro']}).",
+        "Each run's own command, machine and time are in the last table.",
         "",
         "AUPRC = trapezoidal area under `sklearn.metrics.precision_recall_curve` with the held-out digit as the",
         "positive class. Cells are mean ± standard deviation **over training seeds** (the count in brackets);",
@@ -144,9 +158,9 @@ def write_report(table: pd.DataFrame, path: Path, record: dict) -> None:
         "## Targets (joint score, BatchNorm in training mode as the official code scores)",
         "",
         "`met`: mean over at least 3 seeds at least the paper's LFBM row; `ahead`: the flow prior's mean",
-        "above the Gaussian (ABP) and energy (LEBM) priors' where those were run (nan: not run).",
+        "above the Gaussian (ABP) and energy (LEBM) priors' where those were run.",
         "",
-        target_table(table).round(3).to_markdown(index=False),
+        readable_targets(target_table(table)).to_markdown(index=False),
         "",
         "## Runs: settings, time and the command of each",
         "",

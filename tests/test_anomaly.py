@@ -129,7 +129,7 @@ def test_table_runner_writes_rows_report_and_run_folders_and_skips_done_runs(tmp
 
 
 def test_target_table_compares_with_paper_and_other_priors():
-    from pyro_lfbm.anomaly_report import target_table
+    from pyro_lfbm.anomaly_report import readable_targets, target_table
 
     rows = []
     for seed, (flow, gauss) in enumerate([(0.70, 0.5), (0.72, 0.6), (0.69, 0.55)], start=1):
@@ -145,6 +145,10 @@ def test_target_table_compares_with_paper_and_other_priors():
     assert not t.loc[1, "met"]  # above the paper, but one seed only
     assert pd.isna(t.loc[1, "ahead"])  # no other prior run for digit 1
     assert not bool(t.loc[4, "ahead"]) and t.loc[4, "gap"] == pytest.approx(0.5 - 0.812)
+    shown = readable_targets(t.reset_index()).set_index("heldout")
+    assert (shown.loc[7, "met"], shown.loc[7, "ahead"]) == ("yes", "yes")
+    assert (shown.loc[1, "met"], shown.loc[1, "ahead"], shown.loc[1, "gaussian"]) == ("no", "not run", "not run")
+    assert shown.loc[4, "ahead"] == "no"
 
 
 def test_side_by_side_runners_keep_each_others_rows(tmp_path):
