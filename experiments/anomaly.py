@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--heldout", type=int, default=7, help="the digit treated as anomalous (0-9)")
     parser.add_argument("--prior", choices=PRIORS, default="flow", help="flow = LFBM, gaussian = ABP, ebm = LEBM")
     parser.add_argument("--test-steps", type=int, default=None, help="test-time Langevin steps (paper: 400)")
+    parser.add_argument("--test-batch-size", type=int, default=None,
+                        help="images per scoring batch (cpu preset: 500; the official code: 100)")
     parser.add_argument("--batchnorm", choices=("eval", "train", "both"), default="both",
                         help="BatchNorm statistics when scoring: running (eval) or per test batch (train, as the official code)")
     parser.add_argument("--sigma", type=float, default=None, help="override the pixel noise std σ of the preset")
@@ -41,7 +43,7 @@ def main(args: argparse.Namespace) -> pd.DataFrame:
     device = resolve_device(args.device)
     cfg = AnomalyRunConfig(
         heldout=args.heldout, prior=args.prior, preset=args.preset, seed=args.seed, epochs=args.epochs,
-        test_steps=args.test_steps, batchnorm=args.batchnorm, limit_train=args.limit_train, limit_test=args.limit_test,
+        test_steps=args.test_steps, test_batch_size=args.test_batch_size, batchnorm=args.batchnorm, limit_train=args.limit_train, limit_test=args.limit_test,
         data_root=args.data_root, device=str(device), checkpoint_dir=args.checkpoint_dir or str(Path(args.out) / "checkpoints"),
         resume=args.resume, eval_only=args.eval_only, progress=not args.no_progress, sigma=args.sigma, lr=args.lr,
         model_overrides=parse_overrides(args.overrides),

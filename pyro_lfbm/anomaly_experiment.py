@@ -34,6 +34,7 @@ class AnomalyRunConfig:
     seed: int = 1
     epochs: Optional[int] = None
     test_steps: Optional[int] = None
+    test_batch_size: Optional[int] = None
     batchnorm: str = "eval"
     limit_train: Optional[int] = None
     limit_test: Optional[int] = None
@@ -97,6 +98,11 @@ def run_anomaly(cfg: AnomalyRunConfig) -> AnomalyRunResult:
         learn = replace(learn, epochs=cfg.epochs)
     if cfg.test_steps is not None:
         learn = replace(learn, test_steps=cfg.test_steps)
+    if cfg.test_batch_size is not None:
+        smallest = 1 if cfg.batchnorm == "eval" else 2  # BatchNorm on batch statistics needs two images
+        if cfg.test_batch_size < smallest:
+            raise UsageError(f"--test-batch-size must be at least {smallest} with --batchnorm {cfg.batchnorm}, got {cfg.test_batch_size}")
+        learn = replace(learn, test_batch_size=cfg.test_batch_size)
     try:
         split = heldout_digit_split(cfg.data_root, heldout=cfg.heldout, seed=cfg.seed)
     except ValueError as err:
@@ -104,7 +110,8 @@ def run_anomaly(cfg: AnomalyRunConfig) -> AnomalyRunResult:
     if cfg.limit_train or cfg.limit_test:
         split = split.subset(cfg.limit_train, cfg.limit_test, seed=cfg.seed)
     config = {"model": preset.to_dict()["model"], "learn": preset.to_dict()["learn"], "run": vars(cfg).copy()}
-    config["learn"]["epochs"], config["learn"]["test_steps"] = learn.epochs, learn.test_steps
+    for key in ("epochs", "test_steps", "test_batch_size"):
+        config["learn"][key] = getattr(learn, key)
 
     pyro.clear_param_store()
     torch.manual_seed(cfg.seed)

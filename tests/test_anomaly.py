@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -52,7 +53,7 @@ def test_end_to_end_smoke_run_writes_results(tmp_path):
     root = require_mnist()
     out = tmp_path / "out"
     proc = run_script("--heldout", "7", "--preset", "tiny", "--limit-train", "300", "--limit-test", "200",
-                      "--data-root", str(root), "--out", str(out))
+                      "--test-batch-size", "64", "--data-root", str(root), "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     run_dir = out / "heldout7-flow-seed1"
     for name in ("metrics.csv", "history.csv", "scores.pt", "precision_recall.png", "score_histograms.png",
@@ -62,11 +63,12 @@ def test_end_to_end_smoke_run_writes_results(tmp_path):
     assert set(table.score) == {"joint", "recon", "prior"}
     assert table.auprc.between(0, 1).all()
     assert "AUPRC" in proc.stdout
+    assert json.loads((run_dir / "run.json").read_text())["config"]["learn"]["test_batch_size"] == 64
     ckpt = out / "checkpoints" / "lfbm-flow-heldout7-seed1-tiny.pt"
     assert ckpt.exists()
 
     # scoring the checkpoint again reproduces the numbers
-    again = run_script("--heldout", "7", "--preset", "tiny", "--limit-train", "300", "--limit-test", "200",
+    again = run_script("--heldout", "7", "--preset", "tiny", "--limit-train", "300", "--limit-test", "200", "--test-batch-size", "64",
                        "--data-root", str(root), "--out", str(tmp_path / "again"), "--eval-only", str(ckpt))
     assert again.returncode == 0, again.stderr
     table2 = pd.read_csv(tmp_path / "again" / "heldout7-flow-seed1" / "metrics.csv")
@@ -82,6 +84,7 @@ def test_end_to_end_smoke_run_writes_results(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--heldout", "10"], "heldout"),
     (["--heldout", "7", "--data-root", "/nonexistent/place"], "/nonexistent/place"),
+    (["--heldout", "7", "--test-batch-size", "1", "--batchnorm", "train"], "--test-batch-size"),
 ])
 def test_bad_input_is_one_line_exit_2_without_results(tmp_path, args, message):
     if "--data-root" not in args:
@@ -106,6 +109,19 @@ def test_batch_order_cannot_leak_labels_through_batchnorm(monkeypatch):
     first_batch = seen[0][:40]
     blank = (first_batch == -1).flatten(1).all(1)
     assert 5 < int(blank.sum()) < 35  # both kinds in the first batch
+
+
+def test_batches_never_leave_a_single_image_for_batchnorm():
+    from pyro_lfbm.infer.dataset import batch_slices
+
+    assert [(b.start, b.stop) for b in batch_slices(81, 40)] == [(0, 40), (40, 81)]  # 1 left over: folded in
+    assert [(b.start, b.stop) for b in batch_slices(82, 40)] == [(0, 40), (40, 80), (80, 82)]
+    assert [(b.start, b.stop) for b in batch_slices(1, 40)] == [(0, 1)]
+    with pytest.raises(ValueError, match="at least 1"):
+        batch_slices(10, 0)
+    model = get_preset("tiny", "gaussian").model.build()
+    scores, _ = anomaly_scores(model, torch.rand(41, 1, 28, 28), num_steps=2, batch_size=20, batchnorm="train", progress=False)
+    assert scores["joint"].shape == (41,) and torch.isfinite(scores["joint"]).all()
 
 
 def test_table_runner_writes_rows_report_and_run_folders_and_skips_done_runs(tmp_path):

@@ -30,6 +30,18 @@ class InferenceResult:
     seconds: float
 
 
+def batch_slices(n: int, batch_size: int) -> list[slice]:
+    """Consecutive slices of at most ``batch_size`` covering ``range(n)``; a last batch of one image
+    is folded into the one before it, because BatchNorm in training mode cannot normalise a
+    single example."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return [slice(start, end) for start, end in zip(starts, starts[1:] + [n])]
+
+
 def infer_dataset(
     model,
     x: torch.Tensor,
@@ -56,9 +68,9 @@ def infer_dataset(
     device = next(iter(model.parameters())).device
     zs, lps, terms = [], [], {}
     started = time.perf_counter()
-    for start in tqdm(range(0, x.shape[0], batch_size), desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
-        xb = x[start : start + batch_size].to(device)
-        mb = None if mask is None else mask[start : start + batch_size].to(device)
+    for batch in tqdm(batch_slices(x.shape[0], batch_size), desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
+        xb = x[batch].to(device)
+        mb = None if mask is None else mask[batch].to(device)
         z = guide.infer(xb, mb)["z"]
         with torch.no_grad():
             if hasattr(model, "log_joint_terms"):
