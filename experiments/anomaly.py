@@ -43,7 +43,8 @@ def main(args: argparse.Namespace) -> pd.DataFrame:
     device = resolve_device(args.device)
     cfg = AnomalyRunConfig(
         heldout=args.heldout, prior=args.prior, preset=args.preset, seed=args.seed, epochs=args.epochs,
-        test_steps=args.test_steps, test_batch_size=args.test_batch_size, batchnorm=args.batchnorm, limit_train=args.limit_train, limit_test=args.limit_test,
+        test_steps=args.test_steps, test_batch_size=args.test_batch_size, batchnorm=args.batchnorm,
+        limit_train=args.limit_train, limit_test=args.limit_test,
         data_root=args.data_root, device=str(device), checkpoint_dir=args.checkpoint_dir or str(Path(args.out) / "checkpoints"),
         resume=args.resume, eval_only=args.eval_only, progress=not args.no_progress, sigma=args.sigma, lr=args.lr,
         model_overrides=parse_overrides(args.overrides),
