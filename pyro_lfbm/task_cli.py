@@ -20,7 +20,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from pyro_lfbm.cli import UsageError, add_common_arguments
+from pyro_lfbm.cli import UsageError, add_common_arguments, resolve_device
 from pyro_lfbm.data import DATASETS, dataset_info, load_images
 from pyro_lfbm.fid import default_cache_dir
 from pyro_lfbm.fitting import with_epochs
@@ -55,8 +55,6 @@ def add_task_arguments(parser: argparse.ArgumentParser, *, default_out: str, n_t
 def seeded_device(args: argparse.Namespace) -> torch.device:
     """Seed torch with ``--seed``, use one CPU thread unless ``--threads`` says otherwise (these
     models are small: a second thread only competes with it), and return the ``--device``."""
-    from pyro_lfbm.cli import resolve_device
-
     torch.manual_seed(args.seed)
     if args.threads is None:
         torch.set_num_threads(1)
