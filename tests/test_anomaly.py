@@ -167,6 +167,23 @@ def test_target_table_compares_with_paper_and_other_priors():
     assert shown.loc[4, "ahead"] == "no"
 
 
+def test_paired_differences_compare_priors_only_at_shared_seeds():
+    from pyro_lfbm.anomaly_report import paired_differences
+
+    def row(prior, seed, auprc, batchnorm="train"):
+        return {"heldout": 7, "prior": prior, "score": "joint", "batchnorm": batchnorm, "seed": seed, "auprc": auprc}
+
+    rows = [row("flow", 1, 0.70), row("flow", 2, 0.60), row("flow", 3, 0.90),
+            row("gaussian", 1, 0.65), row("gaussian", 2, 0.62),  # no seed 3: the flow's 0.90 must not count
+            row("ebm", 1, 0.10, batchnorm="eval")]  # eval mode only: no ebm row in the train-mode comparison
+    paired = paired_differences(pd.DataFrame(rows))
+    assert list(paired.other) == ["gaussian"]
+    (only,) = paired.itertuples()
+    assert only.seeds == 2 and only.wins == 1
+    assert only.mean == pytest.approx(((0.70 - 0.65) + (0.60 - 0.62)) / 2)
+    assert (only.min, only.max) == (pytest.approx(-0.02), pytest.approx(0.05))
+
+
 def test_side_by_side_runners_keep_each_others_rows(tmp_path):
     from pyro_lfbm.anomaly_report import append_rows, has_run, read_table
 
