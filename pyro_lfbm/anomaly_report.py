@@ -65,6 +65,12 @@ def summary_table(table: pd.DataFrame, metric: str = "auprc") -> pd.DataFrame:
     return grouped.pivot(index=keys, columns="heldout", values="cell").fillna("–").reset_index()
 
 
+def scored_rows(table: pd.DataFrame, score: str, batchnorm: str) -> pd.DataFrame:
+    """The rows of one decision function scored in one BatchNorm mode (tables from before the
+    ``batchnorm`` column have one mode only)."""
+    return table[(table.score == score) & (table.batchnorm == batchnorm)] if "batchnorm" in table else table[table.score == score]
+
+
 def target_table(table: pd.DataFrame, batchnorm: str = "train") -> pd.DataFrame:
     """The issue's targets per held-out digit, from the joint score with ``batchnorm`` scoring.
 
@@ -72,7 +78,7 @@ def target_table(table: pd.DataFrame, batchnorm: str = "train") -> pd.DataFrame:
     (flow − paper), met (at least the paper's row over at least 3 seeds), gaussian / ebm (their
     means where run) and ahead (flow above every other prior that was run; NaN when none was).
     """
-    rows = table[(table.score == "joint") & (table.batchnorm == batchnorm)] if "batchnorm" in table else table[table.score == "joint"]
+    rows = scored_rows(table, "joint", batchnorm)
     means = rows.groupby(["heldout", "prior"]).auprc.mean().unstack("prior")
     seeds = rows[rows.prior == "flow"].groupby("heldout").seed.nunique()
     out = []
@@ -97,7 +103,7 @@ def paired_differences(table: pd.DataFrame, batchnorm: str = "train", score: str
     One row per (heldout, other prior) with both run at some seed: seeds (how many shared), mean and
     min / max of the per-seed AUPRC difference flow − other, and wins (seeds where the flow was higher).
     """
-    rows = table[(table.score == score) & (table.batchnorm == batchnorm)] if "batchnorm" in table else table[table.score == score]
+    rows = scored_rows(table, score, batchnorm)
     by_seed = rows.pivot_table(index=["heldout", "seed"], columns="prior", values="auprc")
     out = []
     for other in ("gaussian", "ebm"):
