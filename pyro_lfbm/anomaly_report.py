@@ -33,6 +33,28 @@ def _locked(table_path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+@contextmanager
+def run_claim(claim_path: Path):
+    """Claim one run for this process while the block runs; yields False if another process holds it.
+
+    The claim is a non-blocking ``flock`` on ``claim_path``: it is released when the block ends or the
+    process dies, so a killed runner never leaves a stale claim behind. Side-by-side table runners use it
+    to skip a run that another runner is still training, instead of training it twice into one checkpoint.
+    """
+    claim_path = Path(claim_path)
+    claim_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(claim_path, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def read_table(table_path: Path) -> pd.DataFrame:
     """The runs recorded so far (empty when there is no table yet)."""
     return pd.read_csv(table_path) if Path(table_path).exists() else pd.DataFrame()

@@ -195,3 +195,34 @@ def test_side_by_side_runners_keep_each_others_rows(tmp_path):
     table = read_table(path)
     assert stale.empty and sorted(table.heldout) == [4, 7]
     assert has_run(table, 4, "flow", 1, "cpu") and not has_run(table, 4, "flow", 2, "cpu")
+
+
+def test_a_run_claimed_by_another_runner_is_skipped_and_the_claim_dies_with_its_holder(tmp_path):
+    from pyro_lfbm.anomaly_report import run_claim
+
+    claim = tmp_path / "runs" / "heldout7-flow-seed1-tiny.claim"
+    with run_claim(claim) as mine:
+        assert mine
+        with run_claim(claim) as second:  # a second open file: flock refuses it even in one process
+            assert not second
+        cmd = [sys.executable, str(REPO / "experiments" / "anomaly_table.py"), "--digits", "7", "--priors", "flow",
+               "--seeds", "1", "--preset", "tiny", "--out", str(tmp_path), "--no-progress"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        assert "another runner is training it" in proc.stdout
+        assert not (tmp_path / "table.csv").exists() and not (tmp_path / "runs" / "heldout7-flow-seed1").exists()
+    with run_claim(claim) as after:
+        assert after
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pyro_lfbm.anomaly_report import run_claim\n"
+        f"with run_claim({str(claim)!r}) as mine:\n    print(mine, flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "True"
+        with run_claim(claim) as while_held:
+            assert not while_held
+    finally:
+        holder.kill()
+        holder.wait()
+    with run_claim(claim) as after_kill:  # no stale claim left by a killed runner
+        assert after_kill
