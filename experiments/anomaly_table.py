@@ -6,8 +6,8 @@
 Each run is one `experiments/anomaly.py`-style run (same library code, same files under
 <out>/runs/heldout<d>-<prior>-seed<s>/); finished runs are kept in table.csv and skipped when the
 command is run again, so an interrupted table resumes. Two runners may share one --out (e.g. one per
-core): each adds its rows to table.csv under a file lock and claims a run while it trains it, so the
-other runner skips that run rather than training it a second time.
+core): each adds its rows to table.csv under a file lock and claims a run's checkpoint while it trains
+it, so the other runner skips that run rather than training it a second time.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pyro_lfbm.anomaly_experiment import AnomalyRunConfig, run_anomaly, run_folder_name, save_anomaly_run
+from pyro_lfbm.anomaly_experiment import AnomalyRunConfig, checkpoint_name, run_anomaly, run_folder_name, save_anomaly_run
 from pyro_lfbm.anomaly_report import PAPER_AUPRC, append_rows, has_run, read_table, run_claim, write_report
 from pyro_lfbm.cli import UsageError, add_common_arguments, resolve_device, run_cli, run_record
 from pyro_lfbm.presets import PRIORS
@@ -54,23 +54,23 @@ def main(args: argparse.Namespace) -> pd.DataFrame:
         for digit in args.digits:
             for prior in args.priors:
                 run_id = (digit, prior, seed, args.preset)
-                folder = run_folder_name(digit, prior, seed)
-                with run_claim(out / "runs" / f"{folder}-{args.preset}.claim") as claimed:
+                cfg = AnomalyRunConfig(
+                    heldout=digit, prior=prior, preset=args.preset, seed=seed, epochs=args.epochs,
+                    test_steps=args.test_steps, batchnorm=args.batchnorm, limit_train=args.limit_train,
+                    limit_test=args.limit_test, data_root=args.data_root, device=str(device),
+                    checkpoint_dir=args.checkpoint_dir or str(out / "checkpoints"), resume=True,
+                    progress=not args.no_progress, sigma=args.sigma,
+                )
+                # claim the checkpoint, the file two runners would fight over, even with different --out
+                with run_claim(Path(cfg.checkpoint_dir) / f"{checkpoint_name(cfg)}.claim") as claimed:
                     if not claimed:
                         print(f"skip {run_id}: another runner is training it")
                         continue
                     if has_run(read_table(table_path), *run_id):  # re-read: runners may work side by side
                         print(f"skip {run_id}: already in {table_path}")
                         continue
-                    cfg = AnomalyRunConfig(
-                        heldout=digit, prior=prior, preset=args.preset, seed=seed, epochs=args.epochs,
-                        test_steps=args.test_steps, batchnorm=args.batchnorm, limit_train=args.limit_train,
-                        limit_test=args.limit_test, data_root=args.data_root, device=str(device),
-                        checkpoint_dir=args.checkpoint_dir or str(out / "checkpoints"), resume=True,
-                        progress=not args.no_progress, sigma=args.sigma,
-                    )
                     result = run_anomaly(cfg)
-                    save_anomaly_run(result, cfg, out / "runs" / folder)
+                    save_anomaly_run(result, cfg, out / "runs" / run_folder_name(cfg.heldout, cfg.prior, cfg.seed))
                     rows = pd.DataFrame(result.rows)
                     print(rows[["heldout", "prior", "seed", "score", "auprc", "train_seconds", "test_seconds"]].to_string(index=False))
                     table = append_rows(table_path, rows)
