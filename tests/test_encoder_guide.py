@@ -87,7 +87,8 @@ def test_hybrid_first_state_is_the_encoder_mean_and_then_refines():
     assert torch.allclose(hybrid, traj[4][0], atol=1e-6)
     assert (model.log_joint(x, z=hybrid) > model.log_joint(x, z=mu)).float().mean() > 0.9
     result = hybrid_infer_dataset(model, guide, x, num_steps=0, batch_size=5, progress=False)
-    assert torch.equal(result.z, mu) and result.gradient_evaluations == 0
+    # batches of 5 against one batch of 12: BLAS kernels may differ by batch size in the last bits
+    assert torch.allclose(result.z, mu, rtol=1e-5, atol=1e-6) and result.gradient_evaluations == 0
 
 
 def test_hybrid_training_moves_model_and_encoder_towards_the_chains(tmp_path):
