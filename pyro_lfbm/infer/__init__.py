@@ -7,7 +7,14 @@ from pyro_lfbm.infer.encoder_guide import EncoderGuide, encode_dataset, fit_enco
 from pyro_lfbm.infer.guide import LangevinGuide
 from pyro_lfbm.infer.hybrid import HybridGuide, hybrid_infer_dataset
 from pyro_lfbm.infer.kernel import LangevinKernel
-from pyro_lfbm.infer.langevin import LangevinState, evaluate, langevin_step, short_run_langevin, value_and_grad
+from pyro_lfbm.infer.langevin import (
+    LangevinState,
+    evaluate,
+    langevin_move,
+    langevin_step,
+    short_run_langevin,
+    value_and_grad,
+)
 from pyro_lfbm.infer.trace_log_joint import find_latent_sites, per_example_log_joint
 
 __all__ = [
@@ -26,6 +33,7 @@ __all__ = [
     "find_latent_sites",
     "hybrid_infer_dataset",
     "infer_dataset",
+    "langevin_move",
     "langevin_step",
     "mala_reference",
     "per_example_log_joint",

@@ -58,6 +58,26 @@ def value_and_grad(log_density_fn: LogDensityFn, position: Latents):
     return log_density.detach(), grad
 
 
+def langevin_move(
+    z: torch.Tensor,
+    grad: torch.Tensor,
+    step_size: float,
+    noise: bool = True,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """The Langevin move, written once: z + (s²/2) ∇log p + s ξ, with ξ ~ N(0, I) drawn like ``z``
+    (its dtype and device; from ``generator`` when given), or z + (s²/2) ∇log p when ``noise`` is False.
+
+    :param z: current position, any shape.
+    :param grad: ∇ log p at ``z``, same shape.
+    :returns: the moved position, same shape, dtype and device as ``z``.
+    """
+    moved = z + (0.5 * step_size**2) * grad
+    if noise:
+        moved = moved + step_size * _randn_like(z, generator)
+    return moved
+
+
 def langevin_step(
     state: LangevinState,
     log_density_fn: LogDensityFn,
@@ -70,13 +90,9 @@ def langevin_step(
     Returns the moved state, whose log density and gradient are left unevaluated.
     """
     state = evaluate(state, log_density_fn)
-    half_sq = 0.5 * step_size**2
-    position = {}
-    for name, z in state.position.items():
-        moved = z + half_sq * state.grad[name]
-        if noise:
-            moved = moved + step_size * _randn_like(z, generator)
-        position[name] = moved
+    position = {
+        name: langevin_move(z, state.grad[name], step_size, noise, generator) for name, z in state.position.items()
+    }
     return LangevinState(position)
 
 
@@ -151,7 +167,6 @@ def _run_with_tolerance(
     batch, device = first.shape[0], first.device
     active = torch.arange(batch, device=device)  # rows still moving
     steps = torch.zeros(batch, dtype=torch.long, device=device)
-    half_sq = 0.5 * step_size**2
     for _ in range(num_steps):
         if active.numel() == 0:
             break
@@ -171,9 +186,7 @@ def _run_with_tolerance(
         if rows.numel() > 0:
             new = {}
             for name, z in sub.items():
-                moved = z[moving] + half_sq * grad[name][moving]
-                if noise:
-                    moved = moved + step_size * _randn_like(moved, generator)
+                moved = langevin_move(z[moving], grad[name][moving], step_size, noise, generator)
                 updated = position[name].clone()
                 updated[rows] = moved
                 new[name] = updated
