@@ -174,5 +174,5 @@ def test_step_validation():
         with pyro.plate("data", 3):
             pyro.sample("c", dist.Bernoulli(0.5))
 
-    with pytest.raises(ValueError, match="real-valued"):
+    with pytest.raises(ValueError, match="discrete support"):
         LangevinGuide(discrete).infer(torch.zeros(3))
