@@ -9,7 +9,7 @@ or, with ``noise=False``, plain gradient ascent on log p(x, z) (the paper's test
 
 from __future__ import annotations
 
-from typing import Callable, Dict, NamedTuple, Optional
+from typing import Callable, Dict, NamedTuple, Optional, Tuple, Union
 
 import torch
 
@@ -61,7 +61,7 @@ def value_and_grad(log_density_fn: LogDensityFn, position: Latents):
 def langevin_move(
     z: torch.Tensor,
     grad: torch.Tensor,
-    step_size: float,
+    step_size: Union[float, torch.Tensor],
     noise: bool = True,
     generator: Optional[torch.Generator] = None,
 ) -> torch.Tensor:
@@ -70,6 +70,8 @@ def langevin_move(
 
     :param z: current position, any shape.
     :param grad: ∇ log p at ``z``, same shape.
+    :param step_size: s, a float or a tensor broadcastable to ``z`` (e.g. one step size per row,
+        shaped (R, 1, ..., 1)).
     :returns: the moved position, same shape, dtype and device as ``z``.
     """
     moved = z + (0.5 * step_size**2) * grad
@@ -102,6 +104,181 @@ def _randn_like(z: torch.Tensor, generator: Optional[torch.Generator]) -> torch.
     return torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
 
 
+class ChainInfo(NamedTuple):
+    """What a run of :func:`run_chain` did, per row (leading dimension of every site).
+
+    :ivar divergences: (R,) int64, how many times each row diverged and was sent back (``"backoff"``).
+    :ivar step_size: (R,) the step size each row ended with (halved once per divergence).
+    :ivar acceptance_prob: (R,) the mean over the chain's moves of the Metropolis-Hastings acceptance
+        probability a MALA test would have given each move, when ``track_acceptance``; else None.
+    :ivar gradient_evaluations: evaluations of the log density and its gradient spent (per row).
+    """
+
+    divergences: torch.Tensor
+    step_size: torch.Tensor
+    acceptance_prob: Optional[torch.Tensor]
+    gradient_evaluations: int
+
+
+def mala_acceptance_prob(frm: LangevinState, to: LangevinState, step_size) -> torch.Tensor:
+    """min(1, α) of the Langevin move ``frm -> to`` (both evaluated), per row (leading dimension):
+
+    .. math:: \\log\\alpha = \\log p(z') - \\log p(z) + \\log q(z \\mid z') - \\log q(z' \\mid z),
+       \\quad \\log q(a \\mid b) = -\\lVert a - b - \\tfrac{s^2}{2}\\nabla\\log p(b)\\rVert^2 / (2 s^2).
+
+    ``step_size``: a float or an (R,) tensor. Non-finite ratios give 0.
+    """
+    log_ratio = to.log_density - frm.log_density
+    for name, z_to in to.position.items():
+        s = _per_row(step_size, z_to)
+        forward = z_to - frm.position[name] - (0.5 * s**2) * frm.grad[name]
+        backward = frm.position[name] - z_to - (0.5 * s**2) * to.grad[name]
+        term = (forward.pow(2) - backward.pow(2)) / (2 * s**2)
+        log_ratio = log_ratio + (term.reshape(term.shape[0], -1).sum(1) if term.dim() > 0 else term)
+    return torch.nan_to_num(log_ratio, nan=-float("inf")).clamp(max=0.0).exp()
+
+
+def _per_row(step_size, z: torch.Tensor):
+    """A float step size as is; an (R,) tensor viewed as (R, 1, ..., 1) to broadcast against ``z`` (R, ...)."""
+    if not torch.is_tensor(step_size) or step_size.dim() == 0:
+        return step_size
+    return step_size.reshape(step_size.shape + (1,) * (z.dim() - 1))
+
+
+def run_chain(
+    log_density_fn: LogDensityFn,
+    initial_position: Latents,
+    num_steps: int,
+    step_size: float,
+    *,
+    noise: bool = True,
+    generator: Optional[torch.Generator] = None,
+    on_divergence: str = "raise",
+    max_backoffs: int = 10,
+    track_acceptance: bool = False,
+    evaluate_final: bool = False,
+    callback: Optional[Callable[[int, LangevinState], None]] = None,
+    where: str = "Langevin chain",
+) -> Tuple[LangevinState, ChainInfo]:
+    """``num_steps`` Langevin moves (:func:`langevin_move`) from ``initial_position``, guarded against divergence.
+
+    Rows are the leading dimension of every site (independent chains); ``log_density_fn`` returns
+    (R,) (or a scalar for one chain). After every gradient evaluation the rows are checked
+    (:func:`~pyro_lfbm.infer.divergence.nonfinite_rows`): with ``on_divergence="raise"`` a
+    non-finite log density or gradient raises
+    :class:`~pyro_lfbm.infer.divergence.LangevinDivergenceError` naming the site, the step, the
+    step size and the number of rows; with ``"backoff"`` each diverged row returns to its last
+    finite position and its step size halves (at most ``max_backoffs`` times per row, then it
+    raises). The final position, which is not evaluated unless ``evaluate_final`` or
+    ``track_acceptance``, is checked for finite values.
+
+    Costs ``num_steps`` gradient evaluations (one more with ``evaluate_final`` or
+    ``track_acceptance``). Without divergences the trajectory is exactly that of the plain loop
+    of :func:`langevin_step`. ``callback(k, state)`` runs after move k with the unevaluated state.
+
+    :param bool track_acceptance: also return the mean MALA acceptance probability of each row's
+        moves (:func:`mala_acceptance_prob`), the statistic step-size adaptation follows.
+    :returns: ``(state, info)``: the final :class:`LangevinState` (evaluated when the final
+        position was) and a :class:`ChainInfo`.
+    """
+    from pyro_lfbm.infer.divergence import (
+        check_on_divergence,
+        divergence_error,
+        first_nonfinite_site,
+        nonfinite_rows,
+    )
+
+    check_on_divergence(on_divergence)
+    backoff = on_divergence == "backoff"
+    state = LangevinState(dict(initial_position))
+    previous: Optional[LangevinState] = None
+    first = next(iter(state.position.values()))
+    steps = step_size  # a float until a row backs off, then a (R,) tensor
+    divergences = None
+    accept_sum = None
+    evaluations = 0
+    need_final = evaluate_final or track_acceptance
+
+    def checked(state: LangevinState, k: int) -> LangevinState:
+        """Evaluate ``state`` (reached by k moves) and handle its diverged rows."""
+        nonlocal steps, divergences, evaluations, accept_sum
+        log_density, grad = value_and_grad(log_density_fn, state.position)
+        evaluations += 1
+        state = LangevinState(state.position, log_density, grad)
+        rows = log_density.numel() if log_density.dim() > 0 else 1
+        if divergences is None:
+            divergences = torch.zeros(rows, dtype=torch.long, device=log_density.device)
+        bad = nonfinite_rows(log_density, grad)
+        diverged = bool(bad.any())
+        if diverged:
+            what = first_nonfinite_site(log_density, grad, bad)
+            if k == 0 or not backoff:
+                raise divergence_error(what, k, num_steps, steps, int(bad.sum()), rows, where)
+            divergences = divergences + bad.long()
+            if int(divergences.max()) > max_backoffs:
+                raise divergence_error(what, k, num_steps, steps, int(bad.sum()), rows, where, backoff_exhausted=True)
+            state = _take_rows(bad, previous, state)
+        if track_acceptance and previous is not None:
+            acc = mala_acceptance_prob(previous, state, steps).reshape(-1)
+            if diverged:
+                acc = torch.where(bad, torch.zeros_like(acc), acc)
+            accept_sum = acc if accept_sum is None else accept_sum + acc
+        if diverged:
+            if not torch.is_tensor(steps):
+                steps = torch.full((rows,), float(step_size), dtype=log_density.dtype, device=log_density.device)
+            steps = torch.where(bad, steps / 2, steps)
+        return state
+
+    for k in range(1, num_steps + 1):
+        if state.grad is None or state.log_density is None:
+            state = checked(state, k - 1)
+        previous = state
+        moved = {
+            name: langevin_move(z, state.grad[name], _per_row(steps, z), noise, generator)
+            for name, z in state.position.items()
+        }
+        state = LangevinState(moved)
+        if callback is not None:
+            callback(k, state)
+    if num_steps > 0 and need_final:
+        state = checked(state, num_steps)
+    elif num_steps > 0:
+        bad = nonfinite_rows(None, state.position)
+        if bool(bad.any()):
+            if not backoff:
+                raise divergence_error("the position", num_steps, num_steps, steps, int(bad.sum()), bad.numel(), where)
+            divergences = divergences + bad.long()
+            state = LangevinState(_take_rows(bad, previous, state).position)
+            if not torch.is_tensor(steps):
+                steps = torch.full((bad.numel(),), float(step_size), dtype=first.dtype, device=first.device)
+            steps = torch.where(bad, steps / 2, steps)
+    elif need_final:
+        state = checked(state, 0)
+    if divergences is None:  # no evaluation at all (num_steps == 0)
+        divergences = torch.zeros(first.shape[0] if first.dim() > 0 else 1, dtype=torch.long, device=first.device)
+    if not torch.is_tensor(steps):
+        steps = torch.full(divergences.shape, float(step_size), dtype=first.dtype, device=first.device)
+    acceptance = accept_sum / num_steps if accept_sum is not None else None
+    return state, ChainInfo(divergences, steps, acceptance, evaluations)
+
+
+def _take_rows(rows: torch.Tensor, source: LangevinState, target: LangevinState) -> LangevinState:
+    """``target`` with the rows flagged in ``rows`` (R,) bool replaced by ``source``'s."""
+
+    def pick(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if a.dim() == 0:
+            return torch.where(rows.reshape(()), a, b)
+        return torch.where(rows.reshape(rows.shape + (1,) * (a.dim() - 1)), a, b)
+
+    position = {name: pick(source.position[name], z) for name, z in target.position.items()}
+    log_density = grad = None
+    if target.log_density is not None and source.log_density is not None:
+        log_density = pick(source.log_density, target.log_density)
+    if target.grad is not None and source.grad is not None:
+        grad = {name: pick(source.grad[name], g) for name, g in target.grad.items()}
+    return LangevinState(position, log_density, grad)
+
+
 def short_run_langevin(
     log_density_fn: LogDensityFn,
     initial_position: Latents,
@@ -113,12 +290,14 @@ def short_run_langevin(
     evaluate_final: bool = False,
     tolerance: Optional[float] = None,
     restrict: Optional[Callable[[torch.Tensor], LogDensityFn]] = None,
+    on_divergence: str = "raise",
 ) -> LangevinState:
     """Run ``num_steps`` Langevin steps from ``initial_position``; returns the final state.
 
     Costs ``num_steps`` gradient evaluations, plus one when ``evaluate_final`` asks for the
     log density and gradient at the final position. ``callback(k, state)`` runs after step k
-    (k = 1..num_steps) with the state *before* its evaluation.
+    (k = 1..num_steps) with the state *before* its evaluation. Every evaluation is checked for
+    divergence (see :func:`run_chain`, which this calls, for ``on_divergence``).
 
     Early stopping (``tolerance`` set; meant for ``noise=False``, the test-time gradient ascent):
     the leading dimension of every site indexes independent rows (chains); a row stops for good
@@ -127,19 +306,25 @@ def short_run_langevin(
     log density of only those rows (``rows``: int64 indices into the batch), each step evaluates
     the still-moving rows only, so stopped rows cost nothing; without it, every row is evaluated
     until all have stopped. The returned state's ``steps`` (B,) counts the gradient evaluations
-    spent on each row (``callback`` is not called in this mode). With ``tolerance=None`` the
-    trajectory is exactly that of the plain loop.
+    spent on each row (``callback`` is not called in this mode; a divergence always raises). With
+    ``tolerance=None`` the trajectory is exactly that of the plain loop.
     """
     if tolerance is not None:
         return _run_with_tolerance(
             log_density_fn, initial_position, num_steps, step_size, noise, generator, tolerance, restrict, evaluate_final
         )
-    state = LangevinState(dict(initial_position))
-    for k in range(1, num_steps + 1):
-        state = langevin_step(state, log_density_fn, step_size, noise=noise, generator=generator)
-        if callback is not None:
-            callback(k, state)
-    return evaluate(state, log_density_fn) if evaluate_final else state
+    state, _ = run_chain(
+        log_density_fn,
+        initial_position,
+        num_steps,
+        step_size,
+        noise=noise,
+        generator=generator,
+        on_divergence=on_divergence,
+        evaluate_final=evaluate_final,
+        callback=callback,
+    )
+    return state
 
 
 def _row_norms(grad: Latents) -> torch.Tensor:
@@ -162,6 +347,8 @@ def _run_with_tolerance(
     restrict: Optional[Callable[[torch.Tensor], LogDensityFn]],
     evaluate_final: bool,
 ) -> LangevinState:
+    from pyro_lfbm.infer.divergence import divergence_error, first_nonfinite_site, nonfinite_rows
+
     position = {name: value.detach() for name, value in initial_position.items()}
     first = next(iter(position.values()))
     batch, device = first.shape[0], first.device
@@ -176,7 +363,11 @@ def _run_with_tolerance(
             sub = position
         else:
             sub = {name: value[active] for name, value in position.items()}
-        _, grad = value_and_grad(fn, sub)
+        log_density, grad = value_and_grad(fn, sub)
+        bad = nonfinite_rows(log_density, grad)
+        if bool(bad.any()):
+            what = first_nonfinite_site(log_density, grad, bad)
+            raise divergence_error(what, int(steps.max()), num_steps, step_size, int(bad.sum()), bad.numel())
         if restrict is None and active.numel() < batch:
             grad = {name: g[active] for name, g in grad.items()}
             sub = {name: value[active] for name, value in position.items()}

@@ -1,0 +1,86 @@
+"""The divergence check of every Langevin chain, written once.
+
+A chain *diverges* when the log density or its gradient stops being finite (a step size too large
+for the posterior's curvature sends z to a region where the model overflows). Every loop that moves
+latents (:func:`~pyro_lfbm.infer.langevin.run_chain`, the early-stopping loop, the compiled path)
+calls :func:`nonfinite_rows` after each gradient evaluation and, on a divergence, either raises
+:class:`LangevinDivergenceError` (``on_divergence="raise"``) or, with ``"backoff"``, returns the
+diverged rows to their last finite position and halves their step size.
+
+Rows are the leading dimension of every site's tensor (one independent chain each), as in
+:class:`~pyro_lfbm.infer.langevin.LangevinState`.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Union
+
+import torch
+
+Latents = Dict[str, torch.Tensor]
+
+#: The accepted values of ``on_divergence``.
+ON_DIVERGENCE = ("raise", "backoff")
+
+
+class LangevinDivergenceError(FloatingPointError):
+    """A Langevin chain reached a non-finite log density or gradient."""
+
+
+def check_on_divergence(on_divergence: str) -> str:
+    """Validate an ``on_divergence`` argument; returns it."""
+    if on_divergence not in ON_DIVERGENCE:
+        raise ValueError(f"on_divergence must be one of {ON_DIVERGENCE}, got {on_divergence!r}")
+    return on_divergence
+
+
+def nonfinite_rows(log_density: Optional[torch.Tensor], grad: Latents) -> torch.Tensor:
+    """(R,) bool: the rows whose log density (R,) (when given) or gradient (any site, (R, ...)) is
+    not finite. With a scalar log density (one chain) the result has shape (1,)."""
+    bad = None
+    if log_density is not None:
+        bad = ~torch.isfinite(log_density.reshape(-1))
+    for g in grad.values():
+        rows = bad.shape[0] if bad is not None else (g.shape[0] if g.dim() > 0 else 1)
+        site_bad = ~torch.isfinite(g.reshape(rows, -1)).all(1)
+        bad = site_bad if bad is None else bad | site_bad
+    return bad
+
+
+def first_nonfinite_site(log_density: Optional[torch.Tensor], grad: Latents, rows: torch.Tensor) -> str:
+    """A short description of what is not finite in ``rows``: the log density, or the gradient of a site."""
+    if log_density is not None and not torch.isfinite(log_density.reshape(-1)[rows]).all():
+        return "the log density"
+    for name, g in grad.items():
+        count = log_density.numel() if log_density is not None else g.shape[0]
+        if not torch.isfinite(g.reshape(count, -1)[rows]).all():
+            return f"the gradient of site '{name}'"
+    return "the position"
+
+
+def divergence_error(
+    what: str,
+    step: int,
+    num_steps: int,
+    step_size: Union[float, torch.Tensor],
+    num_bad: int,
+    num_rows: int,
+    where: str = "Langevin chain",
+    backoff_exhausted: bool = False,
+) -> LangevinDivergenceError:
+    """The one error message of a divergence: what went non-finite, at which step, with which step size, in how many rows."""
+    if torch.is_tensor(step_size):
+        step_size = float(step_size.min()) if step_size.numel() else float("nan")
+    at = "at the initial position" if step == 0 else f"at step {step} of {num_steps}"
+    if backoff_exhausted:
+        fix = "the step size was already halved the maximum number of times; lower step_size or check the model"
+    elif step == 0:
+        fix = "the model's log density is not finite at the chain's start; check the data and the initial latents"
+    else:
+        fix = (
+            "lower step_size, or pass on_divergence='backoff' to return diverged rows to their last finite "
+            "position and halve their step size"
+        )
+    return LangevinDivergenceError(
+        f"{where} diverged {at} (step size {step_size:.4g}): {what} is not finite in {num_bad} of {num_rows} rows; {fix}"
+    )
