@@ -14,12 +14,20 @@ Typical use::
     check_config_compatible(ckpt["config"], cfg, ["latent_dim", "dataset"])
     restore_rng_state(ckpt)
 
+A save that is killed (``kill -9``, power loss) leaves at most a hidden temporary file beside the
+checkpoint (``.<name>.<random>.tmp``); :func:`remove_stale_temporaries` deletes those of dead
+writers (a writer holds an ``flock`` on its temporary file while it writes), and the training loop
+calls it when it starts. :func:`find_nonfinite` names the first NaN/inf tensor in a state, so that
+callers can refuse to save a poisoned model.
+
 Checkpoints are unpickled with ``weights_only=False`` (the Pyro param store
 holds constraint objects), so only load files you wrote yourself.
 """
 
 from __future__ import annotations
 
+import fcntl
+import math
 import os
 import pathlib
 import random
@@ -107,13 +115,18 @@ def _fsync_dir(folder: pathlib.Path) -> None:
         os.close(fd)
 
 
+def _temporary_prefix(path: pathlib.Path) -> str:
+    return f".{path.name}."
+
+
 def save_checkpoint(path: str | os.PathLike[str], /, **state: Any) -> pathlib.Path:
     """Write ``state`` plus RNG state and format version to ``path``, atomically.
 
-    The dict is written to a temporary file in the same folder, flushed and
-    fsync'ed, then moved over ``path`` with :func:`os.replace`; an interrupted
-    save (exception, Ctrl-C) leaves any previous file at ``path`` untouched and
-    removes the temporary file. Parent folders are created.
+    The dict is written to a temporary file ``.<name>.<random>.tmp`` in the same folder (held
+    under an exclusive ``flock`` while it is written), flushed and fsync'ed, then moved over
+    ``path`` with :func:`os.replace`; an interrupted save (exception, Ctrl-C) leaves any previous
+    file at ``path`` untouched and removes the temporary file. A killed process cannot clean up:
+    :func:`remove_stale_temporaries` removes what it left. Parent folders are created.
 
     :param path: destination file.
     :param state: anything ``torch.save`` can pickle, e.g. ``model=net.state_dict()``,
@@ -128,14 +141,15 @@ def save_checkpoint(path: str | os.PathLike[str], /, **state: Any) -> pathlib.Pa
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format_version": FORMAT_VERSION, "rng_state": get_rng_state(), **state}
 
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=_temporary_prefix(path), suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # tells remove_stale_temporaries that a live writer owns it
             torch.save(payload, handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, path)
+            os.chmod(tmp_name, 0o644)
+            os.replace(tmp_name, path)
     except BaseException:
         try:
             os.unlink(tmp_name)
@@ -144,6 +158,69 @@ def save_checkpoint(path: str | os.PathLike[str], /, **state: Any) -> pathlib.Pa
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[pathlib.Path]:
+    """Delete the temporary files that killed saves of checkpoint ``path`` left beside it.
+
+    Only files named like :func:`save_checkpoint`'s temporaries for this very ``path``
+    (``.<name>.*.tmp``) are considered, and only those that no live process holds locked, so a
+    save in progress in another process is never disturbed.
+
+    :returns: the files removed.
+    """
+    path = pathlib.Path(path)
+    if not path.parent.is_dir():
+        return []
+    removed = []
+    for tmp in path.parent.glob(f"{glob_escape(_temporary_prefix(path))}*.tmp"):
+        try:
+            fd = os.open(tmp, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # a live writer holds it
+            os.close(fd)
+            continue
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
+
+
+def glob_escape(text: str) -> str:
+    """``text`` with glob metacharacters escaped (for names such as ``run[1].pt``)."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
+
+
+def find_nonfinite(state: Any, where: str = "") -> str | None:
+    """The path of the first floating-point tensor or float in ``state`` holding NaN or infinity.
+
+    :param state: nested dicts / lists / tuples of tensors and numbers (a state dict, a checkpoint).
+    :returns: e.g. ``"trainer.model.generator.net.0.weight"``, or ``None`` when everything is finite.
+    """
+    if isinstance(state, torch.Tensor):
+        if state.is_floating_point() or state.is_complex():
+            return None if bool(torch.isfinite(state).all()) else (where or "<tensor>")
+        return None
+    if isinstance(state, float):
+        return None if math.isfinite(state) else (where or "<float>")
+    if isinstance(state, Mapping):
+        items = state.items()
+    elif isinstance(state, (list, tuple)):
+        items = enumerate(state)
+    else:
+        return None
+    for key, value in items:
+        found = find_nonfinite(value, f"{where}.{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:

@@ -1,16 +1,40 @@
-"""The one epoch loop of the library: minibatches, checkpoints, resume, progress.
+"""The one epoch loop of the library: minibatches, checkpoints, resume, progress, and its guards.
 
 A *trainer* object (see :class:`StepTrainer`) does one update per batch; :func:`fit_steps` drives
 it. SVI learning (:class:`pyro_lfbm.training.SVITrainer`, behind :func:`pyro_lfbm.training.fit`),
 GLF and CoopFlow all run through this loop. Every epoch visits the data in an order fixed by
 ``seed`` and the epoch number and drops the last incomplete batch; an atomic checkpoint is written
 after every epoch and on Ctrl-C, and ``resume=True`` continues from the exact batch where it stopped.
+
+What the loop guarantees:
+
+* **No poisoned model is kept or saved.** The trainer's state (and the RNG state) is copied before
+  every update; after it, the loss and every parameter and buffer of the trainer's modules are
+  checked (one summed reduction per tensor, a few microseconds). A non-finite value, a
+  :class:`FloatingPointError` raised by the trainer, or the "found invalid values" ``ValueError``
+  of Pyro's / torch's argument validation all count as a *non-finite update*: the copy is put back,
+  nothing is written, and a one-line :class:`FloatingPointError` names the epoch and batch. With
+  ``skip_nonfinite=True`` the update is dropped instead and training goes on (the count per epoch is
+  the history's ``nonfinite_skipped`` column; :data:`MAX_SKIPS_IN_A_ROW` in a row still stop it).
+  The state written to a checkpoint is checked once more (:func:`~pyro_lfbm.checkpoint.find_nonfinite`).
+* **Ctrl-C resumes exactly.** While the loop runs, SIGINT only sets a flag: the current update
+  finishes, the checkpoint is written at the next batch boundary, then :class:`KeyboardInterrupt`
+  is raised. A second Ctrl-C interrupts at once; a half-done update is then discarded (the copy
+  taken before it, and its RNG state, are what gets saved). Resuming gives bit-identical parameters
+  to an uninterrupted run, and the interrupted epoch's history row is the same too.
+* **Killed saves leave nothing behind.** Temporary files of saves killed with ``kill -9`` are
+  removed when the loop starts (:func:`~pyro_lfbm.checkpoint.remove_stale_temporaries`).
 """
 
 from __future__ import annotations
 
+import copy
 import math
+import signal
+import sys
+import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Protocol
@@ -18,12 +42,27 @@ from typing import Callable, Dict, List, Optional, Protocol
 import torch
 from tqdm.auto import tqdm
 
-from pyro_lfbm.checkpoint import CheckpointError, check_config_compatible, load_checkpoint, restore_rng_state, save_checkpoint
+from pyro_lfbm.checkpoint import (
+    CheckpointError,
+    check_config_compatible,
+    find_nonfinite,
+    get_rng_state,
+    load_checkpoint,
+    remove_stale_temporaries,
+    restore_rng_state,
+    save_checkpoint,
+)
+
+__all__ = ["History", "MAX_SKIPS_IN_A_ROW", "StepTrainer", "check_training_data", "fit_steps", "trainer_state"]
+
+#: With ``skip_nonfinite=True``, this many non-finite updates in a row still stop training.
+MAX_SKIPS_IN_A_ROW = 10
 
 
 @dataclass
 class History:
-    """Per-epoch records: epoch, the epoch means of the trainer's metrics, seconds, examples per second."""
+    """Per-epoch records: epoch, the epoch means of the trainer's metrics, seconds, examples per second
+    (and ``nonfinite_skipped`` when non-finite updates are skipped)."""
 
     epochs: List[Dict[str, float]] = field(default_factory=list)
 
@@ -31,16 +70,26 @@ class History:
     def train_seconds(self) -> float:
         return sum(row["seconds"] for row in self.epochs)
 
+    @property
+    def nonfinite_skipped(self) -> int:
+        """Updates dropped as non-finite over all epochs (0 unless ``skip_nonfinite`` was on)."""
+        return int(sum(row.get("nonfinite_skipped", 0) for row in self.epochs))
+
 
 class StepTrainer(Protocol):
     """What :func:`fit_steps` needs from a trainer.
 
     - ``step(x) -> dict[str, float]`` (or ``step(x, mask)`` when the loop is given masks): one
       update on a batch ``x`` (B, C, H, W); the dict holds the batch's metrics (averaged over the
-      epoch in the history; a non-finite ``loss`` stops the run);
+      epoch in the history; a non-finite ``loss`` counts as a non-finite update);
     - ``end_epoch()``: per-epoch work such as learning-rate decay;
     - ``state_dict()`` / ``load_state_dict(state)``: everything needed to resume (networks,
-      optimizers, counters), as plain tensors and numbers.
+      optimizers, counters), as plain tensors and numbers; ``load_state_dict`` must also work in the
+      middle of a run (the loop uses it to undo a non-finite update).
+
+    The loop checks the parameters and buffers of ``trainer.model`` and ``trainer.guide`` (where
+    these are ``nn.Module``\\ s) after every update; a trainer may instead define
+    ``watched_modules() -> list[nn.Module]``.
     """
 
     def step(self, x: torch.Tensor, *rest: torch.Tensor) -> Dict[str, float]: ...
@@ -68,10 +117,101 @@ def trainer_state(ckpt: dict) -> dict:
 def check_training_data(x: torch.Tensor, batch_size: int, mask: Optional[torch.Tensor] = None) -> None:
     """Raise a one-line ``ValueError`` unless ``x`` (N, ...) holds at least one batch and ``mask``
     (if any) has the shape of ``x``."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if x.dim() < 2 or x.shape[0] < batch_size:
         raise ValueError(f"need at least batch_size={batch_size} training examples, got {tuple(x.shape)}")
     if mask is not None and mask.shape != x.shape:
         raise ValueError(f"mask shape {tuple(mask.shape)} must equal the data shape {tuple(x.shape)}")
+
+
+# --------------------------------------------------------------------------- guards
+
+
+def _watched_tensors(trainer) -> List[tuple]:
+    """(name, tensor) of every floating parameter and buffer the trainer trains."""
+    if hasattr(trainer, "watched_modules"):
+        modules = [(f"module{i}.", m) for i, m in enumerate(trainer.watched_modules())]
+    else:
+        modules = [(f"{attr}.", getattr(trainer, attr)) for attr in ("model", "guide")
+                   if isinstance(getattr(trainer, attr, None), torch.nn.Module)]
+    seen, out = set(), []
+    for prefix, module in modules:
+        for name, tensor in (*module.named_parameters(), *module.named_buffers()):
+            if tensor.is_floating_point() and id(tensor) not in seen:
+                seen.add(id(tensor))
+                out.append((prefix + name, tensor))
+    return out
+
+
+def _first_nonfinite(named: List[tuple]) -> Optional[str]:
+    """Name of the first tensor holding NaN/inf: one float64 sum per tensor, one device sync."""
+    if not named:
+        return None
+    with torch.no_grad():
+        sums = torch.stack([torch.sum(t.detach(), dtype=torch.float64).to(named[0][1].device) for _, t in named])
+        bad = ~torch.isfinite(sums)
+        if not bool(bad.any()):
+            return None
+        return named[int(bad.nonzero()[0, 0])][0]
+
+
+def _nonfinite_reason(err: BaseException) -> Optional[str]:
+    """Why ``err`` is a non-finite event (None if it is some other error)."""
+    if isinstance(err, FloatingPointError):
+        return str(err).strip().splitlines()[0] if str(err).strip() else "FloatingPointError"
+    if isinstance(err, ValueError) and "found invalid values" in str(err):
+        line = next((ln.strip() for ln in str(err).splitlines() if "found invalid values" in ln), "")
+        line = line.replace(", but found invalid values:", "").rstrip(":")
+        if len(line) > 160:
+            line = line[:157] + "..."
+        return f"NaN or infinity reached argument validation ({line})"
+    return None
+
+
+class _Snapshot:
+    """A copy of the trainer's state and of every RNG, taken before an update."""
+
+    def __init__(self, trainer):
+        self.state = copy.deepcopy(trainer.state_dict())
+        self.rng = get_rng_state()
+
+    def restore(self, trainer) -> None:
+        trainer.load_state_dict(copy.deepcopy(self.state))
+        restore_rng_state(self.rng)
+
+
+class _DeferredInterrupt:
+    """While active (main thread only), the first SIGINT only sets :attr:`requested`; a second one
+    raises :class:`KeyboardInterrupt` at once."""
+
+    def __init__(self, saving: bool):
+        self.requested = False
+        self.saving = saving
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            current = signal.getsignal(signal.SIGINT)
+            if callable(current):  # leave SIG_IGN / SIG_DFL alone
+                self._previous = current
+                signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        then = "then saving a checkpoint" if self.saving else "then stopping"
+        print(f"\nCtrl-C: finishing the current update, {then} (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
+# --------------------------------------------------------------------------- the loop
 
 
 def fit_steps(
@@ -91,84 +231,165 @@ def fit_steps(
     desc: str = "epoch",
     after_step: Optional[Callable[[int], None]] = None,
     after_epoch: Optional[Callable[[int, Dict[str, float]], None]] = None,
+    skip_nonfinite: bool = False,
 ) -> History:
     """Run ``trainer.step`` over minibatches of ``x`` (N, C, H, W) for ``epochs`` epochs.
 
+    :param epochs: total number of epochs, at least 1 (a resumed run counts those already done).
     :param mask: optional per-example masks, same shape as ``x``; each batch is then passed as
         ``trainer.step(x_batch, mask_batch)`` (every image keeps its own mask).
     :param device: where batches are moved (default: stay where ``x`` is).
     :param checkpoint_path: checkpoint file (written after each epoch and on Ctrl-C).
-    :param resume: continue from ``checkpoint_path`` when it exists.
+    :param resume: continue from ``checkpoint_path`` when it exists (callers that must not start
+        over silently check for the file first).
     :param config: saved with the checkpoint; on resume the entries named in ``config_keys``
         must match (one-line :class:`~pyro_lfbm.checkpoint.CheckpointError` otherwise).
     :param after_step: called with the global step index after every step.
     :param after_epoch: called with the epoch number (from 1) and its history row.
+    :param skip_nonfinite: drop non-finite updates (counted in the history) instead of stopping.
     :returns: a :class:`History` of all epochs, including those before a resume; each row has
-        ``epoch``, the epoch mean of every metric ``step`` returned, ``seconds`` and ``examples_per_second``.
-    :raises ValueError: fewer than ``batch_size`` examples, or a mask of another shape.
-    :raises FloatingPointError: a step returned a non-finite ``loss`` metric.
+        ``epoch``, the epoch mean of every metric ``step`` returned, ``seconds`` and
+        ``examples_per_second`` (and ``nonfinite_skipped`` with ``skip_nonfinite``).
+    :raises ValueError: ``epochs`` < 1, fewer than ``batch_size`` examples, or a mask of another shape.
+    :raises CheckpointError: the checkpoint does not fit, or has more epochs than ``epochs``.
+    :raises FloatingPointError: a non-finite update (the trainer is left in its state before it).
+    :raises KeyboardInterrupt: after Ctrl-C, once the checkpoint is written.
     """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
     check_training_data(x, batch_size, mask)
-    history, start_epoch, start_batch = History(), 0, 0
+    history, start_epoch, start_batch, partial = History(), 0, 0, {}
     checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
+    if checkpoint_path is not None:
+        remove_stale_temporaries(checkpoint_path)
     if resume and checkpoint_path is not None and checkpoint_path.exists():
         ckpt = load_checkpoint(checkpoint_path)
         if config is not None:
             check_config_compatible(ckpt.get("config", {}), config, config_keys)
+        if ckpt.get("epoch", 0) > epochs:
+            raise CheckpointError(
+                f"checkpoint {checkpoint_path} has finished {ckpt['epoch']} epochs, more than the {epochs} asked for; "
+                f"ask for at least {ckpt['epoch']} epochs or use another checkpoint folder"
+            )
         try:
             trainer.load_state_dict(trainer_state(ckpt))
-        except (RuntimeError, KeyError) as err:
+        except (RuntimeError, KeyError, ValueError) as err:
             raise CheckpointError(
                 "checkpoint does not fit this model (different architecture); use the same preset or a new --checkpoint-dir"
             ) from err
         restore_rng_state(ckpt)
         history = History(list(ckpt["history"]))
         start_epoch, start_batch = ckpt["epoch"], ckpt["batch"]
+        partial = dict(ckpt.get("partial") or {})
 
     num_batches = x.shape[0] // batch_size
-    position = (start_epoch, start_batch)  # the next batch to run
+    watched = _watched_tensors(trainer)
+    saved_position = (start_epoch, start_batch) if resume and checkpoint_path is not None and checkpoint_path.exists() else None
 
-    def save(position_):
-        if checkpoint_path is not None:
-            save_checkpoint(checkpoint_path, trainer=trainer.state_dict(), epoch=position_[0], batch=position_[1],
-                            history=history.epochs, config=config or {})
+    def save(position, state=None, sums=None, count=0, seconds=0.0, skipped=0) -> None:
+        nonlocal saved_position
+        if checkpoint_path is None or position == saved_position:
+            return
+        state = trainer.state_dict() if state is None else state
+        bad = find_nonfinite(state)
+        if bad is not None:  # the per-update guard makes this unreachable; never write a poisoned model
+            raise FloatingPointError(f"refusing to save a checkpoint: {bad} holds NaN or infinity")
+        mid = {"sums": dict(sums or {}), "count": count, "seconds": seconds, "skipped": skipped} if position[1] else None
+        save_checkpoint(checkpoint_path, trainer=state, epoch=position[0], batch=position[1], history=history.epochs,
+                        config=config or {}, partial=mid)
+        saved_position = position
 
     def batch(index: torch.Tensor) -> tuple:
         parts = (x,) if mask is None else (x, mask)
         return tuple(part[index].to(device, non_blocking=True) if device is not None else part[index] for part in parts)
 
-    try:
+    def diverged(epoch: int, batch_index: int, reason: str) -> FloatingPointError:
+        return FloatingPointError(
+            f"training diverged at epoch {epoch + 1}, batch {batch_index + 1} of {num_batches} "
+            f"(step {epoch * num_batches + batch_index + 1}): {reason}; that update was undone and nothing "
+            "from it was saved; lower the learning rate or the Langevin step size, or skip such updates "
+            "(skip_nonfinite=True, --skip-nonfinite)"
+        )
+
+    with _DeferredInterrupt(saving=checkpoint_path is not None) as interrupt, warnings.catch_warnings():
+        # Pyro warns "Encountered NaN: loss" before the guard reports the same thing in one line
+        warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
+        in_a_row = 0  # non-finite updates in a row, across epochs
         for epoch in range(start_epoch, epochs):
             order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-            sums: Dict[str, float] = {}
-            count, started = 0, time.perf_counter()
-            bar = tqdm(range(start_batch if epoch == start_epoch else 0, num_batches), desc=f"{desc} {epoch + 1}/{epochs}",
-                       disable=not progress, leave=False, dynamic_ncols=True)
-            for batch_index in bar:
-                metrics = trainer.step(*batch(order[batch_index * batch_size : (batch_index + 1) * batch_size]))
-                if "loss" in metrics and not math.isfinite(metrics["loss"]):
-                    raise FloatingPointError(
-                        f"the loss became {metrics['loss']} at epoch {epoch + 1}, batch {batch_index}; "
-                        "lower the learning rate or step size"
-                    )
-                for key, value in metrics.items():
-                    sums[key] = sums.get(key, 0.0) + float(value)
-                count += 1
-                position = (epoch, batch_index + 1)
-                if after_step is not None:
-                    after_step(epoch * num_batches + batch_index)
-                bar.set_postfix({k: f"{v / count:.3g}" for k, v in list(sums.items())[:3]})
-            seconds = time.perf_counter() - started
+            resumed_here = epoch == start_epoch and start_batch > 0
+            sums: Dict[str, float] = dict(partial.get("sums", {})) if resumed_here else {}
+            count = int(partial.get("count", 0)) if resumed_here else 0
+            skipped = int(partial.get("skipped", 0)) if resumed_here else 0
+            earlier = float(partial.get("seconds", 0.0)) if resumed_here else 0.0
+            started = time.perf_counter()
+            first = start_batch if epoch == start_epoch else 0
+            position = (epoch, first)  # the next batch to run
+            bar = tqdm(range(first, num_batches), desc=f"{desc} {epoch + 1}/{epochs}", disable=not progress,
+                       leave=False, dynamic_ncols=True)
+            try:
+                for batch_index in bar:
+                    snapshot = _Snapshot(trainer)
+                    reason = None
+                    try:
+                        metrics = trainer.step(*batch(order[batch_index * batch_size : (batch_index + 1) * batch_size]))
+                        loss = metrics.get("loss")
+                        if loss is not None and not math.isfinite(float(loss)):
+                            reason = f"the loss became {float(loss)}"
+                        else:
+                            bad = _first_nonfinite(watched)
+                            if bad is not None:
+                                reason = f"{bad} became NaN or infinite (the loss was {loss})"
+                    except KeyboardInterrupt:  # a second Ctrl-C inside the update: discard the half-done update
+                        snapshot.restore(trainer)
+                        interrupted_at = position
+                        position = None  # saved here, not again below
+                        save(interrupted_at, snapshot.state, sums, count, earlier + time.perf_counter() - started, skipped)
+                        raise
+                    except (FloatingPointError, ValueError) as err:
+                        reason = _nonfinite_reason(err)
+                        if reason is None:
+                            raise
+                    if reason is not None:
+                        snapshot.restore(trainer)
+                        if not skip_nonfinite:
+                            raise diverged(epoch, batch_index, reason) from None
+                        skipped += 1
+                        in_a_row += 1
+                        if in_a_row >= MAX_SKIPS_IN_A_ROW:
+                            raise diverged(epoch, batch_index, f"{in_a_row} updates in a row were non-finite, the last "
+                                           f"because {reason}") from None
+                    else:
+                        in_a_row = 0
+                        for key, value in metrics.items():
+                            sums[key] = sums.get(key, 0.0) + float(value)
+                        count += 1
+                    position = (epoch, batch_index + 1)
+                    if after_step is not None:
+                        after_step(epoch * num_batches + batch_index)
+                    bar.set_postfix({k: f"{v / max(count, 1):.3g}" for k, v in list(sums.items())[:3]})
+                    if interrupt.requested:
+                        break
+            except KeyboardInterrupt:  # raised between updates (e.g. by a callback): the state is consistent
+                if position is not None:
+                    save(position, None, sums, count, earlier + time.perf_counter() - started, skipped)
+                raise
+            finally:
+                bar.close()
+            if interrupt.requested:
+                save(position, None, sums, count, earlier + time.perf_counter() - started, skipped)
+                raise KeyboardInterrupt
+            seconds = earlier + time.perf_counter() - started
             row = {"epoch": epoch + 1, **{k: v / max(count, 1) for k, v in sums.items()}, "seconds": seconds,
                    "examples_per_second": count * batch_size / max(seconds, 1e-9)}
+            if skip_nonfinite:
+                row["nonfinite_skipped"] = skipped
+            # The end of an epoch is one unit: a hard interrupt here keeps the previous checkpoint.
             history.epochs.append(row)
             trainer.end_epoch()
-            start_batch = 0
             if after_epoch is not None:
                 after_epoch(epoch + 1, row)
-            position = (epoch + 1, 0)
-            save(position)
-    except KeyboardInterrupt:
-        save(position)  # a batch cut off mid-step is run again on resume
-        raise
+            save((epoch + 1, 0))
+            if interrupt.requested:
+                raise KeyboardInterrupt
     return history

@@ -45,15 +45,21 @@ class SVITrainer:
     """One ``SVI(model, guide, Adam, Trace_ELBO)`` step per batch: the trainer :func:`fit` drives.
 
     It follows :class:`~pyro_lfbm.step_training.StepTrainer`; ``step(x)`` or ``step(x, mask)``
-    returns the loss per example and the learning rate in use.
+    returns the loss per example and the learning rate in use. :meth:`load_state_dict` works both
+    in a fresh process (resume) and in the middle of a run (the loop undoes a non-finite update
+    with it): the optimizer states are put back into live Adam objects at once.
     """
 
     def __init__(self, model: Callable, guide: Callable, optim: Optional[OptimConfig] = None,
                  loss: Optional[pyro.infer.ELBO] = None) -> None:
         self.model, self.guide = model, guide
         self.optim = optim or OptimConfig()
+        self.loss = loss or Trace_ELBO()
+        self._build()
+
+    def _build(self) -> None:
         self.scheduler = self.optim.build()
-        self.svi = SVI(model, guide, self.scheduler, loss or Trace_ELBO())
+        self.svi = SVI(self.model, self.guide, self.scheduler, self.loss)
 
     def step(self, x: torch.Tensor, *mask: torch.Tensor) -> Dict[str, float]:
         loss = self.svi.step(x, *mask) / x.shape[0]
@@ -64,16 +70,26 @@ class SVITrainer:
 
     def state_dict(self) -> dict:
         guide = self.guide.state_dict() if isinstance(self.guide, torch.nn.Module) else None
-        return {"model": self.model.state_dict(), "guide": guide, "optim": self.scheduler.get_state()}
+        # states set but not yet taken up by a parameter (right after a resume) are part of the state too
+        optim = {**getattr(self.scheduler, "_state_waiting_to_be_consumed", {}), **self.scheduler.get_state()}
+        return {"model": self.model.state_dict(), "guide": guide, "optim": optim}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         if isinstance(self.guide, torch.nn.Module) and state.get("guide") is not None:
             self.guide.load_state_dict(state["guide"])
-        # The modules now hold the restored tensors; Pyro re-registers them by name on the next
-        # step, and the optimizer state (keyed by those names) is consumed then.
-        pyro.clear_param_store()
+        # Fresh Adam/scheduler objects: Pyro hands a saved state only to an optimizer it creates.
+        self._build()
         self.scheduler.set_state(state["optim"])
+        # Create the optimizers of the parameters Pyro already knows (every one, mid-run) now, by a
+        # step without gradients, which changes nothing: so that end_epoch's decay and state_dict
+        # see them even before the next update. Unknown ones (fresh process) are created on first use.
+        store = pyro.get_param_store()
+        live = [p for name, p in store.named_parameters() if name in state["optim"]]
+        for p in live:
+            p.grad = None
+        if live:
+            self.scheduler(live)
 
 
 def fit(
@@ -94,6 +110,7 @@ def fit(
     progress: bool = True,
     after_step: Optional[Callable[[int], None]] = None,
     after_epoch: Optional[Callable[[int, Dict[str, float]], None]] = None,
+    skip_nonfinite: bool = False,
 ) -> History:
     """Train ``model`` (a ``PyroModule``) with ``SVI(model, guide, Adam, Trace_ELBO)`` for ``epochs`` epochs.
 
@@ -109,6 +126,9 @@ def fit(
     :param config: a dict saved with the checkpoint; on resume the entries in ``config_keys``
         must match (a one-line :class:`~pyro_lfbm.checkpoint.CheckpointError` otherwise).
     :param after_step: called with the global step after each SVI step (e.g. ``flow.clear_cache``).
+    :param skip_nonfinite: drop updates that leave a NaN/inf (counted in the history's
+        ``nonfinite_skipped``) instead of stopping with a :class:`FloatingPointError`; see
+        :func:`~pyro_lfbm.step_training.fit_steps` for the guard and for Ctrl-C.
     :returns: the :class:`History` of all epochs (rows: epoch, loss per example, lr, seconds,
         examples_per_second), including those before a resume.
     """
@@ -119,7 +139,7 @@ def fit(
     return fit_steps(
         SVITrainer(model, guide, optim, loss), x, epochs=epochs, batch_size=batch_size, mask=mask, seed=seed,
         device=device, checkpoint_path=checkpoint_path, resume=resume, config=config, config_keys=config_keys,
-        progress=progress, after_step=after_step, after_epoch=after_epoch,
+        progress=progress, after_step=after_step, after_epoch=after_epoch, skip_nonfinite=skip_nonfinite,
     )
 
 
