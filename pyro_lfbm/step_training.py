@@ -29,6 +29,7 @@ What the loop guarantees:
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 import math
 import signal
 import sys
@@ -169,15 +170,35 @@ def _nonfinite_reason(err: BaseException) -> Optional[str]:
     return None
 
 
+_IMMUTABLE = (int, float, bool, str, bytes, complex, type(None))
+
+
+def _clone_state(obj):
+    """A deep copy of a state dict: tensors cloned, containers rebuilt (``copy.deepcopy`` costs
+    about 40 times as much on the states trained here)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, _IMMUTABLE):
+        return obj
+    if type(obj) in (dict, OrderedDict):
+        out = type(obj)((key, _clone_state(value)) for key, value in obj.items())
+        if hasattr(obj, "_metadata"):  # module state dicts carry version numbers for load_state_dict
+            out._metadata = copy.deepcopy(obj._metadata)
+        return out
+    if type(obj) in (list, tuple):
+        return type(obj)(_clone_state(value) for value in obj)
+    return copy.deepcopy(obj)
+
+
 class _Snapshot:
     """A copy of the trainer's state and of every RNG, taken before an update."""
 
     def __init__(self, trainer):
-        self.state = copy.deepcopy(trainer.state_dict())
+        self.state = _clone_state(trainer.state_dict())
         self.rng = get_rng_state()
 
     def restore(self, trainer) -> None:
-        trainer.load_state_dict(copy.deepcopy(self.state))
+        trainer.load_state_dict(_clone_state(self.state))
         restore_rng_state(self.rng)
 
 
