@@ -1,5 +1,35 @@
-"""What every experiment script shares: common options, device choice, one-line errors, and
-result folders that are written whole or not at all, with the command that made them."""
+"""What every experiment script shares: common options, argument checks made before any work,
+one-line errors, and result folders that are written whole or not at all, with the command that
+made them.
+
+How a script uses it (every script in ``experiments/`` does this)::
+
+    from pyro_lfbm import cli
+
+    def build_parser():
+        parser = cli.ArgumentParser(description=__doc__)          # parse errors: one line, exit 2
+        parser.add_argument("--steps", type=cli.positive_int, default=20)
+        cli.add_common_arguments(parser, default_out="runs/mine")
+        return parser
+
+    def main(args):
+        device = cli.check_common_arguments(args)                 # --device, --data-root, --out, ...
+        ...                                                       # every other check, then the work
+
+    if __name__ == "__main__":
+        cli.run_cli(main, build_parser().parse_args())
+
+:func:`run_cli` is the one error wrapper (its API is stable: ``run_cli(main, args)``). It sets the
+torch thread count from ``args.threads``, runs ``main(args)``, and turns known failures into one
+line on stderr and an exit code: 2 for usage, data and checkpoint errors, 3 when training or
+inference became non-finite (NaN/inf), 130 after Ctrl-C, 1 for a failing file system (disk full,
+permissions). When the run fails, the folders it created (:func:`make_dirs`,
+:func:`writable_dir`, :func:`staged_output`) are removed again if they are empty.
+
+Defaults that matter on a shared machine: ``--threads`` is 1 (see :data:`DEFAULT_THREADS`), and
+new runs go under ``runs/`` (ignored by git), so a user's run never rewrites the reference
+results committed under ``results/``.
+"""
 
 from __future__ import annotations
 
@@ -7,44 +37,164 @@ import argparse
 import contextlib
 import datetime
 import json
+import math
 import os
 import platform
 import shlex
 import shutil
 import sys
 import tempfile
+from dataclasses import fields
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, List, Optional, Sequence
 
 import torch
 
 from pyro_lfbm.checkpoint import CheckpointError
 from pyro_lfbm.data import DataError
 
+#: Torch CPU threads unless ``--threads`` says otherwise. The models here are small (a cpu-preset
+#: update is a few hundred small matrix products); measured on a 2-core machine with a second busy
+#: process, two threads made an update about 10x slower (OpenMP threads wait for each other), one
+#: thread about 2x. ``--threads 0`` gives torch's default (one per core) for a machine of your own.
+DEFAULT_THREADS = 1
+
+THREADS_HELP = (f"torch CPU threads (default {DEFAULT_THREADS}: these models are small, and when another process "
+                "keeps a core busy, extra threads make every update up to 10x slower; 0 = torch's default, one "
+                "per core, for a machine of your own)")
+
 
 class UsageError(ValueError):
     """A bad command-line value; reported in one line with exit code 2."""
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, *, default_out: str, presets=("cpu", "paper", "tiny")) -> None:
-    """--data-root, --seed, --preset, --epochs, --device, --out, --checkpoint-dir, --resume, --no-progress."""
-    parser.add_argument("--data-root", default=None, help="data folder in torchvision layout (default: $PYRO_LFBM_DATA, else ./data or ../shared/data, whichever has the data)")
-    parser.add_argument("--seed", type=int, default=1, help="seed of the data split and of training")
+class ResultFileError(UsageError):
+    """An earlier result file that cannot be read; reported in one line (naming the file) with exit code 2."""
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose errors are one line on stderr (``error: ...``), exit code 2.
+
+    Sub-parsers made with ``add_subparsers`` are of this class too.
+    """
+
+    def error(self, message: str):  # noqa: D401 - argparse's hook
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _number(text: str, kind: type, what: str):
+    try:
+        value = kind(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type``: an integer >= 1."""
+    value = _number(text, int, "a whole number >= 1")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse ``type``: an integer >= 0."""
+    value = _number(text, int, "a whole number >= 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def int_at_least(lowest: int) -> Callable[[str], int]:
+    """argparse ``type``: an integer >= ``lowest``."""
+
+    def parse(text: str) -> int:
+        value = _number(text, int, f"a whole number >= {lowest}")
+        if value < lowest:
+            raise argparse.ArgumentTypeError(f"must be at least {lowest}, got {value}")
+        return value
+
+    parse.__name__ = f"int_at_least_{lowest}"
+    return parse
+
+
+def positive_float(text: str) -> float:
+    """argparse ``type``: a finite number > 0."""
+    value = _number(text, float, "a positive number")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    """argparse ``type``: a finite number >= 0."""
+    value = _number(text, float, "a number >= 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
+    return value
+
+
+def digit(text: str) -> int:
+    """argparse ``type``: a class label 0..9."""
+    value = _number(text, int, "a digit 0-9")
+    if not 0 <= value <= 9:
+        raise argparse.ArgumentTypeError(f"must be a digit 0-9, got {value}")
+    return value
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, *, default_out: str, presets=("cpu", "paper", "tiny"),
+                         resume: bool = True, overwrite: bool = True, skip_nonfinite: bool = True) -> None:
+    """--data-root, --seed, --preset, --epochs, --device, --out, --checkpoint-dir, [--resume],
+    [--overwrite], [--skip-nonfinite], --threads, --no-progress.
+
+    :param resume: offer ``--resume`` (scripts that always pick up their checkpoints do not).
+    :param overwrite: offer ``--overwrite`` (scripts that refuse to replace a finished run).
+    :param skip_nonfinite: offer ``--skip-nonfinite`` (scripts that train).
+    """
+    parser.add_argument("--data-root", default=None,
+                        help="data folder in torchvision layout (default: $PYRO_LFBM_DATA, else ./data or ../shared/data, "
+                             "whichever has the data)")
+    parser.add_argument("--seed", type=nonnegative_int, default=1, help="seed of the data split and of training")
     parser.add_argument("--preset", choices=presets, default=presets[0], help="model and schedule preset")
-    parser.add_argument("--epochs", type=int, default=None, help="override the preset's number of epochs")
+    parser.add_argument("--epochs", type=positive_int, default=None, help="override the preset's number of epochs (>= 1)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--out", default=default_out, help="folder for results (written whole at the end)")
+    parser.add_argument("--out", default=default_out,
+                        help=f"folder for results, written whole at the end (default {default_out}; the reference "
+                             "results committed under results/ are only written when --out names them)")
     parser.add_argument("--checkpoint-dir", default=None, help="folder for checkpoints (default: <out>/checkpoints)")
-    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    if resume:
+        parser.add_argument("--resume", action="store_true",
+                            help="continue from the checkpoint in --checkpoint-dir (refused when there is none)")
+    if overwrite:
+        parser.add_argument("--overwrite", action="store_true", help="replace a finished run in --out (refused otherwise)")
+    if skip_nonfinite:
+        parser.add_argument("--skip-nonfinite", action="store_true",
+                            help="drop training updates that leave a NaN/inf (counted in the history's nonfinite_skipped) "
+                                 "instead of stopping with exit code 3")
+    parser.add_argument("--threads", type=nonnegative_int, default=DEFAULT_THREADS, help=THREADS_HELP)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def parse_overrides(items) -> dict:
-    """``["latent_dim=16", "batch_norm=false"]`` → ``{"latent_dim": 16, "batch_norm": False}``."""
+def parse_overrides(items, config=None, *, refused: Sequence[str] = ()) -> dict:
+    """``["latent_dim=16", "batch_norm=false"]`` -> ``{"latent_dim": 16, "batch_norm": False}``.
+
+    :param config: a dataclass instance (e.g. a :class:`~pyro_lfbm.presets.ModelConfig`); when given,
+        every key must be one of its fields and every value must fit the field's type (``int``,
+        ``float``, ``bool``, ``str``), else :class:`UsageError`.
+    :param refused: field names that have their own option (e.g. ``prior``: use ``--prior``).
+    """
     out = {}
+    known = {f.name: f for f in fields(config)} if config is not None else None
     for item in items or []:
         key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
         if not sep or not key:
             raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
         lowered = text.strip().lower()
@@ -58,12 +208,36 @@ def parse_overrides(items) -> dict:
                     value = float(text)
                 except ValueError:
                     value = text
-        out[key.strip().replace("-", "_")] = value
+        if known is not None:
+            if key in refused:
+                raise UsageError(f"--set {key}=...: {key} has its own option (--{key.replace('_', '-')})")
+            if key not in known:
+                raise UsageError(f"--set {key}=...: the model config has no field {key!r}; fields: {', '.join(known)}")
+            value = _typed(key, value, type(getattr(config, key)), text)
+        out[key] = value
     return out
 
 
+def _typed(key: str, value, kind: type, text: str):
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise UsageError(f"--set {key}={text}: expected true or false")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UsageError(f"--set {key}={text}: expected a whole number")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise UsageError(f"--set {key}={text}: expected a finite number")
+        return float(value)
+    if kind is str:
+        return text
+    raise UsageError(f"--set {key}=...: {key} cannot be set from the command line")
+
+
 def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is a usage error."""
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a usage error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -71,21 +245,151 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+# --------------------------------------------------------------------------- folders the run creates
+
+_CREATED: List[Path] = []
+
+
+def make_dirs(path: str | os.PathLike[str]) -> Path:
+    """``mkdir -p path``, remembering every folder it creates so that a failed run removes them
+    again (when empty)."""
+    path = Path(path)
+    missing = []
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    path.mkdir(parents=True, exist_ok=True)
+    _CREATED.extend(reversed(missing))
+    return path
+
+
+def remove_created_dirs() -> None:
+    """Remove the folders :func:`make_dirs` created in this run that are still empty (deepest first)."""
+    for folder in sorted(set(_CREATED), key=lambda p: len(p.parts), reverse=True):
+        try:
+            folder.rmdir()  # only succeeds when empty
+        except OSError:
+            pass
+    _CREATED.clear()
+
+
+def writable_dir(path: str | os.PathLike[str], option: str) -> Path:
+    """Create ``path`` if needed and prove it writable by writing and removing a test file.
+
+    :param option: the command-line option that named it, for the message (e.g. ``"--out"``).
+    :raises UsageError: one line naming the option, the folder and the reason.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{option} {path} exists and is not a folder; pass a folder")
+    try:
+        make_dirs(path)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise UsageError(f"{option} {path} is not a writable folder ({err.strerror or err}); choose another folder") from None
+    return path
+
+
+def check_common_arguments(args: argparse.Namespace, *, out: bool = True) -> torch.device:
+    """The checks of :func:`add_common_arguments`'s options, made before any data is read:
+    ``--device`` is usable, ``--data-root`` (when given) is an existing folder, ``--out`` (when
+    ``out``) and ``--checkpoint-dir`` (when given) are writable folders.
+
+    :returns: the torch device.
+    """
+    device = resolve_device(getattr(args, "device", "cpu"))
+    check_data_root(getattr(args, "data_root", None))
+    if out and getattr(args, "out", None):
+        writable_dir(args.out, "--out")
+    if getattr(args, "checkpoint_dir", None):
+        writable_dir(args.checkpoint_dir, "--checkpoint-dir")
+    return device
+
+
+def check_data_root(data_root: Optional[str]) -> None:
+    """``--data-root`` must name an existing folder (nothing is created for a missing one)."""
+    if data_root is None or str(data_root) == "":
+        return
+    root = Path(data_root).expanduser()
+    if not root.is_dir():
+        raise UsageError(f"--data-root {data_root} is not an existing folder; pass the folder that holds the data "
+                         "(e.g. MNIST/raw/...), or create it first to let torchvision download into it")
+
+
+def require_checkpoint(paths, option: str = "--resume") -> None:
+    """``--resume`` with nothing to resume is refused: at least one of ``paths`` must exist."""
+    paths = [Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
+    if not any(p.is_file() for p in paths):
+        shown = paths[0] if len(paths) == 1 else f"{paths[0].parent} ({len(paths)} expected names)"
+        raise UsageError(f"{option}: there is no checkpoint to resume at {shown}; run without {option} to train from "
+                         "scratch, or pass the --checkpoint-dir of the run to continue")
+
+
+def refuse_finished_run(folder: str | os.PathLike[str], marker: str, overwrite: bool) -> None:
+    """Refuse to replace a finished run (``folder/marker`` exists) unless ``--overwrite``."""
+    path = Path(folder) / marker
+    if path.exists() and not overwrite:
+        raise UsageError(f"{folder} already holds a finished run ({marker}); pass --overwrite to replace it, "
+                         "or choose another --out")
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
 def run_cli(main: Callable[[argparse.Namespace], object], args: argparse.Namespace) -> None:
-    """Run ``main(args)``; known user errors become one line on stderr and exit code 2."""
-    if getattr(args, "threads", None):
-        torch.set_num_threads(args.threads)
+    """Run ``main(args)``, the one error wrapper of every script (API stable).
+
+    - threads: ``torch.set_num_threads(args.threads)`` when ``args.threads`` is a positive number
+      (``0`` or a missing attribute leave torch's default);
+    - :class:`UsageError`, :class:`~pyro_lfbm.data.DataError`, :class:`~pyro_lfbm.checkpoint.CheckpointError`:
+      ``error: <message>`` on stderr, exit code 2;
+    - :class:`FloatingPointError` (the training loop's non-finite guard, a Langevin divergence) and
+      the "found invalid values" ``ValueError`` of Pyro's / torch's validation: one line, exit code 3;
+    - :class:`OSError` (disk full, permissions): one line, exit code 1;
+    - :class:`KeyboardInterrupt`: one line saying how to continue, exit code 130.
+
+    On any failure the empty folders this run created are removed again. Other exceptions (bugs)
+    keep their traceback.
+    """
+    threads = getattr(args, "threads", None)
+    if threads:
+        torch.set_num_threads(threads)
+    _CREATED.clear()
+    code, message = 0, None
     try:
         main(args)
     except (UsageError, DataError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2)
-    except FloatingPointError as err:  # a NaN/inf guard fired during training
-        print(f"error: {err} (the last epoch's checkpoint is kept; --resume continues from it)", file=sys.stderr)
-        raise SystemExit(3)
+        code, message = 2, f"error: {_first_line(err)}"
+    except FloatingPointError as err:
+        code, message = 3, f"error: {_first_line(err)}"
+    except ValueError as err:
+        if "found invalid values" not in str(err):
+            _CREATED.clear()
+            raise
+        code, message = 3, ("error: NaN or infinity reached Pyro's argument validation "
+                            f"({_first_line(err)[:160]}); lower the learning rate or the Langevin step size")
+    except OSError as err:
+        code, message = 1, f"error: {err}"
     except KeyboardInterrupt:
-        print("\ninterrupted: the last checkpoint is kept; re-run with --resume to continue", file=sys.stderr)
-        raise SystemExit(130)
+        how = ("re-run the same command with --resume to continue" if hasattr(args, "resume")
+               else "re-run the same command to continue (trained and half-trained models are picked up from their checkpoints)")
+        code, message = 130, f"\ninterrupted: a training run in progress saved its checkpoint; {how}"
+    except BaseException:
+        _CREATED.clear()
+        raise
+    else:
+        _CREATED.clear()
+    remove_created_dirs()
+    print(message, file=sys.stderr)
+    raise SystemExit(code)
 
 
 def command_line() -> str:
@@ -112,14 +416,15 @@ def run_record(extra: dict | None = None) -> dict:
 def staged_output(out_dir: str | Path) -> Iterator[Path]:
     """Yield an empty staging folder; on success its files are moved into ``out_dir``.
 
-    If the block raises, nothing is written to ``out_dir`` (no partial results).
+    If the block raises, nothing is written to ``out_dir`` (no partial results), and folders
+    created for it are removed again when the run fails.
     """
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(out_dir.parent)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         yield staging
-        out_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(out_dir)
         for item in staging.iterdir():
             target = out_dir / item.name
             if target.is_dir():
@@ -131,3 +436,16 @@ def staged_output(out_dir: str | Path) -> Iterator[Path]:
 
 def write_json(path: Path, payload: dict) -> None:
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def read_result_file(path: str | os.PathLike[str], reader: Callable[[Path], object], what: str = "result file"):
+    """``reader(path)``, with any failure to read or parse it as one :class:`ResultFileError` line
+    naming the file and what to do."""
+    path = Path(path)
+    try:
+        return reader(path)
+    except Exception as err:  # pandas, json and torch raise many kinds for a damaged file
+        raise ResultFileError(
+            f"cannot read the earlier {what} {path} ({type(err).__name__}: {_first_line(err)[:120]}); "
+            "move it aside or delete it (it is rebuilt from the runs), or choose another --out"
+        ) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Dict, Tuple
 
@@ -29,6 +30,22 @@ class ModelConfig:
     ebm_hidden: int = 200
     ebm_prior_steps: int = 60
     ebm_prior_step_size: float = 0.4
+
+    def check(self) -> "ModelConfig":
+        """Raise a one-line ``ValueError`` naming the first field with an impossible value; returns self."""
+        if self.prior not in PRIORS:
+            raise ValueError(f"unknown prior {self.prior!r}; choose one of {', '.join(PRIORS)}")
+        shape = tuple(self.image_shape)
+        if len(shape) != 3 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in shape):
+            raise ValueError(f"image_shape must be three positive integers (C, H, W), got {self.image_shape!r}")
+        for name in ("latent_dim", "generator_hidden", "generator_channels", "flow_steps", "flow_width", "ebm_hidden",
+                     "ebm_prior_steps"):
+            _check_int(name, getattr(self, name), 1)
+        for name in ("sigma", "ebm_prior_step_size"):
+            _check_positive(name, getattr(self, name))
+        if not isinstance(self.batch_norm, bool):
+            raise ValueError(f"batch_norm must be true or false, got {self.batch_norm!r}")
+        return self
 
     def build_prior(self) -> LatentPrior:
         if self.prior == "flow":
@@ -65,6 +82,29 @@ class LearnConfig:
     test_batch_size: int = 100
     optim: OptimConfig = field(default_factory=OptimConfig)
 
+    def check(self) -> "LearnConfig":
+        """Raise a one-line ``ValueError`` naming the first field with an impossible value; returns self."""
+        for name in ("epochs", "batch_size", "num_steps", "test_steps", "test_batch_size"):
+            _check_int(name, getattr(self, name), 1)
+        for name in ("step_size", "test_step_size"):
+            _check_positive(name, getattr(self, name))
+        _check_positive("lr", self.optim.lr)
+        if self.optim.prior_lr is not None:
+            _check_positive("prior_lr", self.optim.prior_lr)
+        if not 0 < self.optim.gamma <= 1:
+            raise ValueError(f"gamma must be in (0, 1], got {self.optim.gamma}")
+        return self
+
+
+def _check_int(name: str, value, lowest: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+        raise ValueError(f"{name} must be a whole number >= {lowest}, got {value!r}")
+
+
+def _check_positive(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+
 
 @dataclass
 class Preset:
@@ -83,6 +123,12 @@ class Preset:
 
     def to_dict(self) -> Dict:
         return {"model": asdict(self.model), "learn": asdict(self.learn)}
+
+    def check(self) -> "Preset":
+        """:meth:`ModelConfig.check` and :meth:`LearnConfig.check`; returns self."""
+        self.model.check()
+        self.learn.check()
+        return self
 
 
 def _paper() -> Preset:

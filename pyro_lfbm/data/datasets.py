@@ -140,6 +140,29 @@ def _missing_message(name: str, split: str, root: pathlib.Path, missing: list[pa
     )
 
 
+def _folders(base: pathlib.Path) -> set[pathlib.Path]:
+    """The folders under ``base`` two levels deep (where torchvision's downloaders create theirs)."""
+    found: set[pathlib.Path] = set()
+    if not base.is_dir():
+        return found
+    for first in base.iterdir():
+        if first.is_dir():
+            found.add(first)
+            try:
+                found.update(second for second in first.iterdir() if second.is_dir())
+            except OSError:
+                pass
+    return found
+
+
+def _remove_new_empty_folders(base: pathlib.Path, before: set[pathlib.Path]) -> None:
+    for folder in sorted(_folders(base) - before, key=lambda p: len(p.parts), reverse=True):
+        try:
+            folder.rmdir()  # only empty ones
+        except OSError:
+            pass
+
+
 def _one_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
@@ -242,6 +265,11 @@ def _load_uint8(
     missing = [p for p in expected_files(info.name, base, split) if not p.exists()]
     if missing and not download:
         raise DataError(_missing_message(info.name, split, base, missing, " and download=False"))
+    explicit = (root is not None and str(root) != "") or bool(os.environ.get(DATA_ROOT_ENV, ""))
+    if missing and explicit and not base.is_dir():
+        # a named data root that does not exist is a wrong path, not a place to download into: create nothing
+        raise DataError(_missing_message(info.name, split, base, missing, f" (the folder {base} does not exist)"))
+    base_existed, folders_before = base.is_dir(), _folders(base)
     readers = {
         "mnist": lambda dl: _read_mnist_like("mnist", base, split, dl, limit),
         "fashion-mnist": lambda dl: _read_mnist_like("fashion-mnist", base, split, dl, limit),
@@ -253,6 +281,12 @@ def _load_uint8(
         return readers[info.name](bool(missing))
     except Exception as err:  # torchvision raises RuntimeError/OSError/ValueError/... for bad files
         if missing:
+            _remove_new_empty_folders(base, folders_before)  # the failed download's empty MNIST/raw/ etc.
+            if not base_existed:
+                try:
+                    base.rmdir()  # the default ./data, made for the download, if it stayed empty
+                except OSError:
+                    pass
             why = f" and the download failed ({_one_line(err)})"
             raise DataError(_missing_message(info.name, split, base, missing, why)) from err
         if isinstance(err, ImportError):  # e.g. scipy for SVHN: not a data problem
