@@ -31,8 +31,10 @@ def test_generic_path_kernel_equals_fast_path_kernel():
         kernel = LangevinKernel(model, step_size=0.25, adjust=True)
         kernel.initial_params = {"z": torch.zeros(10, 4)}
         torch.manual_seed(1)
-        MCMC(kernel, num_samples=30, warmup_steps=0, disable_progbar=True).run(x)
-        runs.append(kernel._state.position["z"])
+        mcmc = MCMC(kernel, num_samples=30, warmup_steps=0, disable_progbar=True)
+        mcmc.run(x)
+        assert kernel._fast == (model is fast)
+        runs.append(mcmc.get_samples()["z"])
     assert torch.allclose(runs[0], runs[1], atol=1e-5)
 
 
@@ -41,7 +43,7 @@ def test_global_rejection_would_collapse_but_per_example_does_not():
     lg = LinearGaussian(4, 6, 0.5)
     rates = []
     for batch in (1, 100):
-        kernel = LangevinKernel(lg.model, step_size=0.25, adjust=True)
+        kernel = LangevinKernel(lg.model, step_size=0.25, adjust=True, adapt_step_size=False)
         MCMC(kernel, num_samples=200, warmup_steps=50, disable_progbar=True).run(torch.randn(batch, 6))
         rates.append(kernel.acceptance_rate)
     assert abs(rates[0] - rates[1]) < 0.15, rates
@@ -49,7 +51,7 @@ def test_global_rejection_would_collapse_but_per_example_does_not():
 
 def test_unadjusted_kernel_always_moves():
     lg = LinearGaussian()
-    kernel = LangevinKernel(lg.model, step_size=0.1)
+    kernel = LangevinKernel(lg.model, step_size=0.1, adjust=False)
     mcmc = MCMC(kernel, num_samples=50, warmup_steps=10, disable_progbar=True)
     mcmc.run(torch.randn(3, 5))
     assert kernel.acceptance_rate == 1.0

@@ -2,139 +2,384 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 from collections import OrderedDict
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
+import pyro
 import torch
+from pyro.infer.mcmc.adaptation import WarmupAdapter
 from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
 
 from pyro_lfbm._context import posterior_inference
-from pyro_lfbm.infer.langevin import LangevinState, evaluate, langevin_step
-from pyro_lfbm.infer.trace_log_joint import LatentSites, find_latent_sites, per_example_log_joint
+from pyro_lfbm.infer.divergence import divergence_error
+from pyro_lfbm.infer.langevin import LangevinState, evaluate
+from pyro_lfbm.infer.mala import MALA_OPTIMAL_ACCEPT_PROB, MALAInfo, mala_step
+from pyro_lfbm.infer.trace_log_joint import LatentSites, find_latent_sites, log_joint_terms
 
 Latents = Dict[str, torch.Tensor]
 
+_BLOCKS = ("local", "global")
+
 
 class LangevinKernel(MCMCKernel):
-    r"""Batched Langevin kernel for :class:`pyro.infer.MCMC`, for long-run reference posteriors.
+    r"""Langevin kernel for :class:`pyro.infer.MCMC`: unadjusted Langevin (ULA) or MALA, for long-run
+    reference posteriors of any Pyro model with continuous latents.
 
-    Each iteration proposes, for every example b of the data plate,
-    z'_b = z_b + (s²/2) ∇ log p(x_b, z_b) + s ξ_b. With ``adjust=False`` the proposal is always
-    taken (unadjusted Langevin). With ``adjust=True`` (MALA) each example is accepted or rejected
-    *on its own* with the Metropolis-Hastings ratio of its own log joint, so the acceptance
-    rate does not collapse as the batch grows (one global test would couple all examples).
+    **Sites.** Every unobserved sample site is moved, as NUTS would, in *unconstrained* space: a
+    site with a constrained support (``HalfNormal``, ``Gamma``, ``Beta``, ``LogNormal``, ``Dirichlet``,
+    ...) is moved as u with z = T(u), ``T = biject_to(support)``, at the log density
+    log p(x, T(u)) + log|det ∂T/∂u|. As for Pyro's HMC, :attr:`transforms` maps each site to
+    unconstrained space, the kernel's ``params`` (and ``initial_params``) are unconstrained, and
+    ``MCMC.get_samples()`` returns constrained values.
 
-    :param model: a Pyro model with real-valued latent sites in one data plate.
-    :param float step_size: s.
-    :param bool adjust: apply the per-example Metropolis-Hastings correction (MALA).
-    :param bool use_fast_path: use ``model.log_joint`` when available.
+    **Two blocks per iteration** (Metropolis-within-Gibbs). *Local* sites (inside the data plate,
+    one value per example b) move first, given the global sites: for every b,
+    u'_b = u_b + (s²/2) ∇ log p(x_b, u_b | globals) + s ξ_b, accepted (MALA) or rejected *on its own*
+    with the Metropolis-Hastings ratio of its own log joint, so the acceptance rate does not
+    collapse as the batch grows (one test for all rows would couple them). *Global* sites (outside
+    the data plate) then move together with their own step size s_g at the full-data log joint
+    given the new local values, with one test. A model without a data plate has only global sites.
+
+    **Step-size adaptation** (``adapt_step_size=True``, as Pyro's HMC): during warmup each block's
+    step size follows Nesterov dual averaging (``pyro.infer.mcmc.adaptation.WarmupAdapter``, the
+    scheme of Hoffman & Gelman (2014), "The No-U-Turn Sampler", JMLR 15, Algorithm 5) toward
+    ``target_accept_prob`` of the mean MALA acceptance probability (mean over rows for the local
+    block), after a doubling/halving search for a reasonable start. The step size is frozen at its
+    averaged value at the end of warmup. The default target, 0.574, is MALA's optimal acceptance
+    rate (Roberts & Rosenthal (1998), "Optimal scaling of discrete approximations to Langevin
+    diffusions", J. R. Stat. Soc. B 60(1)); HMC's 0.8 would give needlessly small steps. For ULA
+    (``adjust=False``) the same statistic (the acceptance MALA would have had) is followed. Without
+    warmup steps the given step sizes are used as they are.
+
+    **Divergences.** A proposal whose log density or gradient is not finite (in a row, or for the
+    global block) is rejected (the row stays at its last finite position) and counted:
+    ``MCMC.diagnostics()["divergences"]`` lists, per chain, the post-warmup iteration of every
+    divergent transition (one entry per diverged row), as NUTS does; ``"warmup divergences"``
+    counts those of warmup. A non-finite log density at the initial position raises
+    :class:`~pyro_lfbm.infer.divergence.LangevinDivergenceError`.
+
+    **Data.** The data are bound at setup (``MCMC.run(*args)``), as for NUTS. A plate with
+    ``subsample_size`` draws its minibatch once at setup and the chain targets the posterior of
+    that minibatch's local latents (``kernel.sites.plate.subsample`` holds its indices); with
+    global sites a subsampled data plate is refused (their update needs the full-data log joint).
+    The log joint is unscaled by subsampling.
+
+    dtype and device follow the model (its parameters, else its data): a float64 model runs in
+    float64 end to end.
+
+    :param model: a Pyro model whose unobserved sample sites are continuous.
+    :param float step_size: the local block's step size s (its initial value when adapting).
+    :param bool adjust: apply the Metropolis-Hastings test (MALA); with False every finite proposal
+        is taken (ULA, biased by O(s²)).
+    :param bool adapt_step_size: adapt the step sizes during warmup (dual averaging).
+    :param float target_accept_prob: the target mean acceptance probability of the adaptation.
+    :param float global_step_size: the global block's (initial) step size; default ``step_size``.
+    :param str data_plate: the name of the data plate, when the model's plates are ambiguous.
+    :param bool use_fast_path: use ``model.log_joint(*args, **kwargs, **latents) -> (B,)`` when the
+        model has one and every latent site is local and real-valued.
+    :param float min_stepsize: lower bound of the adapted step sizes.
+    :param float max_stepsize: upper bound of the adapted step sizes.
 
     Example::
 
-        >>> mcmc = pyro.infer.MCMC(LangevinKernel(model, step_size=0.05, adjust=True),
-        ...                        num_samples=500, warmup_steps=100)
+        >>> mcmc = pyro.infer.MCMC(LangevinKernel(model), num_samples=500, warmup_steps=200)
         >>> mcmc.run(x)
-        >>> mcmc.get_samples()["z"].shape      # (500, B, D)
+        >>> mcmc.get_samples()["z"].shape      # (500, B, D), constrained values
+        >>> mcmc.diagnostics()["divergences"]  # {"chain 0": [...]}
     """
 
-    def __init__(self, model: Callable, step_size: float = 0.01, adjust: bool = False, use_fast_path: bool = True):
-        if not step_size > 0:
-            raise ValueError(f"step_size must be positive, got {step_size!r}")
+    def __init__(
+        self,
+        model: Callable,
+        step_size: float = 0.1,
+        adjust: bool = True,
+        adapt_step_size: bool = True,
+        target_accept_prob: float = MALA_OPTIMAL_ACCEPT_PROB,
+        global_step_size: Optional[float] = None,
+        data_plate: Optional[str] = None,
+        use_fast_path: bool = True,
+        *,
+        min_stepsize: float = 1e-10,
+        max_stepsize: float = 1e10,
+    ):
+        for label, value in (("step_size", step_size), ("global_step_size", global_step_size)):
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{label} must be a positive finite number, got {value!r}")
+        if not 0 < target_accept_prob < 1:
+            raise ValueError(f"target_accept_prob must be in (0, 1), got {target_accept_prob!r}")
+        if not 0 < min_stepsize < max_stepsize:
+            raise ValueError(f"need 0 < min_stepsize < max_stepsize, got {min_stepsize!r} and {max_stepsize!r}")
         self.model = model
-        self.step_size = float(step_size)
         self.adjust = adjust
+        self.data_plate = data_plate
         self.use_fast_path = use_fast_path
-        self.transforms: Dict = {}
+        self.target_accept_prob = float(target_accept_prob)
+        self._min_stepsize, self._max_stepsize = min_stepsize, max_stepsize
+        initial = {"local": float(step_size), "global": float(global_step_size or step_size)}
+        self._adapters = {
+            block: WarmupAdapter(
+                initial[block], adapt_step_size=adapt_step_size, target_accept_prob=target_accept_prob,
+                adapt_mass_matrix=False,
+            )
+            for block in _BLOCKS
+        }
+        self.transforms: Optional[Dict] = None
+        self.sites: Optional[LatentSites] = None
         self._initial_params: Optional[Latents] = None
-        self._reset_counters()
+        self._reset()
 
-    def _reset_counters(self):
-        self._num_proposals = 0
-        self._accept_sum = 0.0  # sum over iterations of the fraction of examples accepted
-        self._state: Optional[LangevinState] = None
+    # -- state --------------------------------------------------------------------------------
+    def _reset(self):
+        self._t = 0
+        self._warmup_steps = 0
+        self._states: Dict[str, Optional[LangevinState]] = {block: None for block in _BLOCKS}
+        self._position: Optional[Latents] = None
+        self._accept_sum = {block: 0.0 for block in _BLOCKS}  # post-warmup, fraction of rows accepted
+        self._mean_accept_prob = {block: 0.0 for block in _BLOCKS}  # of the current phase
+        self._divergences: List[int] = []
+        self._warmup_divergences = 0
+        self._last_info: Dict[str, Optional[MALAInfo]] = {block: None for block in _BLOCKS}
 
-    # -- MCMCKernel interface ---------------------------------------------------------------
-    def setup(self, warmup_steps, *args, **kwargs):
-        self._args, self._kwargs = args, kwargs
-        self._sites: LatentSites = find_latent_sites(self.model, args, kwargs)
-        if self._initial_params is None:
-            self._initial_params = dict(self._sites.initial)
-        self._reset_counters()
+    @property
+    def step_size(self) -> float:
+        """The local block's step size (the global block's when the model has no local site)."""
+        block = "local" if self.sites is None or self._names("local") else "global"
+        return self._adapters[block].step_size
+
+    @property
+    def global_step_size(self) -> float:
+        """The global block's step size."""
+        return self._adapters["global"].step_size
 
     @property
     def initial_params(self) -> Optional[Latents]:
+        """Initial values in unconstrained space (``{site: u}``); default u ~ N(0, I)."""
         return self._initial_params
 
     @initial_params.setter
     def initial_params(self, params: Latents):
         self._initial_params = params
 
-    def log_density(self, latents: Latents) -> torch.Tensor:
-        """Per-example log p(x, z), shape (B,)."""
-        if self.use_fast_path and callable(getattr(self.model, "log_joint", None)):
-            return self.model.log_joint(*self._args, **self._kwargs, **latents)
-        return per_example_log_joint(self.model, latents, self._args, self._kwargs, self._sites.plate)
+    # -- MCMCKernel interface -----------------------------------------------------------------
+    def setup(self, warmup_steps, *args, **kwargs):
+        self._args, self._kwargs = args, kwargs
+        self._reset()
+        self._warmup_steps = warmup_steps
+        sites = find_latent_sites(self.model, args, kwargs, data_plate=self.data_plate, batch_plates=())
+        self.sites = sites
+        plate = sites.plate
+        if plate is not None and plate.subsample_size < plate.size and sites.global_names:
+            raise ValueError(
+                f"LangevinKernel: the data plate '{plate.name}' is subsampled ({plate.subsample_size} of {plate.size}) "
+                f"and the model has global latent sites {sites.global_names}, whose update needs the full-data log "
+                "joint; run MCMC on the full data (no subsample_size / subsample), as for NUTS"
+            )
+        # constrained -> unconstrained, as initialize_model returns them; MCMC maps samples back with .inv
+        self.transforms = {name: site.transform.inv for name, site in sites.sites.items()}
+        self._fast = (
+            self.use_fast_path
+            and callable(getattr(self.model, "log_joint", None))
+            and not sites.global_names
+            and all(site.is_identity for site in sites.sites.values())
+        )
+        self._row_dims = {
+            name: len(site.unconstrained_shape) - site.unconstrained_event_dim + plate.dim
+            for name, site in sites.sites.items()
+            if site.local
+        }
+        initial = self._initial_params
+        if initial is None:
+            initial = dict(sites.initial)
+        else:
+            missing = sorted(set(sites.sites) - set(initial))
+            if missing:
+                raise ValueError(f"initial_params lacks the latent sites {missing} (give every site, unconstrained)")
+            initial = {
+                name: torch.as_tensor(initial[name]).to(dtype=sites.initial[name].dtype, device=sites.initial[name].device)
+                for name in sites.sites
+            }
+            for name, value in initial.items():
+                if value.shape != sites.sites[name].unconstrained_shape:
+                    raise ValueError(
+                        f"initial_params['{name}'] has shape {tuple(value.shape)}; the site's unconstrained value has "
+                        f"shape {tuple(sites.sites[name].unconstrained_shape)}"
+                    )
+        self._initial_params = initial
+        self._check_initial(initial)
+        for block in _BLOCKS:
+            if not self._names(block):
+                continue
+            adapter = self._adapters[block]
+            adapter.configure(
+                warmup_steps,
+                mass_matrix_shape={},
+                find_reasonable_step_size_fn=lambda z, block=block: self._find_reasonable_step_size(block, z),
+                options={"dtype": next(iter(initial.values())).dtype},
+            )
+            if adapter.adapt_step_size and warmup_steps > 0:
+                with posterior_inference():
+                    adapter.reset_step_size_adaptation(initial)
 
     def sample(self, params: Latents) -> Latents:
-        with posterior_inference():
-            state = self._state
-            if state is None or any(state.position[k] is not params[k] for k in params):
-                state = evaluate(LangevinState(dict(params)), self.log_density)
-            proposal = evaluate(langevin_step(state, self.log_density, self.step_size), self.log_density)
-        self._num_proposals += 1
-        if not self.adjust:
-            self._accept_sum += 1.0
-            self._state = proposal
-            return proposal.position
-        log_ratio = (
-            proposal.log_density
-            - state.log_density
-            + self._log_proposal(state, proposal)
-            - self._log_proposal(proposal, state)
-        )
-        accept = torch.rand_like(log_ratio).log() < log_ratio  # (B,)
-        self._accept_sum += accept.float().mean().item()
-        position = {k: self._where(accept, proposal.position[k], state.position[k], k) for k in params}
-        grad = {k: self._where(accept, proposal.grad[k], state.grad[k], k) for k in params}
-        log_density = torch.where(accept, proposal.log_density, state.log_density)
-        self._state = LangevinState(position, log_density, grad)
-        return position
+        if self._position is None or any(self._position[k] is not params[k] for k in params):
+            self._states = {block: None for block in _BLOCKS}  # params not from the last call
+        position = dict(params)
+        warmup = self._t < self._warmup_steps
+        with posterior_inference(), pyro.validation_enabled(False) if warmup else contextlib.nullcontext():
+            for block in _BLOCKS:
+                if self._names(block):
+                    position = self._move(block, position, warmup)
+        self._t += 1
+        self._position = position
+        return position.copy()
+
+    def end_warmup(self):
+        """Freeze the step sizes at their dual-averaging values (done by the schedule at the last warmup step)."""
+        for adapter in self._adapters.values():
+            if adapter.adapt_step_size and self._warmup_steps > 0 and self._t < self._warmup_steps:
+                adapter._end_adaptation()
+
+    def cleanup(self):
+        self._states = {block: None for block in _BLOCKS}
+        self._position = None
 
     def logging(self):
-        return OrderedDict(step_size=f"{self.step_size:.3g}", acc_rate=f"{self.acceptance_rate:.3f}")
+        items = [("step size", f"{self.step_size:.2e}")]
+        if self.sites is not None and self._names("local") and self._names("global"):
+            items.append(("global step", f"{self.global_step_size:.2e}"))
+        block = "local" if self.sites is None or self._names("local") else "global"
+        items.append(("acc. prob", f"{self._mean_accept_prob[block]:.3f}"))
+        items.append(("divergences", str(self._warmup_divergences + len(self._divergences))))
+        return OrderedDict(items)
 
     def diagnostics(self):
-        return {"acceptance rate": self.acceptance_rate}
+        out = {
+            "divergences": list(self._divergences),
+            "warmup divergences": self._warmup_divergences,
+            "acceptance rate": self.acceptance_rate,
+            "step size": self.step_size,
+        }
+        if self.sites is not None and self._names("local") and self._names("global"):
+            out["global acceptance rate"] = self.acceptance_rate_of("global")
+            out["global step size"] = self.global_step_size
+        return out
 
-    # -- helpers -----------------------------------------------------------------------------
+    # -- results ------------------------------------------------------------------------------
     @property
     def acceptance_rate(self) -> float:
-        """Mean over iterations of the fraction of examples whose proposal was accepted."""
-        return self._accept_sum / max(self._num_proposals, 1)
+        """Post-warmup fraction of proposals accepted (mean over rows and iterations) of the local
+        block, or of the global block when the model has no local site (over warmup too when
+        there has been no post-warmup iteration)."""
+        block = "local" if self.sites is None or self._names("local") else "global"
+        return self.acceptance_rate_of(block)
 
-    def _log_proposal(self, to: LangevinState, frm: LangevinState) -> torch.Tensor:
-        """log q(to | frm) per example, up to a constant: -‖to - frm - (s²/2)∇(frm)‖² / (2 s²)."""
-        s2 = self.step_size**2
-        total = 0.0
-        for name, z_to in to.position.items():
-            diff = z_to - frm.position[name] - 0.5 * s2 * frm.grad[name]
-            total = total + self._per_example_sum(-(diff * diff) / (2 * s2), name)
-        return total
+    def acceptance_rate_of(self, block: str) -> float:
+        """:attr:`acceptance_rate` of ``"local"`` or ``"global"``."""
+        n = self._t - self._warmup_steps
+        return self._accept_sum[block] / n if n > 0 else self._mean_accept_prob[block]
 
-    def _per_example_sum(self, t: torch.Tensor, name: str) -> torch.Tensor:
-        plate = self._sites.plate
-        event_dim = self._sites.event_dims[name]
-        if plate is None:
-            return t.sum()
-        keep = t.dim() - event_dim + plate.dim
-        other = [d for d in range(t.dim()) if d != keep]
-        return t.sum(other) if other else t
+    @property
+    def num_divergences(self) -> int:
+        """Divergent transitions so far, warmup included."""
+        return self._warmup_divergences + len(self._divergences)
 
-    def _where(self, accept: torch.Tensor, new: torch.Tensor, old: torch.Tensor, name: str) -> torch.Tensor:
-        plate = self._sites.plate
-        if plate is None:
-            return new if bool(accept) else old
-        keep = new.dim() - self._sites.event_dims[name] + plate.dim
-        shape = [1] * new.dim()
-        shape[keep] = accept.numel()
-        return torch.where(accept.reshape(shape), new, old)
+    # -- the two blocks -----------------------------------------------------------------------
+    def _names(self, block: str) -> List[str]:
+        return self.sites.local_names if block == "local" else self.sites.global_names
+
+    def _log_density_fn(self, block: str, position: Latents):
+        """The block's log density as a function of its own sites, the other block held at ``position``."""
+        if block == "local" and self._fast:
+            log_joint = self.model.log_joint
+            return lambda latents: log_joint(*self._args, **self._kwargs, **latents)
+        fixed = {name: position[name] for name in self._names("global" if block == "local" else "local")}
+
+        def log_density(latents: Latents) -> torch.Tensor:
+            local, global_ = log_joint_terms(self.model, {**fixed, **latents}, self._args, self._kwargs, self.sites)
+            if block == "local":
+                return local
+            return global_ if local is None else global_ + local.sum()
+
+        return log_density
+
+    def _move(self, block: str, position: Latents, warmup: bool) -> Latents:
+        names = self._names(block)
+        fn = self._log_density_fn(block, position)
+        state = self._states[block] or LangevinState({name: position[name] for name in names})
+        adapter = self._adapters[block]
+        state, info = mala_step(
+            state, fn, adapter.step_size, row_dims=self._row_dims if block == "local" else 0, adjust=self.adjust
+        )
+        self._states[block] = state
+        other = "global" if block == "local" else "local"
+        if bool(info.is_accepted.any()):
+            self._states[other] = None  # its cached log density was conditioned on this block's old values
+        self._record(block, info, warmup)
+        return {**position, **state.position}
+
+    def _record(self, block: str, info: MALAInfo, warmup: bool):
+        self._last_info[block] = info
+        accept_prob = info.acceptance_prob.mean()
+        divergent = int(info.is_divergent.sum())
+        if warmup:
+            n = self._t + 1
+            self._warmup_divergences += divergent
+            if self._adapters[block].adapt_step_size:
+                # Pyro's HMC idiom: the adapter sees iterations t = 1..warmup_steps
+                self._adapters[block].step(self._t + 1, {}, accept_prob)
+        else:
+            n = self._t + 1 - self._warmup_steps
+            self._accept_sum[block] += info.is_accepted.to(accept_prob.dtype).mean().item()
+            self._divergences.extend([self._t - self._warmup_steps] * divergent)
+        if n == 1:
+            self._mean_accept_prob[block] = 0.0
+        self._mean_accept_prob[block] += (accept_prob.item() - self._mean_accept_prob[block]) / n
+
+    def _find_reasonable_step_size(self, block: str, params: Latents) -> float:
+        """Double (or halve) the step size until one MALA proposal's mean acceptance probability
+        crosses ``target_accept_prob`` (as HMC's search crosses its energy threshold)."""
+        names = self._names(block)
+        fn = self._log_density_fn(block, params)
+        state = evaluate(LangevinState({name: params[name] for name in names}), fn)
+        row_dims = self._row_dims if block == "local" else 0
+
+        def direction(step: float) -> int:
+            _, info = mala_step(state, fn, step, row_dims=row_dims, adjust=True)
+            return 1 if info.acceptance_prob.mean().item() > self.target_accept_prob else -1
+
+        step = self._adapters[block].step_size
+        first = direction(step)
+        while self._min_stepsize < step < self._max_stepsize:
+            step = step * 2.0**first
+            if direction(step) != first:
+                break
+        return min(max(step, self._min_stepsize), self._max_stepsize)
+
+    def _check_initial(self, initial: Latents):
+        with posterior_inference():
+            for block in _BLOCKS:
+                names = self._names(block)
+                if not names:
+                    continue
+                fn = self._log_density_fn(block, initial)
+                state = evaluate(LangevinState({name: initial[name] for name in names}), fn)
+                bad = ~torch.isfinite(state.log_density.reshape(-1))
+                what = "the log density"
+                for name, g in state.grad.items():
+                    if block == "local":
+                        g_bad = ~torch.isfinite(g.movedim(self._row_dims[name], 0).reshape(bad.shape[0], -1)).all(1)
+                    else:
+                        g_bad = ~torch.isfinite(g).all().reshape(1)
+                    if bool(g_bad.any()) and not bool(bad.any()):
+                        what = f"the gradient of site '{name}'"
+                    bad = bad | g_bad
+                if bool(bad.any()):
+                    raise divergence_error(
+                        what, 0, 0, self._adapters[block].step_size, int(bad.sum()), bad.numel(),
+                        where=f"LangevinKernel ({block} sites {names})",
+                    )
+                self._states[block] = state if block == "local" else None
+        self._position = initial
+
