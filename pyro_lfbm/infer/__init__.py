@@ -8,23 +8,31 @@ from pyro_lfbm.infer.guide import LangevinGuide
 from pyro_lfbm.infer.hybrid import HybridGuide, hybrid_infer_dataset
 from pyro_lfbm.infer.kernel import LangevinKernel
 from pyro_lfbm.infer.langevin import (
+    ChainInfo,
     LangevinState,
     evaluate,
     langevin_move,
     langevin_step,
+    run_chain,
     short_run_langevin,
     value_and_grad,
 )
-from pyro_lfbm.infer.trace_log_joint import find_latent_sites, per_example_log_joint
+from pyro_lfbm.infer.divergence import LangevinDivergenceError
+from pyro_lfbm.infer.persistent import PersistentChains
+from pyro_lfbm.infer.trace_log_joint import LatentSites, find_latent_sites, log_joint_terms, per_example_log_joint
 
 __all__ = [
     "AutoNormalFit",
+    "ChainInfo",
     "EncoderGuide",
     "HybridGuide",
     "InferenceResult",
     "LangevinGuide",
+    "LangevinDivergenceError",
     "LangevinKernel",
     "LangevinState",
+    "LatentSites",
+    "PersistentChains",
     "MALAReference",
     "encode_dataset",
     "evaluate",
@@ -35,8 +43,10 @@ __all__ = [
     "infer_dataset",
     "langevin_move",
     "langevin_step",
+    "log_joint_terms",
     "mala_reference",
     "per_example_log_joint",
+    "run_chain",
     "short_run_langevin",
     "value_and_grad",
 ]

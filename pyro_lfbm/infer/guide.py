@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
-from typing import Callable, Dict, Iterable, Iterator, Optional
+from typing import Callable, Dict, Iterable, Iterator, Optional, Tuple, Union
 
 import torch
 import pyro
 import pyro.distributions as dist
+from pyro import poutine
+from pyro.ops.dual_averaging import DualAveraging
+from pyro.poutine.util import site_is_subsample
 
 from pyro_lfbm._context import posterior_inference
-from pyro_lfbm.infer.langevin import LangevinState, short_run_langevin
-from pyro_lfbm.infer.trace_log_joint import LatentSites, find_latent_sites, per_example_log_joint
+from pyro_lfbm.infer.divergence import check_on_divergence
+from pyro_lfbm.infer.langevin import ChainInfo, LangevinState, run_chain, short_run_langevin
+from pyro_lfbm.infer.persistent import PersistentChains
+from pyro_lfbm.infer.trace_log_joint import LatentSites, find_latent_sites, log_joint_terms
 
 Latents = Dict[str, torch.Tensor]
+
+#: MALA's optimal acceptance rate (Roberts & Rosenthal 1998), the default target of ``step_size="auto"``.
+TARGET_ACCEPT_PROB = 0.574
 
 
 @contextlib.contextmanager
@@ -72,33 +81,55 @@ def _couples_rows(model) -> bool:
     return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules())
 
 
-class LangevinGuide:
+class LangevinGuide(torch.nn.Module):
     r"""A guide that infers the local latents of ``model`` by short-run Langevin dynamics.
 
-    On each call with the model's arguments it starts from z₀ ~ N(0, I) (or ``init``), runs
-    ``num_steps`` batched steps
+    On each call with the model's arguments it starts from u₀ ~ N(0, I) (or ``init``, or the
+    example's persistent chain), runs ``num_steps`` batched steps
 
-    .. math:: z \leftarrow z + \tfrac{s^2}{2}\nabla_z \log p(x, z) + s\,\xi
+    .. math:: u \leftarrow u + \tfrac{s^2}{2}\nabla_u \log p(x, T(u)) + s\,\xi
 
-    on every continuous latent site of the model, and emits the results as ``Delta`` sites in
-    the model's data plate. With a Delta guide, ``Trace_ELBO`` is -log p(x, z_K), so::
+    on every continuous latent site of the model, in the unconstrained space of
+    ``T = biject_to(support)`` (with the log|det J| term; constrained latents such as HalfNormal,
+    Gamma, Beta, Dirichlet are handled as Pyro's HMC does), and emits the constrained results
+    ``T(u_K)`` as ``Delta`` sites in the model's data plate. With a Delta guide, ``Trace_ELBO`` is
+    -log p(x, z_K), so::
 
         svi = SVI(model, LangevinGuide(model), pyro.optim.Adam({"lr": 4e-4}), Trace_ELBO())
         svi.step(x)
 
     is one iteration of LFBM's Algorithm 1 (Langevin inference, then one Adam step on every
-    parameter). The chain uses the per-example, *unscaled* log joint, so plate subsampling does
-    not change its temperature. When the model has a method
-    ``log_joint(*args, **kwargs, **latents) -> (B,)`` (as :class:`~pyro_lfbm.models.LatentModel`
-    does) it is used directly (fast path); otherwise the log joint comes from Pyro traces.
+    parameter). When the model has a method ``log_joint(*args, **kwargs, **latents) -> (B,)``
+    (as :class:`~pyro_lfbm.models.LatentModel` does) it is used directly (fast path); otherwise
+    the log joint comes from Pyro traces (:func:`~pyro_lfbm.infer.trace_log_joint.log_joint_terms`).
 
-    :param model: a Pyro model whose latent sites are real-valued and share one data plate.
+    What it supports (see the README section "Using your own Pyro model"):
+
+    - **Subsampling.** A plate with ``subsample_size`` draws its minibatch once per guide call;
+      every step of the chain sees those indices, and the guide emits the plate with
+      ``subsample=`` them, so the model's trace of the same SVI step uses the same minibatch.
+      The chain uses the *unscaled* per-example log joint (its temperature does not depend on
+      the minibatch size); the SVI loss keeps Pyro's scaling.
+    - **Vectorised particles.** Under Pyro's particle plate (``Predictive(parallel=True)``,
+      ``Trace_ELBO(vectorize_particles=True)``) every particle runs its own chains, and the
+      Delta sites carry the particle dimension.
+    - **Global latents** (sites outside the data plate) are not moved by the chain: give them
+      their own guide with ``global_guide=`` (e.g. ``AutoNormal(poutine.block(model,
+      expose=[...]))``). It is called first; the chain then targets p(z_local | x, globals).
+      Without one, a model with global latents raises ``ValueError`` naming this pattern. A
+      model with no plate at all is one chain over all its latents.
+
+    :param model: a Pyro model whose latent sites are continuous.
     :param int num_steps: K, the number of Langevin steps (paper: 20 in training).
-    :param float step_size: s (paper: 0.1).
+    :param step_size: s (paper: 0.1), or ``"auto"``: adapt s by Pyro's dual averaging during the
+        first ``adapt_calls`` calls toward ``target_accept_prob``, the mean Metropolis-Hastings
+        acceptance probability a MALA test would give the chain's moves (computed along the
+        chain, one extra gradient evaluation per call while adapting), then freeze it; the frozen
+        value is :attr:`step_size` and is saved in :meth:`state_dict`.
     :param bool noise: False turns the chain into gradient ascent on log p(x, z)
         (the paper's test-time inference).
-    :param init: optional ``init(*args, **kwargs) -> {site: tensor}`` giving z₀ instead of
-        N(0, I) (persistent chains, an encoder's mean, ...).
+    :param init: optional ``init(*args, **kwargs) -> {site: tensor}`` giving constrained
+        starting values of local sites instead of N(0, I) (an encoder's mean, ...).
     :param bool use_fast_path: use ``model.log_joint`` when the model has one.
     :param float tolerance: optional early stopping (for ``noise=False``): a row (example) stops
         at the first step where its gradient norm is below ``tolerance``, and on the fast path
@@ -106,52 +137,266 @@ class LangevinGuide:
         mode: then every row is evaluated until all have stopped) (see
         :func:`~pyro_lfbm.infer.langevin.short_run_langevin`). ``last_state.steps`` then holds
         the gradient evaluations spent per example. ``None`` (default): exactly ``num_steps``.
+    :param str on_divergence: ``"raise"`` (default): a non-finite log density or gradient raises
+        :class:`~pyro_lfbm.infer.divergence.LangevinDivergenceError` naming the site, the step, the
+        step size and the number of rows; ``"backoff"``: a diverged row returns to its last
+        finite position and its step size halves for the rest of that chain (at most
+        ``max_backoffs`` times), counted in :attr:`divergences`.
+    :param global_guide: a guide for the model's global latents (see above).
+    :param str data_plate: the name of the data plate when the model has several outermost plates.
+    :param int persistent: the number N of training examples: keep one persistent chain per
+        example (ABP, Han et al. 2017): each call starts an example's chain from its latents of
+        the previous call. Examples are identified by their dataset positions: the subsample
+        indices of a data plate of full size N, or :meth:`set_positions` before the call
+        (:func:`~pyro_lfbm.training.fit` does this). Saved in :meth:`state_dict`.
 
     Inside the chain the model's parameters are frozen (``requires_grad=False``, restored
     afterwards) and Pyro's argument validation runs on the first evaluation only; neither
-    changes the trajectory.
+    changes the trajectory. z₀, the noise and every buffer follow the dtype and device of the
+    model's distributions (or parameters, or data): a float64 model runs in float64.
 
-    After each call, :attr:`latents` holds the final latents ({site: (B, ...)}) and
-    :attr:`last_state` the final :class:`~pyro_lfbm.infer.langevin.LangevinState`.
+    After each call, :attr:`latents` holds the final constrained local latents ({site: value}),
+    :attr:`last_state` the chain's final :class:`~pyro_lfbm.infer.langevin.LangevinState`
+    (unconstrained, rows flattened in front) and :attr:`last_info` its
+    :class:`~pyro_lfbm.infer.langevin.ChainInfo`.
     """
 
     def __init__(
         self,
         model: Callable,
         num_steps: int = 20,
-        step_size: float = 0.1,
+        step_size: Union[float, str] = 0.1,
         noise: bool = True,
         init: Optional[Callable[..., Latents]] = None,
         use_fast_path: bool = True,
         tolerance: Optional[float] = None,
+        *,
+        on_divergence: str = "raise",
+        max_backoffs: int = 10,
+        global_guide: Optional[Callable] = None,
+        data_plate: Optional[str] = None,
+        target_accept_prob: float = TARGET_ACCEPT_PROB,
+        adapt_calls: int = 100,
+        initial_step_size: float = 0.1,
+        persistent: Optional[int] = None,
     ):
-        if not isinstance(num_steps, int) or num_steps < 0:
+        super().__init__()
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
             raise ValueError(f"num_steps must be a non-negative integer, got {num_steps!r}")
-        if not step_size > 0:
+        self.auto = isinstance(step_size, str)
+        if self.auto and step_size != "auto":
+            raise ValueError(f"step_size must be a positive number or 'auto', got {step_size!r}")
+        if not self.auto and not step_size > 0:
             raise ValueError(f"step_size must be positive, got {step_size!r}")
-        self.model = model
+        if tolerance is not None and not tolerance >= 0:
+            raise ValueError(f"tolerance must be non-negative, got {tolerance!r}")
+        check_on_divergence(on_divergence)
+        if self.auto:
+            if not noise:
+                raise ValueError("step_size='auto' adapts the noisy chain's acceptance rate; it needs noise=True")
+            if tolerance is not None:
+                raise ValueError("step_size='auto' and tolerance cannot be combined (tolerance is for noise=False)")
+            if not 0 < target_accept_prob < 1:
+                raise ValueError(f"target_accept_prob must be in (0, 1), got {target_accept_prob!r}")
+            if isinstance(adapt_calls, bool) or not isinstance(adapt_calls, int) or adapt_calls < 1:
+                raise ValueError(f"adapt_calls must be a positive integer, got {adapt_calls!r}")
+            if not initial_step_size > 0:
+                raise ValueError(f"initial_step_size must be positive, got {initial_step_size!r}")
+        if tolerance is not None and on_divergence != "raise":
+            raise ValueError("tolerance (early stopping) supports on_divergence='raise' only")
+        if persistent is not None and (isinstance(persistent, bool) or not isinstance(persistent, int) or persistent < 1):
+            raise ValueError(f"persistent must be the number of training examples (a positive integer), got {persistent!r}")
+        if not (isinstance(max_backoffs, int) and max_backoffs >= 0):
+            raise ValueError(f"max_backoffs must be a non-negative integer, got {max_backoffs!r}")
+        # the model is not a child module: its parameters belong to the model, not to the guide
+        object.__setattr__(self, "model", model)
+        self.global_guide = global_guide
         self.num_steps = num_steps
-        self.step_size = float(step_size)
         self.noise = noise
         self.init = init
         self.use_fast_path = use_fast_path
-        if tolerance is not None and not tolerance >= 0:
-            raise ValueError(f"tolerance must be non-negative, got {tolerance!r}")
         self.tolerance = tolerance
+        self.on_divergence = on_divergence
+        self.max_backoffs = max_backoffs
+        self.data_plate = data_plate
+        self.target_accept_prob = float(target_accept_prob)
+        self.adapt_calls = adapt_calls
+        self.step_size = float(initial_step_size if self.auto else step_size)
+        self._adapter: Optional[DualAveraging] = None
+        self.adapted_calls = 0
+        if self.auto:
+            self._adapter = DualAveraging(prox_center=math.log(10 * self.step_size))
+        self.chains = PersistentChains(persistent) if persistent is not None else None
+        self._positions: Optional[torch.Tensor] = None
+        self.divergences = 0
         self.latents: Optional[Latents] = None
         self.last_state: Optional[LangevinState] = None
+        self.last_info: Optional[ChainInfo] = None
+        self.last_acceptance_prob: Optional[float] = None
 
+    # -- public helpers ----------------------------------------------------------------------
     @property
     def uses_fast_path(self) -> bool:
-        return self.use_fast_path and callable(getattr(self.model, "log_joint", None))
+        return self.use_fast_path and self.global_guide is None and callable(getattr(self.model, "log_joint", None))
 
-    def log_density_fn(self, sites: LatentSites, args, kwargs) -> Callable[[Latents], torch.Tensor]:
-        """The per-example log joint as a function of the latents, for these model arguments."""
-        if self.uses_fast_path:
+    @property
+    def adapting(self) -> bool:
+        """True while ``step_size="auto"`` is still adapting (the first ``adapt_calls`` calls)."""
+        return self.auto and self.adapted_calls < self.adapt_calls
+
+    def set_positions(self, positions: Optional[torch.Tensor]) -> None:
+        """Dataset positions (B,) int64 of the examples of the next calls (persistent chains); None clears them."""
+        if positions is not None:
+            positions = torch.as_tensor(positions)
+            if positions.dim() != 1 or positions.is_floating_point():
+                raise ValueError(f"positions must be a 1-d integer tensor, got {tuple(positions.shape)} {positions.dtype}")
+        self._positions = positions
+
+    def log_density_fn(self, sites: LatentSites, args, kwargs, model=None) -> Callable[[Latents], torch.Tensor]:
+        """The chain's target as a function of unconstrained latents {site: value} (model layout):
+        returns the per-row log joint, shape ``sites.rows_shape`` (local latents), or the global
+        log joint, shape ``sites.batch_shape``, for a model without a data plate."""
+        model = self.model if model is None else model
+        if self.uses_fast_path and model is self.model and not sites.batch_plates:
             log_joint = self.model.log_joint
-            return lambda latents: log_joint(*args, **kwargs, **latents)
-        model, plate = self.model, sites.plate
-        return lambda latents: per_example_log_joint(model, latents, args, kwargs, plate)
+            identity = all(s.is_identity for s in sites.sites.values())
+            if identity:
+                return lambda latents: log_joint(*args, **kwargs, **latents)
+
+            def fast(latents: Latents) -> torch.Tensor:
+                values = sites.constrain(latents)
+                total = log_joint(*args, **kwargs, **values)
+                for name, u in latents.items():
+                    site = sites.sites[name]
+                    if not site.is_identity:
+                        total = total + sites.reduce_to_rows(site.log_abs_det_jacobian(u, values[name]))
+                return total
+
+            return fast
+
+        def traced(latents: Latents) -> torch.Tensor:
+            local, global_ = log_joint_terms(model, latents, args, kwargs, sites)
+            return global_ if sites.plate is None else local
+
+        return traced
+
+    # -- the chain -----------------------------------------------------------------------------
+    def _globals(self, args, kwargs, emit: bool) -> Tuple[Callable, Latents]:
+        """Run the global guide (emitting its sites when ``emit``); returns the model conditioned
+        on its (detached) values, and those values."""
+        if self.global_guide is None:
+            return self.model, {}
+        run = self.global_guide if emit else poutine.block(self.global_guide)
+        trace = poutine.trace(run).get_trace(*args, **kwargs)
+        values = {
+            name: site["value"]
+            for name, site in trace.nodes.items()
+            if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
+        }
+        return poutine.condition(self.model, data={k: v.detach() for k, v in values.items()}), values
+
+    def _find_sites(self, model, args, kwargs) -> LatentSites:
+        sites = find_latent_sites(model, args, kwargs, data_plate=self.data_plate)
+        if sites.plate is not None and sites.global_names:
+            names = sites.global_names
+            raise ValueError(
+                f"latent site(s) {names} are outside the data plate '{sites.plate.name}' (global latents); "
+                "LangevinGuide moves local latents only. Give the globals their own guide: "
+                f"LangevinGuide(model, global_guide=AutoNormal(poutine.block(model, expose={names}))) "
+                "(see the README, 'Using your own Pyro model'), or use LangevinKernel with MCMC"
+            )
+        return sites
+
+    def _initial(self, sites: LatentSites, args, kwargs) -> Tuple[Latents, Optional[torch.Tensor]]:
+        """Packed unconstrained starting values {site: (R, ...)}, and the persistent positions."""
+        names = list(sites.sites)
+        initial = {name: sites.pack(name, sites.initial[name]) for name in names}
+        if self.init is not None:
+            given = self.init(*args, **kwargs)
+            unknown = sorted(set(given) - set(names))
+            if unknown:
+                raise ValueError(f"init returned values for {unknown}, which are not latent sites of the chain ({names})")
+            for name, value in given.items():
+                u = sites.sites[name].transform.inv(value.detach())
+                initial[name] = sites.pack(name, u.to(initial[name].dtype)).reshape(initial[name].shape)
+        positions = None
+        if self.chains is not None:
+            positions = self._persistent_positions(sites)
+            initial = self.chains.initial(positions, initial)
+        return initial, positions
+
+    def _persistent_positions(self, sites: LatentSites) -> torch.Tensor:
+        if sites.batch_plates or sites.plate is None:
+            raise ValueError(
+                "persistent chains need one chain per example of a data plate, without vectorised particles "
+                f"(found data plate {None if sites.plate is None else sites.plate.name!r}, "
+                f"particle plates {[p.name for p in sites.batch_plates]})"
+            )
+        rows = sites.plate.subsample_size
+        if self._positions is not None:
+            positions = self._positions
+        elif sites.plate.size == self.chains.num_examples and sites.plate.subsample is not None:
+            positions = sites.plate.subsample
+        else:
+            raise ValueError(
+                f"persistent chains ({self.chains.num_examples} examples) need the dataset positions of this batch "
+                f"of {rows}: call guide.set_positions(idx) before the step (fit() does), or subsample a data plate "
+                f"of full size {self.chains.num_examples} (pyro.plate(name, {self.chains.num_examples}, subsample=idx))"
+            )
+        if positions.shape[0] != rows:
+            raise ValueError(f"{positions.shape[0]} positions were set for a batch of {rows} examples; call set_positions with this batch's indices")
+        if int(positions.min()) < 0 or int(positions.max()) >= self.chains.num_examples:
+            raise ValueError(f"positions must lie in [0, {self.chains.num_examples}), got [{int(positions.min())}, {int(positions.max())}]")
+        return positions
+
+    def _run(self, model, args, kwargs) -> Latents:
+        sites = self._find_sites(model, args, kwargs)
+        initial, positions = self._initial(sites, args, kwargs)
+        model_layout = self.log_density_fn(sites, args, kwargs, model)
+
+        def packed(latents: Latents) -> torch.Tensor:
+            unpacked = {name: sites.unpack(name, u) for name, u in latents.items()}
+            return model_layout(unpacked).reshape(-1)
+
+        log_density_fn = validate_first_call_only(packed)
+        with posterior_inference(), frozen_parameters(self.model, sites.params):
+            if self.tolerance is not None:
+                restrict = None
+                if self.uses_fast_path and not _couples_rows(self.model) and not sites.batch_plates:
+                    restrict = self._restricted_log_density(initial, args, kwargs)
+                state = short_run_langevin(log_density_fn, initial, self.num_steps, self.step_size, noise=self.noise,
+                                           tolerance=self.tolerance, restrict=restrict)
+                info = None
+            else:
+                adapting = self.adapting
+                state, info = run_chain(
+                    log_density_fn,
+                    initial,
+                    self.num_steps,
+                    self.step_size,
+                    noise=self.noise,
+                    on_divergence=self.on_divergence,
+                    max_backoffs=self.max_backoffs,
+                    track_acceptance=adapting,
+                    where="LangevinGuide chain",
+                )
+                self.divergences += int(info.divergences.sum())
+                if adapting and info.acceptance_prob is not None:
+                    self._adapt(float(info.acceptance_prob.mean()))
+        if self.chains is not None:
+            self.chains.store(positions, state.position)
+        self.last_state, self.last_info, self._sites = state, info, sites
+        unconstrained = {name: sites.unpack(name, u) for name, u in state.position.items()}
+        self.latents = {name: value.detach() for name, value in sites.constrain(unconstrained).items()}
+        return self.latents
+
+    def _adapt(self, accept_prob: float) -> None:
+        """One dual-averaging update of log s toward the target acceptance (Pyro's HMC scheme)."""
+        self.last_acceptance_prob = accept_prob
+        self._adapter.step(self.target_accept_prob - accept_prob)
+        log_step, log_step_avg = self._adapter.get_state()
+        self.adapted_calls += 1
+        self.step_size = math.exp(log_step_avg if self.adapted_calls >= self.adapt_calls else log_step)
 
     def _restricted_log_density(self, initial: Latents, args, kwargs):
         """rows -> the fast-path log density of those rows only: every tensor argument whose
@@ -177,37 +422,23 @@ class LangevinGuide:
         return restrict
 
     def infer(self, *args, **kwargs) -> Latents:
-        """Run the chain without emitting Pyro sites; returns {site: final value} (detached)."""
-        sites = find_latent_sites(self.model, args, kwargs)
-        initial = dict(sites.initial)
-        if self.init is not None:
-            initial.update({k: v.detach() for k, v in self.init(*args, **kwargs).items()})
-        log_density_fn = validate_first_call_only(self.log_density_fn(sites, args, kwargs))
-        restrict = None
-        if self.tolerance is not None and self.uses_fast_path and not _couples_rows(self.model):
-            restrict = self._restricted_log_density(initial, args, kwargs)
-        with posterior_inference(), frozen_parameters(self.model, sites.params):
-            state = short_run_langevin(
-                log_density_fn,
-                initial,
-                self.num_steps,
-                self.step_size,
-                noise=self.noise,
-                tolerance=self.tolerance,
-                restrict=restrict,
-            )
-        self.last_state, self.latents = state, state.position
-        self._sites = sites
-        return state.position
+        """Run the chain without emitting Pyro sites; returns {site: final constrained value} (detached).
 
-    def __call__(self, *args, **kwargs) -> Latents:
-        latents = self.infer(*args, **kwargs)
+        With a ``global_guide``, the globals are drawn from it (hidden from outer handlers) first."""
+        model, _ = self._globals(args, kwargs, emit=False)
+        return self._run(model, args, kwargs)
+
+    def forward(self, *args, **kwargs) -> Latents:
+        model, global_values = self._globals(args, kwargs, emit=True)
+        latents = self._run(model, args, kwargs)
         sites = self._sites
         plate = sites.plate
         if plate is None:
-            return self._emit(latents, sites)
-        with pyro.plate(plate.name, plate.size, subsample=plate.subsample, dim=plate.dim):
-            return self._emit(latents, sites)
+            emitted = self._emit(latents, sites)
+        else:
+            with pyro.plate(plate.name, plate.size, subsample=plate.subsample, dim=plate.dim):
+                emitted = self._emit(latents, sites)
+        return {**global_values, **emitted}
 
     @staticmethod
     def _emit(latents: Latents, sites: LatentSites) -> Latents:
@@ -215,3 +446,36 @@ class LangevinGuide:
             name: pyro.sample(name, dist.Delta(value, event_dim=sites.event_dims[name]))
             for name, value in latents.items()
         }
+
+    # -- checkpointing -------------------------------------------------------------------------
+    def get_extra_state(self) -> dict:
+        adapter = None
+        if self._adapter is not None:
+            a = self._adapter
+            adapter = {"prox_center": a.prox_center, "x_avg": a._x_avg, "g_avg": a._g_avg, "t": a._t,
+                       "x_t": getattr(a, "_x_t", None)}
+        return {
+            "step_size": self.step_size,
+            "adapted_calls": self.adapted_calls,
+            "adapter": adapter,
+            "divergences": self.divergences,
+            "chains": self.chains.state() if self.chains is not None else None,
+        }
+
+    def set_extra_state(self, state: dict) -> None:
+        self.step_size = float(state["step_size"])
+        self.adapted_calls = int(state["adapted_calls"])
+        self.divergences = int(state["divergences"])
+        if state.get("adapter") is not None and self._adapter is not None:
+            a, saved = self._adapter, state["adapter"]
+            a.prox_center, a._x_avg, a._g_avg, a._t = saved["prox_center"], saved["x_avg"], saved["g_avg"], saved["t"]
+            if saved.get("x_t") is not None:
+                a._x_t = saved["x_t"]
+        if (state.get("chains") is None) != (self.chains is None):
+            raise ValueError("the saved guide and this one differ in persistent chains (persistent=N on one only)")
+        if self.chains is not None:
+            self.chains.load(state["chains"])
+
+    def extra_repr(self) -> str:
+        step = f"'auto' (now {self.step_size:.4g})" if self.auto else f"{self.step_size:.4g}"
+        return f"num_steps={self.num_steps}, step_size={step}, noise={self.noise}"

@@ -66,9 +66,9 @@ class HybridGuide(PyroModule):
             raise TypeError(f"encoder_guide must be an EncoderGuide, got {type(encoder_guide).__name__}")
         super().__init__(name)
         self.encoder_guide = encoder_guide
-        # A plain object attribute: the model is not registered as a child module.
-        self.langevin = LangevinGuide(model, num_steps=num_steps, step_size=step_size, noise=noise,
-                                      init=encoder_guide.init_fn, use_fast_path=use_fast_path)
+        # Not a child module (the state dict keeps only the encoder guide); the model is not one either.
+        self.__dict__["langevin"] = LangevinGuide(model, num_steps=num_steps, step_size=step_size, noise=noise,
+                                                  init=encoder_guide.init_fn, use_fast_path=use_fast_path)
         self.train_encoder = train_encoder
 
     @property

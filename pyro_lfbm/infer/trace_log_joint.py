@@ -255,28 +255,36 @@ class LatentSites:
         dims = tuple(sorted(p.dim for p in self.batch_plates))
         return _reduce_to(t, dims, self.batch_shape)
 
-    def _row_positions(self, name: str, value: torch.Tensor) -> List[int]:
-        site = self.sites[name]
-        if not site.local:
-            raise ValueError(f"site '{name}' is global: it has no rows")
-        batch_dims = value.dim() - site.unconstrained_event_dim
-        return [batch_dims + d for d in self.row_dims]
+    def site_row_dims(self, name: str) -> Tuple[int, ...]:
+        """The (negative) batch dims that index a site's rows: :attr:`row_dims` for a local site,
+        the batch plates' dims for a global one (each particle's globals form one chain)."""
+        if self.sites[name].local:
+            return self.row_dims
+        return tuple(sorted(p.dim for p in self.batch_plates))
+
+    def site_rows_shape(self, name: str) -> torch.Size:
+        """:attr:`rows_shape` for a local site, :attr:`batch_shape` for a global one."""
+        return self.rows_shape if self.sites[name].local else self.batch_shape
 
     def pack(self, name: str, value: torch.Tensor) -> torch.Tensor:
-        """A local site's unconstrained value with its row dims moved to the front and flattened:
-        shape (R, ...) with R = prod(rows_shape), the other dims kept in order. A no-op for the
-        usual (B, ...) site of a data plate at dim -1 without particle plates."""
-        positions = self._row_positions(name, value)
+        """A site's unconstrained value with its row dims (:meth:`site_row_dims`) moved to the front
+        and flattened: shape (R, ...) with R = prod(rows), the other dims kept in order (R = 1 for a
+        global site without batch plates). A no-op for the usual (B, ...) local site of a data plate
+        at dim -1 without particle plates."""
+        dims = self.site_row_dims(name)
+        batch_dims = value.dim() - self.sites[name].unconstrained_event_dim
+        positions = [batch_dims + d for d in dims]
+        if any(p < 0 for p in positions):
+            raise ValueError(f"site '{name}' of shape {tuple(value.shape)} lacks the row dims {dims}")
         moved = value.movedim(positions, list(range(len(positions))))
         return moved.reshape((-1,) + moved.shape[len(positions):])
 
     def unpack(self, name: str, packed: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`pack`."""
-        site = self.sites[name]
-        rows = self.rows_shape
-        value = packed.reshape(rows + packed.shape[1:])
-        batch_dims = value.dim() - site.unconstrained_event_dim
-        positions = [batch_dims + d for d in self.row_dims]
+        dims = self.site_row_dims(name)
+        value = packed.reshape(self.site_rows_shape(name) + packed.shape[1:])
+        batch_dims = value.dim() - self.sites[name].unconstrained_event_dim
+        positions = [batch_dims + d for d in dims]
         return value.movedim(list(range(len(positions))), positions)
 
 
