@@ -4,7 +4,13 @@
 
 trains on 80 % of the images of every digit but the held-out one, infers z for each test image by
 noise-free Langevin, scores it by −log p(x, z) (and by its two parts), prints the AUPRC and writes
-metrics, scores, figures and the command under --out.
+metrics, scores, figures and the command under --out (default runs/anomaly/, ignored by git: the
+reference runs committed under results/anomaly/runs/ are only written with --out results/anomaly/runs).
+
+Every option is checked before the data are read; a finished run in --out is only replaced with
+--overwrite. Exit codes: 2 bad input (one line), 3 training became NaN/inf (one line; lower --lr,
+or --skip-nonfinite), 130 Ctrl-C (the checkpoint is written at the next batch; --resume continues
+exactly).
 """
 
 from __future__ import annotations
@@ -14,41 +20,65 @@ from pathlib import Path
 
 import pandas as pd
 
-from pyro_lfbm.anomaly_experiment import RUN_FILES, AnomalyRunConfig, run_anomaly, run_folder_name, save_anomaly_run
-from pyro_lfbm.cli import add_common_arguments, parse_overrides, resolve_device, run_cli
-from pyro_lfbm.presets import PRIORS
+from pyro_lfbm import cli
+from pyro_lfbm.anomaly_experiment import (
+    RUN_FILES,
+    AnomalyRunConfig,
+    anomaly_preset,
+    checkpoint_name,
+    run_anomaly,
+    run_folder_name,
+    save_anomaly_run,
+)
+from pyro_lfbm.presets import PRIORS, ModelConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--heldout", type=int, default=7, help="the digit treated as anomalous (0-9)")
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--heldout", type=cli.digit, default=7, help="the digit treated as anomalous (0-9)")
     parser.add_argument("--prior", choices=PRIORS, default="flow", help="flow = LFBM, gaussian = ABP, ebm = LEBM")
-    parser.add_argument("--test-steps", type=int, default=None, help="test-time Langevin steps (paper: 400)")
-    parser.add_argument("--test-batch-size", type=int, default=None,
+    parser.add_argument("--test-steps", type=cli.positive_int, default=None, help="test-time Langevin steps (paper: 400)")
+    parser.add_argument("--test-batch-size", type=cli.positive_int, default=None,
                         help="images per scoring batch (cpu preset: 500; the official code: 100)")
     parser.add_argument("--batchnorm", choices=("eval", "train", "both"), default="both",
                         help="BatchNorm statistics when scoring: running (eval) or per test batch (train, as the official code)")
-    parser.add_argument("--sigma", type=float, default=None, help="override the pixel noise std σ of the preset")
+    parser.add_argument("--sigma", type=cli.positive_float, default=None, help="override the pixel noise std σ of the preset")
     parser.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
                         help="override a model-config field, e.g. --set batch_norm=false --set latent_dim=16")
-    parser.add_argument("--lr", type=float, default=None, help="override the preset's Adam learning rate")
-    parser.add_argument("--limit-train", type=int, default=None, help="use only this many training images")
-    parser.add_argument("--limit-test", type=int, default=None, help="use only this many test images (anomaly share kept)")
+    parser.add_argument("--lr", type=cli.positive_float, default=None, help="override the preset's Adam learning rate")
+    parser.add_argument("--limit-train", type=cli.positive_int, default=None,
+                        help="use only this many training images (at least one batch)")
+    parser.add_argument("--limit-test", type=cli.int_at_least(2), default=None,
+                        help="use only this many test images (anomaly share kept; at least 2)")
     parser.add_argument("--eval-only", metavar="CHECKPOINT", default=None, help="score a trained checkpoint, no training")
-    add_common_arguments(parser, default_out="results/anomaly/runs")
+    cli.add_common_arguments(parser, default_out="runs/anomaly")
     return parser
 
 
-def main(args: argparse.Namespace) -> pd.DataFrame:
-    device = resolve_device(args.device)
+def run_config(args: argparse.Namespace) -> AnomalyRunConfig:
+    """Every check of the command line, before any data are read; returns the run's configuration."""
+    device = cli.check_common_arguments(args)
+    checkpoint_dir = args.checkpoint_dir or str(Path(args.out) / "checkpoints")
     cfg = AnomalyRunConfig(
         heldout=args.heldout, prior=args.prior, preset=args.preset, seed=args.seed, epochs=args.epochs,
         test_steps=args.test_steps, test_batch_size=args.test_batch_size, batchnorm=args.batchnorm,
         limit_train=args.limit_train, limit_test=args.limit_test,
-        data_root=args.data_root, device=str(device), checkpoint_dir=args.checkpoint_dir or str(Path(args.out) / "checkpoints"),
+        data_root=args.data_root, device=str(device), checkpoint_dir=checkpoint_dir,
         resume=args.resume, eval_only=args.eval_only, progress=not args.no_progress, sigma=args.sigma, lr=args.lr,
-        model_overrides=parse_overrides(args.overrides),
+        model_overrides=cli.parse_overrides(args.overrides, ModelConfig(), refused=("prior", "image_shape", "sigma")),
+        skip_nonfinite=args.skip_nonfinite,
     )
+    anomaly_preset(cfg)
+    cli.refuse_finished_run(Path(args.out) / run_folder_name(cfg.heldout, cfg.prior, cfg.seed), "run.json", args.overwrite)
+    if not args.eval_only:
+        cli.writable_dir(checkpoint_dir, "--checkpoint-dir")
+        if args.resume:
+            cli.require_checkpoint(Path(checkpoint_dir) / checkpoint_name(cfg))
+    return cfg
+
+
+def main(args: argparse.Namespace) -> pd.DataFrame:
+    cfg = run_config(args)
     out = Path(args.out) / run_folder_name(cfg.heldout, cfg.prior, cfg.seed)
     result = run_anomaly(cfg)
     table = pd.DataFrame(result.rows)
@@ -62,4 +92,4 @@ def main(args: argparse.Namespace) -> pd.DataFrame:
 
 
 if __name__ == "__main__":
-    run_cli(main, build_parser().parse_args())
+    cli.run_cli(main, build_parser().parse_args())

@@ -8,6 +8,9 @@ Each run is one `experiments/anomaly.py`-style run (same library code, same file
 command is run again, so an interrupted table resumes. Two runners may share one --out (e.g. one per
 core): each adds its rows to table.csv under a file lock and claims a run's checkpoint while it trains
 it, so the other runner skips that run rather than training it a second time.
+
+The default --out is runs/anomaly_table/ (ignored by git). The reference table committed in
+results/anomaly/ was made with --out results/anomaly; pass that to add runs to it.
 """
 
 from __future__ import annotations
@@ -17,31 +20,60 @@ from pathlib import Path
 
 import pandas as pd
 
-from pyro_lfbm.anomaly_experiment import AnomalyRunConfig, checkpoint_name, run_anomaly, run_folder_name, save_anomaly_run
+from pyro_lfbm import cli
+from pyro_lfbm.anomaly_experiment import (
+    AnomalyRunConfig,
+    anomaly_preset,
+    checkpoint_name,
+    run_anomaly,
+    run_folder_name,
+    save_anomaly_run,
+)
 from pyro_lfbm.anomaly_report import PAPER_AUPRC, append_rows, has_run, read_table, run_claim, write_report
-from pyro_lfbm.cli import UsageError, add_common_arguments, resolve_device, run_cli, run_record
+from pyro_lfbm.cli import UsageError, run_record
 from pyro_lfbm.presets import PRIORS
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--digits", type=int, nargs="+", default=sorted(PAPER_AUPRC["LFBM"]))
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--digits", type=cli.digit, nargs="+", default=sorted(PAPER_AUPRC["LFBM"]))
     parser.add_argument("--priors", nargs="+", choices=PRIORS, default=list(PRIORS))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--test-steps", type=int, default=None)
+    parser.add_argument("--seeds", type=cli.nonnegative_int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--test-steps", type=cli.positive_int, default=None)
     parser.add_argument("--batchnorm", choices=("eval", "train", "both"), default="both")
-    parser.add_argument("--sigma", type=float, default=None)
-    parser.add_argument("--limit-train", type=int, default=None)
-    parser.add_argument("--limit-test", type=int, default=None)
+    parser.add_argument("--sigma", type=cli.positive_float, default=None)
+    parser.add_argument("--limit-train", type=cli.positive_int, default=None, help="training images per run (at least one batch)")
+    parser.add_argument("--limit-test", type=cli.int_at_least(2), default=None, help="test images per run (at least 2)")
     parser.add_argument("--report-only", action="store_true", help="only rewrite README.md from table.csv")
-    add_common_arguments(parser, default_out="results/anomaly")
+    # no --resume: finished runs are skipped and unfinished ones continue from their checkpoints anyway;
+    # no --overwrite: runs are added to the table, never replaced
+    cli.add_common_arguments(parser, default_out="runs/anomaly_table", resume=False, overwrite=False)
     return parser
 
 
+def run_configs(args: argparse.Namespace, device) -> list:
+    """The configuration of every run of the grid, each checked (before any data are read)."""
+    checkpoint_dir = args.checkpoint_dir or str(Path(args.out) / "checkpoints")
+    cfgs = []
+    for seed in args.seeds:  # seeds outermost: an interrupted table still covers every digit and prior
+        for digit in dict.fromkeys(args.digits):
+            for prior in dict.fromkeys(args.priors):
+                cfg = AnomalyRunConfig(
+                    heldout=digit, prior=prior, preset=args.preset, seed=seed, epochs=args.epochs,
+                    test_steps=args.test_steps, batchnorm=args.batchnorm, limit_train=args.limit_train,
+                    limit_test=args.limit_test, data_root=args.data_root, device=str(device),
+                    checkpoint_dir=checkpoint_dir, resume=True, progress=not args.no_progress, sigma=args.sigma,
+                    skip_nonfinite=args.skip_nonfinite,
+                )
+                anomaly_preset(cfg)
+                cfgs.append(cfg)
+    cli.writable_dir(checkpoint_dir, "--checkpoint-dir")
+    return cfgs
+
+
 def main(args: argparse.Namespace) -> pd.DataFrame:
-    device = resolve_device(args.device)
+    device = cli.check_common_arguments(args)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     table_path = out / "table.csv"
     table = read_table(table_path)
     if args.report_only:
@@ -50,34 +82,25 @@ def main(args: argparse.Namespace) -> pd.DataFrame:
         write_report(table, out / "README.md", run_record())
         print(f"wrote {out / 'README.md'}")
         return table
-    for seed in args.seeds:  # seeds outermost: an interrupted table still covers every digit and prior
-        for digit in args.digits:
-            for prior in args.priors:
-                run_id = (digit, prior, seed, args.preset)
-                cfg = AnomalyRunConfig(
-                    heldout=digit, prior=prior, preset=args.preset, seed=seed, epochs=args.epochs,
-                    test_steps=args.test_steps, batchnorm=args.batchnorm, limit_train=args.limit_train,
-                    limit_test=args.limit_test, data_root=args.data_root, device=str(device),
-                    checkpoint_dir=args.checkpoint_dir or str(out / "checkpoints"), resume=True,
-                    progress=not args.no_progress, sigma=args.sigma,
-                )
-                # claim the checkpoint, the file two runners would fight over, even with different --out
-                with run_claim(Path(cfg.checkpoint_dir) / f"{checkpoint_name(cfg)}.claim") as claimed:
-                    if not claimed:
-                        print(f"skip {run_id}: another runner is training it")
-                        continue
-                    if has_run(read_table(table_path), *run_id):  # re-read: runners may work side by side
-                        print(f"skip {run_id}: already in {table_path}")
-                        continue
-                    result = run_anomaly(cfg)
-                    save_anomaly_run(result, cfg, out / "runs" / run_folder_name(cfg.heldout, cfg.prior, cfg.seed))
-                    rows = pd.DataFrame(result.rows)
-                    print(rows[["heldout", "prior", "seed", "score", "auprc", "train_seconds", "test_seconds"]].to_string(index=False))
-                    table = append_rows(table_path, rows)
-                    write_report(table, out / "README.md", run_record())
+    for cfg in run_configs(args, device):
+        run_id = (cfg.heldout, cfg.prior, cfg.seed, cfg.preset)
+        # claim the checkpoint, the file two runners would fight over, even with different --out
+        with run_claim(Path(cfg.checkpoint_dir) / f"{checkpoint_name(cfg)}.claim") as claimed:
+            if not claimed:
+                print(f"skip {run_id}: another runner is training it")
+                continue
+            if has_run(read_table(table_path), *run_id):  # re-read: runners may work side by side
+                print(f"skip {run_id}: already in {table_path}")
+                continue
+            result = run_anomaly(cfg)
+            save_anomaly_run(result, cfg, out / "runs" / run_folder_name(cfg.heldout, cfg.prior, cfg.seed))
+            rows = pd.DataFrame(result.rows)
+            print(rows[["heldout", "prior", "seed", "score", "auprc", "train_seconds", "test_seconds"]].to_string(index=False))
+            table = append_rows(table_path, rows)
+            write_report(table, out / "README.md", run_record())
     print(f"wrote {table_path} and {out / 'README.md'}")
     return table
 
 
 if __name__ == "__main__":
-    run_cli(main, build_parser().parse_args())
+    cli.run_cli(main, build_parser().parse_args())

@@ -21,7 +21,7 @@ from pyro_lfbm.cli import UsageError, run_record, staged_output, write_json
 from pyro_lfbm.data import heldout_digit_split
 from pyro_lfbm.infer import LangevinGuide
 from pyro_lfbm.plots import plot_precision_recall, plot_score_histograms, save_ranked_grid
-from pyro_lfbm.presets import get_preset
+from pyro_lfbm.presets import Preset, get_preset
 from pyro_lfbm.step_training import trainer_state
 from pyro_lfbm.training import fit
 
@@ -47,6 +47,7 @@ class AnomalyRunConfig:
     sigma: Optional[float] = None
     lr: Optional[float] = None
     model_overrides: Optional[Dict] = None
+    skip_nonfinite: bool = False
 
 
 @dataclass
@@ -75,8 +76,14 @@ def checkpoint_name(cfg: AnomalyRunConfig) -> str:
     return f"lfbm-{cfg.prior}-heldout{cfg.heldout}-seed{cfg.seed}-{cfg.preset}.pt"
 
 
-def run_anomaly(cfg: AnomalyRunConfig) -> AnomalyRunResult:
-    """Train LFBM (or ABP / LEBM) on the normal images of the held-out-digit split and score its test set."""
+def anomaly_preset(cfg: AnomalyRunConfig):
+    """The preset of a run with every override of ``cfg`` applied and checked.
+
+    :raises UsageError: one line naming the option with an impossible value, or a combination
+        that cannot work (``--limit-train`` below one training batch, ``--limit-test`` below 2, a
+        scoring batch of one image with batch statistics, ``--eval-only`` with ``--resume`` or
+        ``--epochs``, or a checkpoint file that does not exist).
+    """
     try:
         preset = get_preset(cfg.preset, cfg.prior)
     except ValueError as err:
@@ -91,18 +98,50 @@ def run_anomaly(cfg: AnomalyRunConfig) -> AnomalyRunResult:
             raise UsageError(f"--set {key}=...: the model config has no field {key!r}")
         setattr(preset.model, key, value)
     if cfg.lr is not None:
+        if not cfg.lr > 0:
+            raise UsageError(f"--lr must be positive, got {cfg.lr}")
         learn = replace(learn, optim=replace(learn.optim, lr=cfg.lr))
     if cfg.epochs is not None:
         if cfg.epochs < 1:
             raise UsageError(f"--epochs must be at least 1, got {cfg.epochs}")
         learn = replace(learn, epochs=cfg.epochs)
     if cfg.test_steps is not None:
+        if cfg.test_steps < 1:
+            raise UsageError(f"--test-steps must be at least 1, got {cfg.test_steps}")
         learn = replace(learn, test_steps=cfg.test_steps)
+    smallest = 1 if cfg.batchnorm == "eval" else 2  # BatchNorm on batch statistics needs two images
     if cfg.test_batch_size is not None:
-        smallest = 1 if cfg.batchnorm == "eval" else 2  # BatchNorm on batch statistics needs two images
         if cfg.test_batch_size < smallest:
             raise UsageError(f"--test-batch-size must be at least {smallest} with --batchnorm {cfg.batchnorm}, got {cfg.test_batch_size}")
         learn = replace(learn, test_batch_size=cfg.test_batch_size)
+    if cfg.batchnorm not in ("eval", "train", "both"):
+        raise UsageError(f"--batchnorm must be eval, train or both, got {cfg.batchnorm!r}")
+    if not 0 <= cfg.heldout <= 9:
+        raise UsageError(f"--heldout must be a digit 0-9, got {cfg.heldout}")
+    preset = Preset(preset.model, learn)
+    try:
+        preset.check()
+    except ValueError as err:
+        raise UsageError(f"--set: {err}") from None
+    if cfg.limit_train is not None and cfg.limit_train < learn.batch_size:
+        raise UsageError(f"--limit-train {cfg.limit_train} is less than one training batch ({learn.batch_size} images in the "
+                         f"{cfg.preset} preset); pass at least {learn.batch_size}")
+    if cfg.limit_test is not None and cfg.limit_test < 2:
+        raise UsageError(f"--limit-test {cfg.limit_test} is too few: AUPRC needs normal and anomalous test images; pass at least 2")
+    if cfg.eval_only:
+        if cfg.resume:
+            raise UsageError("--eval-only scores a trained checkpoint and --resume trains one; pass one of them")
+        if cfg.epochs is not None:
+            raise UsageError("--epochs has no effect with --eval-only (the checkpoint's epochs are scored); drop it")
+        if not Path(cfg.eval_only).is_file():
+            raise UsageError(f"--eval-only {cfg.eval_only}: no such checkpoint file")
+    return preset
+
+
+def run_anomaly(cfg: AnomalyRunConfig) -> AnomalyRunResult:
+    """Train LFBM (or ABP / LEBM) on the normal images of the held-out-digit split and score its test set."""
+    preset = anomaly_preset(cfg)
+    learn = preset.learn
     try:
         split = heldout_digit_split(cfg.data_root, heldout=cfg.heldout, seed=cfg.seed)
     except ValueError as err:
@@ -119,15 +158,20 @@ def run_anomaly(cfg: AnomalyRunConfig) -> AnomalyRunResult:
     model = preset.model.build().to(device)
     history: List[Dict] = []
     train_seconds = 0.0
+    epochs_trained = learn.epochs
     if cfg.eval_only:
         ckpt = load_checkpoint(cfg.eval_only)
         check_config_compatible(ckpt.get("config", {}), config, CONFIG_KEYS)
+        if not ckpt.get("epoch", 0):
+            raise CheckpointError(f"{cfg.eval_only} has not finished one epoch of training (it was interrupted in the first); "
+                                  "finish the run with --resume before scoring it")
         try:
             model.load_state_dict(trainer_state(ckpt)["model"])
         except RuntimeError:
             raise CheckpointError(f"{cfg.eval_only} does not fit this model; pass the --preset and --prior it was trained with") from None
         history = list(ckpt.get("history", []))
         train_seconds = sum(row["seconds"] for row in history)
+        epochs_trained = int(ckpt["epoch"])
     else:
         checkpoint_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
         guide = LangevinGuide(model, num_steps=learn.num_steps, step_size=learn.step_size)
@@ -135,6 +179,7 @@ def run_anomaly(cfg: AnomalyRunConfig) -> AnomalyRunResult:
             model, guide, split.train_x, epochs=learn.epochs, batch_size=learn.batch_size, optim=learn.optim,
             seed=cfg.seed, checkpoint_path=checkpoint_dir / checkpoint_name(cfg) if checkpoint_dir else None,
             resume=cfg.resume, config=config, config_keys=CONFIG_KEYS, progress=cfg.progress,
+            skip_nonfinite=cfg.skip_nonfinite,
         )
         history = result.epochs
         train_seconds = result.train_seconds
@@ -152,7 +197,7 @@ def run_anomaly(cfg: AnomalyRunConfig) -> AnomalyRunResult:
             metrics = anomaly_metrics(split.test_is_anomaly, scores[name])
             rows.append({
                 "heldout": cfg.heldout, "prior": cfg.prior, "score": name, "seed": cfg.seed, **metrics,
-                "preset": cfg.preset, "epochs": learn.epochs, "test_steps": learn.test_steps, "batchnorm": mode,
+                "preset": cfg.preset, "epochs": epochs_trained, "test_steps": learn.test_steps, "batchnorm": mode,
                 "n_train": int(split.train_x.shape[0]), "n_test": int(split.test_x.shape[0]),
                 "train_seconds": round(train_seconds, 1), "test_seconds": round(test_seconds, 1),
             })

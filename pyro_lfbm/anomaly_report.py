@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict
@@ -11,6 +12,7 @@ from typing import Dict
 import pandas as pd
 
 from pyro_lfbm.anomaly_experiment import run_folder_name
+from pyro_lfbm.cli import read_result_file
 
 # "A Tale of Two Latent Flows", MNIST held-out-digit AUPRC (digits 1, 4, 5, 7, 9).
 PAPER_AUPRC: Dict[str, Dict[int, float]] = {
@@ -21,43 +23,88 @@ PAPER_AUPRC: Dict[str, Dict[int, float]] = {
 PRIOR_TO_ROW = {"flow": "LFBM", "ebm": "LEBM", "gaussian": "ABP"}
 
 
+def _open_locked(path: Path, blocking: bool):
+    """Open ``path`` (created if missing) and take an exclusive ``flock`` on it.
+
+    The lock files are removed on release, so a runner may lock a file that the previous holder has
+    just unlinked; the lock only counts when ``path`` still names the locked file (else open again).
+    :returns: the open file, or ``None`` when ``blocking`` is false and another process holds it.
+    """
+    while True:
+        handle = open(path, "a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return None
+        try:
+            same = os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return handle
+        handle.close()  # the holder removed it while we waited: lock the new one
+
+
+def _release(handle, path: Path) -> None:
+    try:
+        os.unlink(path)  # while still holding the lock: no one can take the old file after this
+    except FileNotFoundError:
+        pass
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
 @contextmanager
 def _locked(table_path: Path):
-    """An exclusive lock beside ``table_path``, so that table runners started side by side do not
-    overwrite each other's rows."""
-    with open(table_path.with_name(table_path.name + ".lock"), "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    """An exclusive lock beside ``table_path`` (``table.csv.lock``, removed on release), so that
+    table runners started side by side do not overwrite each other's rows."""
+    lock_path = table_path.with_name(table_path.name + ".lock")
+    handle = _open_locked(lock_path, blocking=True)
+    try:
+        yield
+    finally:
+        _release(handle, lock_path)
 
 
 @contextmanager
 def run_claim(claim_path: Path):
     """Claim one run for this process while the block runs; yields False if another process holds it.
 
-    The claim is a non-blocking ``flock`` on ``claim_path``: it is released when the block ends or the
-    process dies, so a killed runner never leaves a stale claim behind. Side-by-side table runners use it
-    to skip a run that another runner is still training, instead of training it twice into one checkpoint.
+    The claim is a non-blocking ``flock`` on ``claim_path``: it is released (and the file removed)
+    when the block ends, and released by the system when the process dies, so a killed runner never
+    leaves a stale claim behind. Side-by-side table runners use it to skip a run that another runner
+    is still training, instead of training it twice into one checkpoint.
     """
     claim_path = Path(claim_path)
     claim_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(claim_path, "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    handle = _open_locked(claim_path, blocking=False)
+    if handle is None:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        _release(handle, claim_path)
 
 
 def read_table(table_path: Path) -> pd.DataFrame:
-    """The runs recorded so far (empty when there is no table yet)."""
-    return pd.read_csv(table_path) if Path(table_path).exists() else pd.DataFrame()
+    """The runs recorded so far (empty when there is no table yet).
+
+    :raises ResultFileError: the file exists but is not a table of runs (one line naming it).
+    """
+    if not Path(table_path).exists():
+        return pd.DataFrame()
+
+    def read(path):
+        table = pd.read_csv(path)
+        missing = {"heldout", "prior", "seed", "preset"} - set(table.columns)
+        if missing:
+            raise ValueError(f"no column {', '.join(sorted(missing))}")
+        return table
+
+    return read_result_file(table_path, read, "anomaly table")
 
 
 def has_run(table: pd.DataFrame, heldout: int, prior: str, seed: int, preset: str) -> bool:
