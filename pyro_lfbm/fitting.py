@@ -54,6 +54,7 @@ def fit_preset(
     checkpoint_dir: Optional[str | Path] = None,
     resume: bool = True,
     progress: bool = True,
+    skip_nonfinite: bool = False,
 ) -> Tuple[LatentModel, History]:
     """Build ``preset.model`` (seeded by ``seed``) and fit it to images x (N, C, H, W) in [-1, 1].
 
@@ -64,6 +65,7 @@ def fit_preset(
         the checkpoint name, so different data never share a checkpoint.
     :param checkpoint_dir: where ``<run_tag>-seed<seed>.pt`` is written after every epoch; with
         ``resume`` a finished checkpoint is loaded without training.
+    :param skip_nonfinite: drop non-finite updates instead of stopping (see :func:`~pyro_lfbm.step_training.fit_steps`).
     :returns: (model in train mode, :class:`~pyro_lfbm.training.History`).
     """
     data = dict(data or {}, n=int(x.shape[0]), masked=mask is not None)
@@ -85,7 +87,7 @@ def fit_preset(
     history = fit(
         model, guide, x, epochs=learn.epochs, batch_size=learn.batch_size, mask=mask, optim=learn.optim, seed=seed,
         checkpoint_path=path, resume=resume, config=json.loads(json.dumps(config, default=str)),
-        config_keys=CONFIG_KEYS, progress=progress,
+        config_keys=CONFIG_KEYS, progress=progress, skip_nonfinite=skip_nonfinite,
         after_step=(lambda _step: after_step()) if after_step is not None else None,
     )
     return model, history

@@ -131,6 +131,7 @@ def run_recovery(
     checkpoint_dir=None,
     resume: bool = True,
     progress: bool = True,
+    skip_nonfinite: bool = False,
 ) -> RecoveryResult:
     """Mask the training images x (N, C, H, W), learn from them, recover them and measure the errors.
 
@@ -139,12 +140,13 @@ def run_recovery(
     :param eval_steps, eval_step_size, eval_noise: the recovery inference; the default is the
         paper code's evaluation: the training chain (``learn.num_steps`` noisy steps of
         ``learn.step_size``) from a fresh z₀ ~ N(0, I).
+    :param skip_nonfinite: drop non-finite training updates instead of stopping (:func:`~pyro_lfbm.fitting.fit_preset`).
     """
     mask_seed = seed if mask_seed is None else mask_seed
     mask = setting.make(x.shape[0], tuple(x.shape[1:]), seed=mask_seed)
     data = dict(data or {}, mask=setting.name, mask_seed=mask_seed)
     model, history = fit_preset(preset, x, mask, seed=seed, data=data, device=device, checkpoint_dir=checkpoint_dir,
-                                resume=resume, progress=progress)
+                                resume=resume, progress=progress, skip_nonfinite=skip_nonfinite)
     steps = preset.learn.num_steps if eval_steps is None else eval_steps
     step_size = preset.learn.step_size if eval_step_size is None else eval_step_size
     started = time.perf_counter()
