@@ -20,6 +20,9 @@ Default: ``python experiments/compare_inference.py`` (``cpu`` preset, 6,000 trai
 about 18 min per data set on a 2-core CPU under heavy load; ``--datasets mnist --append`` runs one data set
 and adds its rows to ``--out``). GPU: ``python experiments/compare_inference.py --preset paper --train-size 0``.
 Checkpoints go to ``--checkpoint-dir`` (default ``runs/compare_inference``); ``--resume`` reloads them.
+Results go to ``--out`` (default ``runs/inference``, ignored by git; the reference results committed in
+``results/inference/`` were made with ``--out results/inference``); a finished one is replaced only
+with ``--overwrite`` (or added to with ``--append``). Every option is checked before the data are read.
 """
 
 from __future__ import annotations
@@ -40,7 +43,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from pyro_lfbm.anomaly import anomaly_metrics, anomaly_scores  # noqa: E402
-from pyro_lfbm.cli import UsageError, add_common_arguments, resolve_device, run_cli, run_record, staged_output, write_json  # noqa: E402
+from pyro_lfbm import cli  # noqa: E402
+from pyro_lfbm.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from pyro_lfbm.cli import UsageError, add_common_arguments, read_result_file, run_record, staged_output, write_json  # noqa: E402
 from pyro_lfbm.data import heldout_digit_split  # noqa: E402
 from pyro_lfbm.evaluation import GaussianProposal, inference_row, langevin_trajectory, log_joint_terms, reconstruction_mse  # noqa: E402
 from pyro_lfbm.infer import LangevinGuide  # noqa: E402
@@ -56,30 +61,42 @@ CURVE_STEPS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 400)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_common_arguments(parser, default_out="results/inference")
+    return build_parser().parse_args(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
+    add_common_arguments(parser, default_out="runs/inference")
     parser.add_argument("--datasets", nargs="+", default=["mnist", "fashion-mnist"], choices=["mnist", "fashion-mnist"])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument("--heldout", type=int, default=7, help="class left out of training (anomalies)")
-    parser.add_argument("--train-size", type=int, default=6000, help="training images (0 = all of the split)")
-    parser.add_argument("--test-size", type=int, default=1000, help="normal test images for the inference table")
-    parser.add_argument("--anomaly-test-size", type=int, default=1000, help="test images (normal + anomalous) for AUPRC (0 = all)")
-    parser.add_argument("--anomaly-steps", type=int, default=None, help="Langevin steps of the anomaly score (default: the preset's test_steps)")
-    parser.add_argument("--langevin-steps", type=int, nargs="+", default=[5, 20, 100])
-    parser.add_argument("--hybrid-steps", type=int, nargs="+", default=[5, 20])
-    parser.add_argument("--hybrid-train-steps", type=int, default=5, help="Langevin steps per batch when training LFBM-hybrid")
-    parser.add_argument("--step-size", type=float, default=0.1, help="test-time Langevin step size")
-    parser.add_argument("--encoder-epochs", type=int, default=None, help="epochs of the post-hoc encoder of LFBM-MCMC (default: as training)")
-    parser.add_argument("--iwae-particles", type=int, default=50)
-    parser.add_argument("--reference-images", type=int, default=16, help="images for AutoNormal and MALA")
-    parser.add_argument("--autonormal-steps", type=int, default=500)
-    parser.add_argument("--autonormal-lr", type=float, default=0.05)
-    parser.add_argument("--mala-samples", type=int, default=500)
-    parser.add_argument("--mala-warmup", type=int, default=200)
-    parser.add_argument("--figure-images", type=int, default=8)
+    parser.add_argument("--heldout", type=cli.digit, default=7, help="class left out of training (anomalies)")
+    parser.add_argument("--train-size", type=cli.nonnegative_int, default=6000,
+                        help="training images (0 = all of the split; else at least one batch)")
+    parser.add_argument("--test-size", type=cli.positive_int, default=1000, help="normal test images for the inference table")
+    parser.add_argument("--anomaly-test-size", type=cli.nonnegative_int, default=1000,
+                        help="test images (normal + anomalous) for AUPRC (0 = all, else at least 2)")
+    parser.add_argument("--anomaly-steps", type=cli.positive_int, default=None,
+                        help="Langevin steps of the anomaly score (default: the preset's test_steps)")
+    parser.add_argument("--langevin-steps", type=cli.positive_int, nargs="+", default=[5, 20, 100])
+    parser.add_argument("--hybrid-steps", type=cli.positive_int, nargs="+", default=[5, 20])
+    parser.add_argument("--hybrid-train-steps", type=cli.positive_int, default=5, help="Langevin steps per batch when training LFBM-hybrid")
+    parser.add_argument("--step-size", type=cli.positive_float, default=0.1, help="test-time Langevin step size")
+    parser.add_argument("--encoder-epochs", type=cli.positive_int, default=None,
+                        help="epochs of the post-hoc encoder of LFBM-MCMC (default: as training)")
+    parser.add_argument("--iwae-particles", type=cli.positive_int, default=50)
+    parser.add_argument("--reference-images", type=cli.int_at_least(2), default=16, help="images for AutoNormal and MALA")
+    parser.add_argument("--autonormal-steps", type=cli.positive_int, default=500)
+    parser.add_argument("--autonormal-lr", type=cli.positive_float, default=0.05)
+    parser.add_argument("--mala-samples", type=cli.positive_int, default=500)
+    parser.add_argument("--mala-warmup", type=cli.nonnegative_int, default=200)
+    parser.add_argument("--figure-images", type=cli.positive_int, default=8)
     parser.add_argument("--append", action="store_true",
                         help="keep the rows of other data sets already in --out (run data sets one at a time)")
-    return parser.parse_args(argv)
+    return parser
+
+
+def checkpoint_tag(dataset: str, variant: str, preset_name: str, n_train: int) -> str:
+    return f"{dataset}-{variant}-{preset_name}-n{n_train}"
 
 
 # ----------------------------------------------------------------------------- training
@@ -111,24 +128,24 @@ def train_variant(variant, dataset, preset, train_x, device, args, ckpt_dir: Pat
     pyro.clear_param_store()
     torch.manual_seed(args.seed)
     model, guide, encoder_guide = build_variant(variant, preset, device, args)
-    tag = f"{dataset}-{variant}-{args.preset}-n{train_x.shape[0]}"
+    tag = checkpoint_tag(dataset, variant, args.preset, train_x.shape[0])
     config = {**preset.to_dict(), "variant": variant, "train_size": int(train_x.shape[0]), "heldout": args.heldout}
     started = time.perf_counter()
     history = fit(model, guide, train_x, epochs=preset.learn.epochs, batch_size=preset.learn.batch_size,
                   optim=preset.learn.optim, seed=args.seed, checkpoint_path=ckpt_dir / f"{tag}.pt",
                   resume=args.resume, config=config, config_keys=("model", "variant", "train_size"),
-                  progress=not args.no_progress)
+                  progress=not args.no_progress, skip_nonfinite=args.skip_nonfinite)
     train_seconds = history.train_seconds
     if variant == "LFBM-MCMC":  # post-hoc amortized inference network for the frozen model
         path = ckpt_dir / f"{tag}-posthoc-encoder.pt"
         if args.resume and path.exists():
-            encoder_guide.load_state_dict(torch.load(path, map_location=device))
+            encoder_guide.load_state_dict(load_checkpoint(path, map_location=device)["encoder"])
         else:
             pyro.clear_param_store()
             fit_encoder(model, encoder_guide, train_x, epochs=args.encoder_epochs or preset.learn.epochs,
                         batch_size=preset.learn.batch_size, lr=preset.learn.optim.lr, seed=args.seed,
                         progress=not args.no_progress)
-            torch.save(encoder_guide.state_dict(), path)
+            save_checkpoint(path, encoder=encoder_guide.state_dict())
     print(f"[{dataset}] {variant}: trained in {time.perf_counter() - started:.0f} s "
           f"(loss {history.epochs[-1]['loss']:.1f} per image)", flush=True)
     model.eval()
@@ -369,36 +386,43 @@ def write_readme(out: Path, table: pd.DataFrame, training: pd.DataFrame, curves:
 # ----------------------------------------------------------------------------- main
 
 
-def main(args: argparse.Namespace) -> None:
-    started = time.perf_counter()
-    device = resolve_device(args.device)
-    if device.type == "cpu" and not args.threads:
-        torch.set_num_threads(1)  # a shared CPU: one thread unless --threads says otherwise
+def prepare(args: argparse.Namespace):
+    """Every check of the command line, before any data are read: (device, preset, checkpoint folder)."""
+    device = cli.check_common_arguments(args)
     try:
         preset = get_preset(args.preset, "flow")
     except ValueError as err:
         raise UsageError(str(err)) from None
     if args.epochs is not None:
-        if args.epochs < 1:
-            raise UsageError(f"--epochs must be at least 1, got {args.epochs}")
         preset = replace(preset, learn=replace(preset.learn, epochs=args.epochs))
-    if args.test_size < 1 or args.reference_images < 2:
-        raise UsageError("--test-size must be >= 1 and --reference-images >= 2")
-    if min(args.langevin_steps + args.hybrid_steps) < 1:
-        raise UsageError("--langevin-steps and --hybrid-steps must be positive step counts")
-    ckpt_dir = Path(args.checkpoint_dir or "runs/compare_inference")
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    if args.train_size and args.train_size < preset.learn.batch_size:
+        raise UsageError(f"--train-size {args.train_size} is less than one training batch ({preset.learn.batch_size} images "
+                         f"in the {args.preset} preset); pass at least {preset.learn.batch_size}, or 0 for all")
+    if args.anomaly_test_size == 1:
+        raise UsageError("--anomaly-test-size 1 is too few: AUPRC needs normal and anomalous images; pass at least 2, or 0 for all")
+    ckpt_dir = cli.writable_dir(args.checkpoint_dir or "runs/compare_inference", "--checkpoint-dir")
+    out = Path(args.out)
+    if not args.append:
+        cli.refuse_finished_run(out, "table.csv", args.overwrite)
+    if args.resume:
+        cli.require_checkpoint(sorted(ckpt_dir.glob(f"*-{args.preset}-n*.pt")) or [ckpt_dir / f"<dataset>-<variant>-{args.preset}-n<N>.pt"])
+    return device, preset, ckpt_dir
+
+
+def main(args: argparse.Namespace) -> None:
+    started = time.perf_counter()
+    device, preset, ckpt_dir = prepare(args)
     progress = not args.no_progress
 
     tables, trainings, curves_all, commands = [], [], [], []
     out = Path(args.out)
     if args.append and (out / "table.csv").exists():
         keep = lambda df: df[~df["dataset"].isin(args.datasets)]  # noqa: E731
-        tables.append(keep(pd.read_csv(out / "table.csv")))
-        curves_all.append(keep(pd.read_csv(out / "curves.csv")))
-        trainings += keep(pd.read_csv(out / "training.csv")).to_dict("records")
+        tables.append(keep(read_result_file(out / "table.csv", pd.read_csv, "inference table")))
+        curves_all.append(keep(read_result_file(out / "curves.csv", pd.read_csv, "curves table")))
+        trainings += keep(read_result_file(out / "training.csv", pd.read_csv, "training table")).to_dict("records")
         if (out / "run.json").exists():
-            previous = json.loads((out / "run.json").read_text())
+            previous = read_result_file(out / "run.json", lambda p: json.loads(p.read_text()), "run record")
             commands += [c for c in previous.get("commands", [previous]) if c.get("datasets") != args.datasets]
     with staged_output(args.out) as stage:
         for dataset in args.datasets:
@@ -453,4 +477,4 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main, parse_args())
+    cli.run_cli(main, parse_args())

@@ -7,6 +7,8 @@ CoopFlow synthesis), ``before_after.png`` (the same flow samples before | after 
 side), ``flow_samples.png``, ``history.csv`` and ``metrics.json`` (scores before and after revision,
 flow bits/dim, skipped updates, training time, command). ``--preset paper`` is the 32×32 colour
 setting for a GPU (``--dataset cifar10`` / ``svhn``; ``--dataset fake`` exercises the code path).
+Every option is checked before the data are read; a finished run in --out is replaced only with
+--overwrite; the checkpoint is written after every epoch and at Ctrl-C, and ``--resume`` continues it exactly.
 """
 
 from __future__ import annotations
@@ -18,30 +20,27 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from pyro_lfbm.cli import UsageError, run_cli, run_record, staged_output, write_json
+from pyro_lfbm import cli
+from pyro_lfbm.cli import UsageError, run_record, staged_output, write_json
 from pyro_lfbm.models.coopflow import CoopFlowTrainer, coopflow_preset, evaluate_coopflow
 from pyro_lfbm.step_training import fit_steps
-from pyro_lfbm.task_cli import add_task_arguments, load_split, seeded_device
+from pyro_lfbm.task_cli import add_task_arguments, check_task_arguments, load_split, seeded_device
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--num-samples", type=int, default=2000, help="samples saved for the Fréchet distance")
-    parser.add_argument("--langevin-steps", type=int, default=None, help="override T (official: 30)")
-    parser.add_argument("--step-size", type=float, default=None, help="override the Langevin step size s")
-    add_task_arguments(parser, default_out="runs/coopflow", n_train=5000, n_test=None)
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--num-samples", type=cli.positive_int, default=2000, help="samples saved for the Fréchet distance")
+    parser.add_argument("--langevin-steps", type=cli.positive_int, default=None, help="override T (official: 30)")
+    parser.add_argument("--step-size", type=cli.positive_float, default=None, help="override the Langevin step size s")
+    add_task_arguments(parser, default_out="runs/coopflow", n_train=5000, n_test=None, resume=True)
     return parser
 
 
-def main(args: argparse.Namespace) -> dict:
-    from torchvision.utils import save_image
-
-    device = seeded_device(args)
-    if args.num_samples < 1:
-        raise UsageError("--num-samples must be >= 1")
-    x_train = load_split(args, "train", args.n_train)
+def prepare(args: argparse.Namespace):
+    """Every check of the command line, before any data are read: (config, checkpoint path)."""
+    device, shape = check_task_arguments(args, checkpoints=False)
     try:
-        cfg = coopflow_preset(args.preset, tuple(x_train.shape[1:]))
+        cfg = coopflow_preset(args.preset, shape)
     except ValueError as err:  # unknown data set / preset, or the paper preset on 28x28 images: one line
         raise UsageError(str(err)) from err
     if args.epochs is not None:
@@ -50,27 +49,47 @@ def main(args: argparse.Namespace) -> dict:
         cfg.num_steps = args.langevin_steps
     if args.step_size is not None:
         cfg.step_size = args.step_size
+    if args.n_train and args.n_train < cfg.batch_size:
+        raise UsageError(f"--n-train {args.n_train} is less than one training batch ({cfg.batch_size} images in the "
+                         f"{args.preset} preset); pass at least {cfg.batch_size}, or 0 for all")
+    out = Path(args.out)
+    cli.refuse_finished_run(out, "metrics.json", args.overwrite)
+    ckpt_dir = cli.writable_dir(args.checkpoint_dir or out.parent / "checkpoints", "--checkpoint-dir")
+    ckpt = ckpt_dir / f"{out.name}-coopflow.pt"
+    if args.resume:
+        cli.require_checkpoint(ckpt)
+    return cfg, ckpt
+
+
+def main(args: argparse.Namespace) -> dict:
+    from torchvision.utils import save_image
+
+    cfg, ckpt = prepare(args)
+    device = seeded_device(args)
+    out = Path(args.out)
+    x_train = load_split(args, "train", args.n_train)
+    if x_train.shape[0] < cfg.batch_size:
+        raise UsageError(f"{x_train.shape[0]} training images are less than one batch of {cfg.batch_size}")
     model = cfg.build().to(device)
     trainer = CoopFlowTrainer(model, cfg.optim)
-    out = Path(args.out)
-    ckpt = Path(args.checkpoint_dir or out.parent / "checkpoints") / f"{out.name}-coopflow.pt"
     config = {"dataset": args.dataset, "n_train": x_train.shape[0], **cfg.to_dict()}
     history = fit_steps(trainer, x_train, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=args.seed, device=device,
                         checkpoint_path=ckpt, resume=args.resume, config=config,
                         config_keys=("dataset", "image_shape", "flow_levels", "flow_steps", "flow_hidden",
                                      "flow_checkerboard_steps", "energy", "energy_width"),
-                        progress=not args.no_progress, desc="CoopFlow epoch")
+                        progress=not args.no_progress, desc="CoopFlow epoch", skip_nonfinite=args.skip_nonfinite)
     started = time.perf_counter()
     evaluation = evaluate_coopflow(model, x_train, args.num_samples)
     before, after = evaluation["flow_samples"], evaluation["samples"]
     score_before, score_after, score_data = (evaluation[k] for k in ("score_flow_samples", "score_revised_samples", "score_data"))
     bpd_revised, bpd_data = evaluation["flow_bpd_revised"], evaluation["flow_bpd_data"]
     metrics = {
-        "model": "coopflow", "dataset": args.dataset, "preset": args.preset, "epochs": cfg.epochs, "seed": args.seed,
+        "model": "coopflow", "dataset": args.dataset, "preset": args.preset, "epochs": len(history.epochs), "seed": args.seed,
         "n_train": int(x_train.shape[0]), "train_seconds": history.train_seconds, "recon_mse": None,
         "score_flow_samples": score_before, "score_revised_samples": score_after, "score_data": score_data,
         "flow_bpd_revised": bpd_revised, "flow_bpd_data": bpd_data,
         "skipped_updates": dict(trainer.skipped), "iterations": trainer.iteration,
+        "nonfinite_skipped": history.nonfinite_skipped,
         "sampling_seconds": time.perf_counter() - started, "config": cfg.to_dict(), "history": history.epochs,
     }
     with staged_output(out) as stage:
@@ -91,4 +110,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    run_cli(main, build_parser().parse_args())
+    cli.run_cli(main, build_parser().parse_args())

@@ -9,11 +9,14 @@ Two stages over one folder of runs (``<runs-dir>/<dataset>/<model>/``, each hold
     # (GLF and CoopFlow runs come from experiments/glf.py and experiments/coopflow.py with
     #  --out <runs-dir>/<dataset>/glf and .../coopflow)
     # 2. score every run with the same sample-quality code and write the table
-    python experiments/generation_table.py table --runs-dir runs/generation --out results/generation
+    python experiments/generation_table.py table --runs-dir runs/generation --out runs/generation
 
 The table has one row per (dataset, model): the classifier-feature Fréchet distance of the samples
 (and Inception FID where its weights exist), the test reconstruction MSE per pixel in [-1, 1] units
-where the model has an inference path, and the training time.
+where the model has an inference path, and the training time. The reference table committed in
+results/generation/ was written with ``table --out results/generation``; by default new runs and tables
+stay under runs/ (ignored by git). Every option is checked before any data are read; a finished run
+folder is replaced only with ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ import pandas as pd
 import pyro
 import torch
 
-from pyro_lfbm.cli import UsageError, add_common_arguments, resolve_device, run_cli, run_record, staged_output, write_json
+from pyro_lfbm import cli
+from pyro_lfbm.cli import UsageError, add_common_arguments, read_result_file, run_record, staged_output, write_json
 from pyro_lfbm.data import load_images
 from pyro_lfbm.infer import LangevinGuide, infer_dataset
 from pyro_lfbm.presets import get_preset
@@ -59,10 +63,10 @@ def _train_latent_model(name: str, args, x_train, x_test, device) -> tuple[torch
     epochs = args.epochs if args.epochs is not None else preset.learn.epochs
     model = preset.model.build().to(device)
     guide = LangevinGuide(model, num_steps=preset.learn.num_steps, step_size=preset.learn.step_size)
-    ckpt = Path(args.checkpoint_dir or Path(args.runs_dir) / "checkpoints") / f"{args.dataset}-{name}.pt"
+    ckpt = _checkpoint_dir(args) / f"{args.dataset}-{name}.pt"
     history = fit(model, guide, x_train, epochs=epochs, batch_size=preset.learn.batch_size, optim=preset.learn.optim,
                   seed=args.seed, checkpoint_path=ckpt, resume=args.resume, config=preset.to_dict(),
-                  config_keys=("model",), progress=not args.no_progress)
+                  config_keys=("model",), progress=not args.no_progress, skip_nonfinite=args.skip_nonfinite)
     model.eval()
     started = time.perf_counter()
     result = infer_dataset(model, x_test.to(device), num_steps=preset.learn.test_steps,
@@ -100,10 +104,10 @@ def _train_lfbm_vae(args, x_train, x_test, device) -> tuple[torch.Tensor, dict]:
     kwargs = dict(hidden_dim=m.generator_hidden, channels=m.generator_channels, batch_norm=m.batch_norm) \
         if tuple(m.image_shape) == (1, 28, 28) else {}
     guide = EncoderGuide(make_encoder(tuple(m.image_shape), m.latent_dim, **kwargs)).to(device)
-    ckpt = Path(args.checkpoint_dir or Path(args.runs_dir) / "checkpoints") / f"{args.dataset}-lfbm-vae.pt"
+    ckpt = _checkpoint_dir(args) / f"{args.dataset}-lfbm-vae.pt"
     history = fit(model, guide, x_train, epochs=epochs, batch_size=preset.learn.batch_size, optim=preset.learn.optim,
                   seed=args.seed, checkpoint_path=ckpt, resume=args.resume, config=preset.to_dict(),
-                  config_keys=("model",), progress=not args.no_progress)
+                  config_keys=("model",), progress=not args.no_progress, skip_nonfinite=args.skip_nonfinite)
     model.eval()
     guide.eval()
     started = time.perf_counter()
@@ -122,15 +126,32 @@ def _train_lfbm_vae(args, x_train, x_test, device) -> tuple[torch.Tensor, dict]:
     return samples, metrics
 
 
-def train(args) -> None:
-    if args.dataset not in DATASETS:
-        raise UsageError(f"--dataset must be one of {', '.join(DATASETS)}, got {args.dataset!r}")
+def _checkpoint_dir(args) -> Path:
+    return Path(args.checkpoint_dir or Path(args.runs_dir) / "checkpoints")
+
+
+def prepare_train(args) -> torch.device:
+    """Every check of the ``train`` stage, before any data are read."""
     unknown = [m for m in args.models if m not in LATENT_MODELS and m != "lfbm-vae"]
     if unknown:
         raise UsageError(f"train trains {', '.join([*LATENT_MODELS, 'lfbm-vae'])}; got {', '.join(unknown)} "
                          f"(GLF and CoopFlow have their own scripts)")
-    torch.set_num_threads(args.threads or 1)
-    device = resolve_device(args.device)
+    device = cli.check_common_arguments(args, out=False)
+    batch = max(get_preset(args.preset, LATENT_MODELS.get(m, "flow")).learn.batch_size for m in args.models)
+    if args.n_train < batch:
+        raise UsageError(f"--n-train {args.n_train} is less than one training batch ({batch} images in the {args.preset} "
+                         f"preset); pass at least {batch}")
+    cli.writable_dir(args.runs_dir, "--runs-dir")
+    ckpt_dir = cli.writable_dir(_checkpoint_dir(args), "--checkpoint-dir")
+    for name in args.models:
+        cli.refuse_finished_run(Path(args.runs_dir) / args.dataset / name, "metrics.json", args.overwrite)
+    if args.resume:
+        cli.require_checkpoint([ckpt_dir / f"{args.dataset}-{name}.pt" for name in args.models])
+    return device
+
+
+def train(args) -> None:
+    device = prepare_train(args)
     x_train = load_images(args.dataset, args.data_root, "train", limit=args.n_train).tensors[0]
     x_test = load_images(args.dataset, args.data_root, "test", limit=args.n_test).tensors[0]
     for name in args.models:
@@ -157,11 +178,25 @@ def _scores(samples: torch.Tensor, real: torch.Tensor, classifier, inception: tu
     return row
 
 
+def _samples(path: Path) -> torch.Tensor:
+    """Saved samples (N, C, H, W); a damaged file is one line naming it."""
+    def read(p):
+        x = torch.load(p, map_location="cpu")
+        if not torch.is_tensor(x) or x.dim() != 4 or x.shape[0] < 2:
+            raise ValueError("not a (N, C, H, W) tensor with N >= 2")
+        return x
+
+    return read_result_file(path, read, "samples file")
+
+
 def table(args) -> pd.DataFrame:
     from pyro_lfbm import fid
 
-    torch.set_num_threads(args.threads or 1)
     runs = Path(args.runs_dir)
+    cli.check_data_root(args.data_root)
+    if not runs.is_dir():
+        raise UsageError(f"--runs-dir {runs} is not a folder; run the 'train' stage (and the GLF / CoopFlow scripts) first")
+    cli.writable_dir(args.out, "--out")
     inception = fid.inception_status()
     rows = []
     for dataset in DATASETS:
@@ -171,14 +206,14 @@ def table(args) -> pd.DataFrame:
         real = _reference_images(dataset, args)
         classifier = fid.ClassifierFeatures.load_or_train(dataset, args.data_root, progress=False)
         # a floor for the distances: as many real training images as there are samples per model
-        n = int(torch.load(folders[0] / "samples.pt").shape[0])
+        n = int(_samples(folders[0] / "samples.pt").shape[0])
         train_real = load_images(dataset, args.data_root, "train", limit=n).tensors[0]
         rows.append({"dataset": dataset, "model": f"real train images (n={n})",
                      **_scores(train_real, real, classifier, inception), "recon_mse": None, "train_seconds": None,
                      "epochs": None, "n_train": None, "n_samples": n, "command": None})
         for folder in folders:
-            metrics = json.loads((folder / "metrics.json").read_text())
-            samples = torch.load(folder / "samples.pt")
+            metrics = read_result_file(folder / "metrics.json", lambda p: json.loads(p.read_text()), "run metrics")
+            samples = _samples(folder / "samples.pt")
             rows.append({
                 "dataset": dataset, "model": folder.name, **_scores(samples, real, classifier, inception),
                 "recon_mse": metrics.get("recon_mse"), "train_seconds": metrics.get("train_seconds"),
@@ -186,7 +221,7 @@ def table(args) -> pd.DataFrame:
                 "n_samples": int(samples.shape[0]), "command": metrics.get("command"),
             })
             if (folder / "flow_samples.pt").exists():  # CoopFlow: the same samples before Langevin revision
-                before = torch.load(folder / "flow_samples.pt")
+                before = _samples(folder / "flow_samples.pt")
                 rows.append({**rows[-1], "model": f"{folder.name} (flow samples, before revision)",
                              **_scores(before, real, classifier, inception)})
     if not rows:
@@ -203,22 +238,23 @@ def table(args) -> pd.DataFrame:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="stage", required=True)
     tr = sub.add_parser("train", help="train the latent-variable baselines")
-    tr.add_argument("--dataset", default="mnist", help="mnist or fashion-mnist")
-    tr.add_argument("--models", nargs="+", default=["lfbm-mcmc", "abp", "lebm"])
-    tr.add_argument("--n-train", type=int, default=5000, help="training images (first N of the train split)")
-    tr.add_argument("--n-test", type=int, default=1000, help="test images for the reconstruction MSE")
-    tr.add_argument("--num-samples", type=int, default=2000, help="samples kept for the Fréchet distance")
+    tr.add_argument("--dataset", default="mnist", choices=DATASETS, help="mnist or fashion-mnist")
+    tr.add_argument("--models", nargs="+", default=["lfbm-mcmc", "abp", "lebm"], choices=[*LATENT_MODELS, "lfbm-vae"])
+    tr.add_argument("--n-train", type=cli.positive_int, default=5000, help="training images (first N of the train split)")
+    tr.add_argument("--n-test", type=cli.positive_int, default=1000, help="test images for the reconstruction MSE")
+    tr.add_argument("--num-samples", type=cli.positive_int, default=2000, help="samples kept for the Fréchet distance")
     tr.add_argument("--runs-dir", default="runs/generation")
     add_common_arguments(tr, default_out="runs/generation")
     tb = sub.add_parser("table", help="score every run and write the table")
     tb.add_argument("--runs-dir", default="runs/generation")
     tb.add_argument("--data-root", default=None)
-    tb.add_argument("--out", default="results/generation")
-    tb.add_argument("--n-reference", type=int, default=5000, help="real test images the samples are compared with")
-    tb.add_argument("--threads", type=int, default=None)
+    tb.add_argument("--out", default="runs/generation",
+                    help="folder of table.csv (default runs/generation; the reference table is results/generation)")
+    tb.add_argument("--n-reference", type=cli.int_at_least(2), default=5000, help="real test images the samples are compared with")
+    tb.add_argument("--threads", type=cli.nonnegative_int, default=cli.DEFAULT_THREADS, help=cli.THREADS_HELP)
     return parser
 
 
@@ -227,4 +263,4 @@ def main(args: argparse.Namespace):
 
 
 if __name__ == "__main__":
-    run_cli(main, build_parser().parse_args())
+    cli.run_cli(main, build_parser().parse_args())

@@ -7,28 +7,29 @@ uses the models trained on complete images by experiments/synthesis.py (same --p
 paper's hole (40x40 at (20, 12) on 64x64, scaled: 18x18 at (9, 5) on 28x28) in the first --n-test
 test images, and completes each from --completions chain starts z0 ~ p_α(z) by noise-free Langevin on
 the observed pixels. Writes a panel figure (original, occluded, completions per prior) and the MSE on
-the hole in [0, 1] units (mean over completions, best of K, of the mean completion).
+the hole in [0, 1] units (mean over completions, best of K, of the mean completion) to
+<out>/<dataset>/ (default runs/inpainting, ignored by git; a finished one is replaced only with --overwrite).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from pyro_lfbm.cli import run_cli
+from pyro_lfbm import cli
 from pyro_lfbm.inpainting_experiment import run_inpainting
 from pyro_lfbm.presets import PRIORS
 from pyro_lfbm.task_cli import add_task_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--priors", nargs="+", choices=PRIORS, default=["flow", "ebm", "gaussian"])
-    parser.add_argument("--completions", type=int, default=10, help="completions per image (paper: 10)")
-    parser.add_argument("--steps", type=int, default=None, help="Langevin steps (default: the preset's test steps)")
-    parser.add_argument("--step-size", type=float, default=None, help="Langevin step size (default: the preset's)")
+    parser.add_argument("--completions", type=cli.positive_int, default=10, help="completions per image (paper: 10)")
+    parser.add_argument("--steps", type=cli.positive_int, default=None, help="Langevin steps (default: the preset's test steps)")
+    parser.add_argument("--step-size", type=cli.positive_float, default=None, help="Langevin step size (default: the preset's)")
     parser.add_argument("--hole", default=None, help="TOP,LEFT,SIDE of the hole (default: the paper's, scaled)")
-    parser.add_argument("--show", type=int, default=4, help="test images shown in the figure")
-    add_task_arguments(parser, default_out="results/inpainting", n_test=200)
+    parser.add_argument("--show", type=cli.positive_int, default=4, help="test images shown in the figure")
+    add_task_arguments(parser, default_out="runs/inpainting", n_test=200)
     return parser
 
 
@@ -37,4 +38,4 @@ def main(args: argparse.Namespace):
 
 
 if __name__ == "__main__":
-    run_cli(main, build_parser().parse_args())
+    cli.run_cli(main, build_parser().parse_args())

@@ -8,27 +8,28 @@ training images, saves a grid of samples x = g(z), z ~ p_α(z), reports the test
 after noise-free Langevin (per pixel, in [-1, 1] units as the paper), and the Fréchet distance of
 --num-samples samples to the training images in the feature space of a small classifier trained
 once on the data set and cached (NOT the Inception FID; the Inception FID is computed too when
-pytorch-fid and its weights are on the machine). Writes table.csv, README.md and samples-<prior>.png.
+pytorch-fid and its weights are on the machine). Writes table.csv, README.md and samples-<prior>.png
+to <out>/<dataset>/ (default runs/synthesis, ignored by git; a finished one is replaced only with --overwrite).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from pyro_lfbm.cli import run_cli
+from pyro_lfbm import cli
 from pyro_lfbm.presets import PRIORS
 from pyro_lfbm.synthesis_experiment import run_synthesis
 from pyro_lfbm.task_cli import add_task_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--priors", nargs="+", choices=PRIORS, default=["flow"], help="flow = LFBM, gaussian = ABP, ebm = LEBM")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+    parser.add_argument("--seeds", type=cli.nonnegative_int, nargs="+", default=None,
                         help="several training seeds, one table with mean ± std (default: --seed)")
-    parser.add_argument("--num-samples", type=int, default=2000, help="samples for the Fréchet distance")
-    parser.add_argument("--test-steps", type=int, default=None, help="reconstruction Langevin steps (default: the preset's)")
-    add_task_arguments(parser, default_out="results/synthesis")
+    parser.add_argument("--num-samples", type=cli.int_at_least(2), default=2000, help="samples for the Fréchet distance")
+    parser.add_argument("--test-steps", type=cli.positive_int, default=None, help="reconstruction Langevin steps (default: the preset's)")
+    add_task_arguments(parser, default_out="runs/synthesis")
     return parser
 
 
@@ -37,4 +38,4 @@ def main(args: argparse.Namespace):
 
 
 if __name__ == "__main__":
-    run_cli(main, build_parser().parse_args())
+    cli.run_cli(main, build_parser().parse_args())

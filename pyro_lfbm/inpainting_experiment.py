@@ -8,11 +8,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from pyro_lfbm.cli import UsageError, run_record, staged_output, write_json
+from pyro_lfbm.cli import UsageError, refuse_finished_run, run_record, staged_output, write_json
 from pyro_lfbm.data import dataset_info
 from pyro_lfbm.inpainting import hole_mask, inpaint, inpainting_errors, paper_hole
 from pyro_lfbm.panels import save_panel
-from pyro_lfbm.task_cli import load_split, task_preset, trained_model
+from pyro_lfbm.task_cli import check_task_arguments, load_split, task_preset, trained_model
 
 __all__ = ["parse_hole", "run_inpainting"]
 
@@ -35,11 +35,17 @@ def run_inpainting(args: argparse.Namespace) -> pd.DataFrame:
     """Write ``<out>/<dataset>/``: table.csv, panel.png, README.md, run.json; returns the table."""
     if args.completions < 1 or args.show < 1:
         raise UsageError("--completions and --show must be at least 1")
+    if args.steps is not None and args.steps < 1:
+        raise UsageError(f"--steps must be at least 1, got {args.steps}")
+    if args.step_size is not None and not args.step_size > 0:
+        raise UsageError(f"--step-size must be positive, got {args.step_size}")
+    _, shape = check_task_arguments(args, priors=args.priors)
+    top, left, side = parse_hole(args.hole, shape)
     info = dataset_info(args.dataset)
+    refuse_finished_run(Path(args.out) / info.name, "table.csv", args.overwrite)
     x_train = load_split(args, "train", args.n_train)
     x_test = load_split(args, "test", args.n_test)
     shape = tuple(x_test.shape[1:])
-    top, left, side = parse_hole(args.hole, shape)
     mask = hole_mask(shape, top, left, side)
     rows, shown = [], {}
     show = min(args.show, x_test.shape[0])

@@ -13,7 +13,7 @@ from typing import Callable, Dict, List, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from pyro_lfbm.cli import UsageError, command_line, resolve_device, run_record, staged_output
+from pyro_lfbm.cli import UsageError, command_line, make_dirs, resolve_device, run_record, staged_output
 
 from pyro_lfbm.masks import MaskSetting
 from pyro_lfbm.presets import Preset
@@ -174,8 +174,11 @@ def write_recovery_report(out: Path, records: List[Dict], originals: Callable[[s
 
 def add_recovery_arguments(parser: argparse.ArgumentParser) -> None:
     """--eval-steps, --eval-step-size, --eval-noise/--no-eval-noise (the recovery inference)."""
-    parser.add_argument("--eval-steps", type=int, default=None, help="recovery Langevin steps (default: the training K, 20)")
-    parser.add_argument("--eval-step-size", type=float, default=None, help="recovery step size (default: the training s, 0.1)")
+    from pyro_lfbm.cli import positive_float, positive_int
+
+    parser.add_argument("--eval-steps", type=positive_int, default=None, help="recovery Langevin steps (default: the training K, 20)")
+    parser.add_argument("--eval-step-size", type=positive_float, default=None,
+                        help="recovery step size (default: the training s, 0.1)")
     parser.add_argument("--eval-noise", action=argparse.BooleanOptionalAction, default=True,
                         help="Langevin noise in the recovery chain (paper code: yes)")
 
@@ -206,12 +209,28 @@ def run_recovery_grid(args: argparse.Namespace, *, datasets: Sequence[str], sett
     rewritten after each run. With ``skip_done``, a job that another live process has claimed
     (``runs/<key>.running`` holding its pid) is skipped too, so several grids can share the work. Returns every record under ``<out>/runs``.
     """
-    from pyro_lfbm.task_cli import checkpoint_dir, load_split, task_preset
+    from pyro_lfbm.task_cli import check_task_arguments, checkpoint_dir, load_split, task_preset
 
     try:
         parsed = [MaskSetting.parse(s) for s in settings]
     except ValueError as err:
         raise UsageError(str(err)) from None
+    if not report_only:
+        for dataset in dict.fromkeys(datasets):  # every data set and prior checked before any work
+            args.dataset = dataset
+            check_task_arguments(args, priors=priors)
+    else:
+        check_task_arguments(args, checkpoints=False)
+    overwrite = getattr(args, "overwrite", True)  # recovery_table has no --overwrite: its --redo means run again
+    if not skip_done and not report_only and not overwrite:
+        for dataset in datasets:
+            for setting in parsed:
+                for seed in seeds:
+                    for prior in priors:
+                        recorded = Path(args.out) / "runs" / f"{run_key(dataset, setting.name, prior, seed)}.json"
+                        if recorded.exists():
+                            raise UsageError(f"{recorded} already holds this finished run; pass --overwrite to run it again, "
+                                             "or choose another --out")
     device = resolve_device(args.device)
     out = Path(args.out)
     runs_dir = out / "runs"
@@ -224,7 +243,7 @@ def run_recovery_grid(args: argparse.Namespace, *, datasets: Sequence[str], sett
         return cache[dataset]
 
     def report() -> List[Dict]:
-        runs_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(runs_dir)
         lock = os.open(runs_dir, os.O_RDONLY)  # grids running side by side write the report one at a time
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -245,17 +264,20 @@ def run_recovery_grid(args: argparse.Namespace, *, datasets: Sequence[str], sett
         if skip_done and ((runs_dir / f"{key}.json").exists() or _claimed_elsewhere(runs_dir / f"{key}.running")):
             continue
         claim = runs_dir / f"{key}.running"
-        runs_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(runs_dir)
         claim.write_text(str(os.getpid()))
-        x = train_images(dataset)
-        preset = task_preset(args, prior, tuple(x.shape[1:]))
-        rec = recovery_record(
-            preset, x, setting, dataset=dataset, preset_name=args.preset, seed=seed, command=command_line(),
-            device=device, checkpoint_dir=checkpoint_dir(args), progress=not args.no_progress,
-            eval_steps=args.eval_steps, eval_step_size=args.eval_step_size, eval_noise=args.eval_noise,
-        )
-        save_run(runs_dir, rec)
-        claim.unlink(missing_ok=True)
+        try:
+            x = train_images(dataset)
+            preset = task_preset(args, prior, tuple(x.shape[1:]))
+            rec = recovery_record(
+                preset, x, setting, dataset=dataset, preset_name=args.preset, seed=seed, command=command_line(),
+                device=device, checkpoint_dir=checkpoint_dir(args), progress=not args.no_progress,
+                eval_steps=args.eval_steps, eval_step_size=args.eval_step_size, eval_noise=args.eval_noise,
+                skip_nonfinite=getattr(args, "skip_nonfinite", False),
+            )
+            save_run(runs_dir, rec)
+        finally:
+            claim.unlink(missing_ok=True)
         shown = {k: rec[k] for k in ("mse_hole", "mse_all", "coverage", "train_seconds")}
         print(f"{key}: " + json.dumps({k: round(v, 5) for k, v in shown.items()}), flush=True)
         report()

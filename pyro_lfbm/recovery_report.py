@@ -57,8 +57,13 @@ def save_run(runs_dir: Path, record: Dict) -> Path:
 
 
 def load_runs(runs_dir: Path) -> List[Dict]:
-    """Every run record under ``runs_dir`` (sorted by file name)."""
-    return [json.loads(p.read_text()) for p in sorted(Path(runs_dir).glob("*.json"))]
+    """Every run record under ``runs_dir`` (sorted by file name).
+
+    :raises ResultFileError: a record that is not readable JSON (one line naming the file).
+    """
+    from pyro_lfbm.cli import read_result_file
+
+    return [read_result_file(p, lambda path: json.loads(path.read_text()), "run record") for p in sorted(Path(runs_dir).glob("*.json"))]
 
 
 def _frame(records: Iterable[Dict]) -> pd.DataFrame:

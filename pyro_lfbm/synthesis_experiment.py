@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from pyro_lfbm.cli import UsageError, run_record, staged_output, write_json
+from pyro_lfbm.cli import UsageError, refuse_finished_run, run_record, staged_output, write_json
 from pyro_lfbm.data import dataset_info
 from pyro_lfbm.fid import ClassifierFeatures
 from pyro_lfbm.panels import save_grid
 from pyro_lfbm.synthesis import synthesis_metrics
-from pyro_lfbm.task_cli import load_split, task_preset, trained_model
+from pyro_lfbm.task_cli import check_task_arguments, load_split, task_preset, trained_model
 
 __all__ = ["flow_below_gaussian", "run_synthesis", "seed_summary"]
 
@@ -23,10 +23,11 @@ def run_synthesis(args: argparse.Namespace) -> pd.DataFrame:
     """Write ``<out>/<dataset>/``: table.csv, README.md, samples-<prior>.png; returns the table."""
     if args.num_samples < 2:
         raise UsageError(f"--num-samples must be at least 2, got {args.num_samples}")
-    try:
-        info = dataset_info(args.dataset)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
+    if args.test_steps is not None and args.test_steps < 1:
+        raise UsageError(f"--test-steps must be at least 1, got {args.test_steps}")
+    check_task_arguments(args, priors=args.priors)
+    info = dataset_info(args.dataset)
+    refuse_finished_run(Path(args.out) / info.name, "table.csv", args.overwrite)
     x_train = load_split(args, "train", args.n_train)
     x_test = load_split(args, "test", args.n_test)
     classifier = None

@@ -6,9 +6,11 @@
 * :func:`task_preset`: the named preset for a prior, its image shape set to the data's.
 * :func:`checkpoint_dir`: ``--checkpoint-dir``, else ``<cache>/checkpoints`` (outside the repository),
   so that the inpainting script finds the models that the synthesis script trained.
+* :func:`check_task_arguments`: every check of these options, before any data are read.
 
 Training runs are keyed by their configuration (:func:`pyro_lfbm.fitting.run_tag`) and always
-resumable: a finished checkpoint is loaded, an unfinished one continued.
+resumable: a finished checkpoint is loaded, an unfinished one continued (so these scripts have no
+``--resume``).
 """
 
 from __future__ import annotations
@@ -20,13 +22,15 @@ from typing import Optional, Tuple
 
 import torch
 
+from pyro_lfbm import cli
 from pyro_lfbm.cli import UsageError, add_common_arguments, resolve_device
 from pyro_lfbm.data import DATASETS, dataset_info, load_images
 from pyro_lfbm.fid import default_cache_dir
 from pyro_lfbm.fitting import with_epochs
 from pyro_lfbm.presets import PRIORS, Preset, get_preset
 
-__all__ = ["add_task_arguments", "checkpoint_dir", "load_split", "parse_shape", "task_preset", "trained_model"]
+__all__ = ["add_task_arguments", "check_task_arguments", "checkpoint_dir", "load_split", "parse_shape", "task_preset",
+           "trained_model"]
 
 
 def parse_shape(text: str) -> Tuple[int, int, int]:
@@ -41,23 +45,57 @@ def parse_shape(text: str) -> Tuple[int, int, int]:
 
 
 def add_task_arguments(parser: argparse.ArgumentParser, *, default_out: str, n_train: Optional[int] = 3000,
-                       n_test: Optional[int] = 1000) -> None:
-    """The common options plus the data-set options of the image tasks."""
-    add_common_arguments(parser, default_out=default_out)
+                       n_test: Optional[int] = 1000, resume: bool = False, overwrite: bool = True) -> None:
+    """The common options plus the data-set options of the image tasks.
+
+    :param resume: offer ``--resume`` (GLF and CoopFlow; the LFBM task scripts always resume).
+    :param overwrite: offer ``--overwrite`` (scripts whose runs are not simply skipped when done).
+    """
+    add_common_arguments(parser, default_out=default_out, resume=resume, overwrite=overwrite)
     parser.add_argument("--dataset", default="mnist", help=f"one of {', '.join(DATASETS)} (fake = torchvision FakeData)")
-    parser.add_argument("--n-train", type=int, default=n_train, help="first N training images (0 = all)")
-    parser.add_argument("--n-test", type=int, default=n_test, help="first N test images (0 = all)")
+    parser.add_argument("--n-train", type=cli.nonnegative_int, default=n_train, help="first N training images (0 = all)")
+    parser.add_argument("--n-test", type=cli.nonnegative_int, default=n_test, help="first N test images (0 = all)")
     parser.add_argument("--fake-shape", default="3,32,32", help="C,H,W of --dataset fake (e.g. 3,64,64 to mimic CelebA)")
     parser.add_argument("--cache-dir", default=None,
                         help="cache for checkpoints and the FD classifier (default: $PYRO_LFBM_CACHE, else ~/.cache/pyro_lfbm)")
 
 
+def image_shape_of(args: argparse.Namespace) -> Tuple[int, int, int]:
+    """(C, H, W) of ``args.dataset`` (``--fake-shape`` for the fake data set), without reading data."""
+    try:
+        info = dataset_info(args.dataset)
+    except ValueError as err:
+        raise UsageError(f"--dataset: {err}") from None
+    return parse_shape(args.fake_shape) if info.name == "fake" else info.shape
+
+
+def check_task_arguments(args: argparse.Namespace, *, priors=(), batch_size: Optional[int] = None,
+                         checkpoints: bool = True) -> Tuple[torch.device, Tuple[int, int, int]]:
+    """Every check of the task options, before any data are read: the common ones
+    (:func:`pyro_lfbm.cli.check_common_arguments`), ``--dataset`` and ``--fake-shape``, the presets
+    of ``priors`` (with ``--epochs``), ``--n-train`` (0 or at least one training batch: ``batch_size``,
+    else the largest of the priors' presets), and the checkpoint folder (``--checkpoint-dir`` or the
+    cache's, when ``checkpoints``), probed for writing.
+
+    :returns: (device, image shape (C, H, W)).
+    """
+    device = cli.check_common_arguments(args)
+    shape = image_shape_of(args)
+    for prior in priors:
+        preset_batch = task_preset(args, prior, shape).learn.batch_size
+        batch_size = max(batch_size or 0, preset_batch)
+    if batch_size is not None and args.n_train and args.n_train < batch_size:
+        raise UsageError(f"--n-train {args.n_train} is less than one training batch ({batch_size} images in the "
+                         f"{args.preset} preset); pass at least {batch_size}, or 0 for all")
+    if checkpoints:
+        cli.writable_dir(checkpoint_dir(args), "--checkpoint-dir" if args.checkpoint_dir else "--cache-dir")
+    return device, shape
+
+
 def seeded_device(args: argparse.Namespace) -> torch.device:
-    """Seed torch with ``--seed``, use one CPU thread unless ``--threads`` says otherwise (these
-    models are small: a second thread only competes with it), and return the ``--device``."""
+    """Seed torch with ``--seed`` and return the ``--device`` (threads: ``--threads``, set by
+    :func:`pyro_lfbm.cli.run_cli`)."""
     torch.manual_seed(args.seed)
-    if args.threads is None:
-        torch.set_num_threads(1)
     return resolve_device(args.device)
 
 
@@ -99,9 +137,9 @@ def trained_model(args: argparse.Namespace, prior: str, x_train: torch.Tensor):
 
     :returns: (model, :class:`~pyro_lfbm.training.History`).
     """
-    from pyro_lfbm.cli import resolve_device
     from pyro_lfbm.fitting import fit_preset
 
     preset = task_preset(args, prior, tuple(x_train.shape[1:]))
     return fit_preset(preset, x_train, None, seed=args.seed, data={"dataset": dataset_info(args.dataset).name, "split": "train"},
-                      device=resolve_device(args.device), checkpoint_dir=checkpoint_dir(args), progress=not args.no_progress)
+                      device=resolve_device(args.device), checkpoint_dir=checkpoint_dir(args), progress=not args.no_progress,
+                      skip_nonfinite=getattr(args, "skip_nonfinite", False))
