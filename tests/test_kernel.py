@@ -57,3 +57,21 @@ def test_unadjusted_kernel_always_moves():
     assert kernel.acceptance_rate == 1.0
     z = mcmc.get_samples()["z"]
     assert (z[1:] != z[:-1]).all()
+
+
+def test_mala_reference_adapts_its_step_and_matches_the_exact_posterior():
+    from pyro_lfbm.infer.baselines import mala_reference
+    from pyro_lfbm.infer.mala import MALA_OPTIMAL_ACCEPT_PROB
+    from tests.test_evaluation import exact_posterior, linear_gaussian, sample_images
+
+    model = linear_gaussian()
+    x = sample_images(model, 6)
+    mean, cov = exact_posterior(model, x)
+    ref = mala_reference(model, x, num_samples=600, warmup_steps=200, step_size=0.01, progress=False)
+    assert ref.samples.shape == (600, 6, 2)
+    assert abs(ref.acceptance_rate - MALA_OPTIMAL_ACCEPT_PROB) < 0.1 and ref.step_size > 0.05  # adapted from 0.01
+    assert ref.divergences == 0
+    # one evaluation per iteration, plus the initial check and the step-size search (a few)
+    assert 800 < ref.gradient_evaluations < 800 + 30
+    assert torch.allclose(ref.samples.mean(0), mean, atol=0.12)
+    assert torch.allclose(ref.samples.var(0).mean(0), cov.diagonal(), rtol=0.2)

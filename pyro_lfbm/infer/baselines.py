@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from pyro_lfbm.evaluation import eval_mode
 from pyro_lfbm.infer.kernel import LangevinKernel
+from pyro_lfbm.infer.mala import MALA_OPTIMAL_ACCEPT_PROB
 
 
 @dataclass
@@ -100,13 +101,14 @@ def fit_autonormal(
 
 @dataclass
 class MALAReference:
-    """Samples of a long MALA run: z (S, B, D), acceptance rate, chosen step size and cost."""
+    """Samples of a long MALA run: z (S, B, D), acceptance rate, (final) step size and cost."""
 
     samples: torch.Tensor
     acceptance_rate: float
     step_size: float
     gradient_evaluations: int
     seconds: float
+    divergences: int = 0
 
 
 def mala_reference(
@@ -115,7 +117,9 @@ def mala_reference(
     *,
     num_samples: int = 1000,
     warmup_steps: int = 500,
-    step_sizes: Sequence[float] = (0.1, 0.05, 0.02, 0.01, 0.005),
+    step_size: float = 0.1,
+    target_accept_prob: float = MALA_OPTIMAL_ACCEPT_PROB,
+    step_sizes: Optional[Sequence[float]] = None,
     target_acceptance: float = 0.5,
     pilot_steps: int = 50,
     init: Optional[torch.Tensor] = None,
@@ -123,31 +127,50 @@ def mala_reference(
 ) -> MALAReference:
     """Long-run Metropolis-adjusted Langevin on a fixed batch (B, C, H, W) of a frozen model.
 
-    The step size is the largest of ``step_sizes`` whose ``pilot_steps``-step pilot run accepts at
-    least ``target_acceptance`` of proposals (per-image MH, :class:`~pyro_lfbm.infer.LangevinKernel`);
-    then ``pyro.infer.MCMC`` runs ``warmup_steps + num_samples`` iterations from ``init`` (B, D)
-    (default N(0, I); a short-run Langevin result shortens the burn-in). The model runs in
-    ``eval()`` mode. Gradient evaluations per image count the pilots and the main run.
+    Every iteration is one :func:`~pyro_lfbm.infer.mala.mala_step` per image (per-image
+    Metropolis-Hastings test) through :class:`~pyro_lfbm.infer.LangevinKernel` and
+    ``pyro.infer.MCMC``, ``warmup_steps + num_samples`` iterations from ``init`` (B, D) (default
+    N(0, I); a short-run Langevin result shortens the burn-in). The model runs in ``eval()`` mode.
+
+    Step size: by default the kernel's dual averaging adapts it during warmup, from ``step_size``,
+    toward a mean acceptance probability ``target_accept_prob`` (0.574, MALA's optimum), and freezes
+    it for the samples. With ``step_sizes`` (a decreasing sequence) it is instead the largest of
+    them whose ``pilot_steps``-iteration pilot run accepts at least ``target_acceptance`` of the
+    proposals, held fixed throughout.
+
+    :returns: :class:`MALAReference`; ``gradient_evaluations`` per image counts every evaluation of
+        the log density and its gradient (pilots, step-size search, warmup and samples).
     """
+    if num_samples < 1 or warmup_steps < 0:
+        raise ValueError(f"need num_samples >= 1 and warmup_steps >= 0, got {num_samples} and {warmup_steps}")
     device = next(iter(model.parameters())).device
     x = x.to(device)
     if init is None:
         init = torch.randn(x.shape[0], model.latent_dim)
     init = init.to(device)
-    evaluations, chosen, started = 0, step_sizes[-1], time.perf_counter()
+    evaluations, started = 0, time.perf_counter()
     with eval_mode(model), _FrozenParameters(model):
-        for s in step_sizes:
-            kernel = LangevinKernel(model, step_size=s, adjust=True)
-            kernel.initial_params = {"z": init}
-            MCMC(kernel, num_samples=pilot_steps, warmup_steps=0, disable_progbar=True).run(x)
-            evaluations += pilot_steps + 1
-            if kernel.acceptance_rate >= target_acceptance:
-                chosen = s
-                break
-        kernel = LangevinKernel(model, step_size=chosen, adjust=True)
+        adapt = step_sizes is None
+        if not adapt:
+            chosen = step_sizes[-1]
+            for s in step_sizes:
+                kernel = LangevinKernel(model, step_size=s, adjust=True, adapt_step_size=False)
+                kernel.initial_params = {"z": init}
+                MCMC(kernel, num_samples=pilot_steps, warmup_steps=0, disable_progbar=True).run(x)
+                evaluations += kernel.num_evaluations
+                if kernel.acceptance_rate >= target_acceptance:
+                    chosen = s
+                    break
+            step_size = chosen
+        kernel = LangevinKernel(
+            model, step_size=step_size, adjust=True, adapt_step_size=adapt, target_accept_prob=target_accept_prob
+        )
         kernel.initial_params = {"z": init}
         mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=warmup_steps, disable_progbar=not progress)
         mcmc.run(x)
-        evaluations += num_samples + warmup_steps + 1
+        evaluations += kernel.num_evaluations
         seconds = time.perf_counter() - started
-    return MALAReference(mcmc.get_samples()["z"].detach().cpu(), kernel.acceptance_rate, chosen, evaluations, seconds)
+    return MALAReference(
+        mcmc.get_samples()["z"].detach().cpu(), kernel.acceptance_rate, kernel.step_size, evaluations, seconds,
+        kernel.num_divergences,
+    )

@@ -141,6 +141,9 @@ class LangevinKernel(MCMCKernel):
         self._divergences: List[int] = []
         self._warmup_divergences = 0
         self._last_info: Dict[str, Optional[MALAInfo]] = {block: None for block in _BLOCKS}
+        #: evaluations of a log density and its gradient since setup (each covers every row),
+        #: the initial checks and the step-size search included
+        self.num_evaluations = 0
 
     @property
     def step_size(self) -> float:
@@ -293,10 +296,16 @@ class LangevinKernel(MCMCKernel):
         """The block's log density as a function of its own sites, the other block held at ``position``."""
         if block == "local" and self._fast:
             log_joint = self.model.log_joint
-            return lambda latents: log_joint(*self._args, **self._kwargs, **latents)
+
+            def fast(latents: Latents) -> torch.Tensor:
+                self.num_evaluations += 1
+                return log_joint(*self._args, **self._kwargs, **latents)
+
+            return fast
         fixed = {name: position[name] for name in self._names("global" if block == "local" else "local")}
 
         def log_density(latents: Latents) -> torch.Tensor:
+            self.num_evaluations += 1
             local, global_ = log_joint_terms(self.model, {**fixed, **latents}, self._args, self._kwargs, self.sites)
             if block == "local":
                 return local
