@@ -18,6 +18,7 @@ from pyro_lfbm.infer.langevin import (
     value_and_grad,
 )
 from pyro_lfbm.infer.divergence import LangevinDivergenceError
+from pyro_lfbm.infer.mala import MALAInfo, mala_step
 from pyro_lfbm.infer.persistent import PersistentChains
 from pyro_lfbm.infer.trace_log_joint import LatentSites, find_latent_sites, log_joint_terms, per_example_log_joint
 
@@ -33,6 +34,7 @@ __all__ = [
     "LangevinState",
     "LatentSites",
     "PersistentChains",
+    "MALAInfo",
     "MALAReference",
     "encode_dataset",
     "evaluate",
@@ -44,6 +46,7 @@ __all__ = [
     "langevin_move",
     "langevin_step",
     "log_joint_terms",
+    "mala_step",
     "mala_reference",
     "per_example_log_joint",
     "run_chain",
