@@ -196,36 +196,39 @@ def table(args) -> pd.DataFrame:
     cli.check_data_root(args.data_root)
     if not runs.is_dir():
         raise UsageError(f"--runs-dir {runs} is not a folder; run the 'train' stage (and the GLF / CoopFlow scripts) first")
+    # every run read (and checked) before the expensive part: reference images, classifier, distances
+    found = {}
+    for dataset in DATASETS:
+        for name in ALL_MODELS:
+            folder = runs / dataset / name
+            if (folder / "metrics.json").exists():
+                metrics = read_result_file(folder / "metrics.json", lambda p: json.loads(p.read_text()), "run metrics")
+                before = _samples(folder / "flow_samples.pt") if (folder / "flow_samples.pt").exists() else None
+                found.setdefault(dataset, []).append((folder, metrics, _samples(folder / "samples.pt"), before))
+    if not found:
+        raise UsageError(f"no runs under {runs}; run the 'train' stage and the GLF / CoopFlow scripts first")
     cli.writable_dir(args.out, "--out")
     inception = fid.inception_status()
     rows = []
-    for dataset in DATASETS:
-        folders = [runs / dataset / name for name in ALL_MODELS if (runs / dataset / name / "metrics.json").exists()]
-        if not folders:
-            continue
+    for dataset, runs_of_dataset in found.items():
         real = _reference_images(dataset, args)
         classifier = fid.ClassifierFeatures.load_or_train(dataset, args.data_root, progress=False)
         # a floor for the distances: as many real training images as there are samples per model
-        n = int(_samples(folders[0] / "samples.pt").shape[0])
+        n = int(runs_of_dataset[0][2].shape[0])
         train_real = load_images(dataset, args.data_root, "train", limit=n).tensors[0]
         rows.append({"dataset": dataset, "model": f"real train images (n={n})",
                      **_scores(train_real, real, classifier, inception), "recon_mse": None, "train_seconds": None,
                      "epochs": None, "n_train": None, "n_samples": n, "command": None})
-        for folder in folders:
-            metrics = read_result_file(folder / "metrics.json", lambda p: json.loads(p.read_text()), "run metrics")
-            samples = _samples(folder / "samples.pt")
+        for folder, metrics, samples, before in runs_of_dataset:
             rows.append({
                 "dataset": dataset, "model": folder.name, **_scores(samples, real, classifier, inception),
                 "recon_mse": metrics.get("recon_mse"), "train_seconds": metrics.get("train_seconds"),
                 "epochs": metrics.get("epochs"), "n_train": metrics.get("n_train"),
                 "n_samples": int(samples.shape[0]), "command": metrics.get("command"),
             })
-            if (folder / "flow_samples.pt").exists():  # CoopFlow: the same samples before Langevin revision
-                before = _samples(folder / "flow_samples.pt")
+            if before is not None:  # CoopFlow: the same samples before Langevin revision
                 rows.append({**rows[-1], "model": f"{folder.name} (flow samples, before revision)",
                              **_scores(before, real, classifier, inception)})
-    if not rows:
-        raise UsageError(f"no runs under {runs}; run the 'train' stage and the GLF / CoopFlow scripts first")
     frame = pd.DataFrame(rows)
     with staged_output(args.out) as stage:
         frame.to_csv(stage / "table.csv", index=False)

@@ -387,6 +387,7 @@ def run_cli(main: Callable[[argparse.Namespace], object], args: argparse.Namespa
         raise
     else:
         _CREATED.clear()
+        return
     remove_created_dirs()
     print(message, file=sys.stderr)
     raise SystemExit(code)
