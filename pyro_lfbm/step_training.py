@@ -353,7 +353,10 @@ def fit_steps(
                     snapshot = _Snapshot(trainer)
                     reason = None
                     try:
-                        metrics = trainer.step(*batch(order[batch_index * batch_size : (batch_index + 1) * batch_size]))
+                        index = order[batch_index * batch_size : (batch_index + 1) * batch_size]
+                        if hasattr(trainer, "set_positions"):  # dataset positions, for persistent chains
+                            trainer.set_positions(index)
+                        metrics = trainer.step(*batch(index))
                         loss = metrics.get("loss")
                         if loss is not None and not math.isfinite(float(loss)):
                             reason = f"the loss became {float(loss)}"

@@ -65,6 +65,11 @@ class SVITrainer:
         loss = self.svi.step(x, *mask) / x.shape[0]
         return {"loss": loss, "lr": _current_lr(self.scheduler, self.optim.lr)}
 
+    def set_positions(self, index: torch.Tensor) -> None:
+        """Tell the guide the dataset positions (B,) of the next batch (persistent Langevin chains)."""
+        if hasattr(self.guide, "set_positions"):
+            self.guide.set_positions(index)
+
     def end_epoch(self) -> None:
         self.scheduler.step()
 
