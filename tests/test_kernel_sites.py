@@ -193,3 +193,27 @@ def test_subsampled_data_plate_with_global_sites_is_refused():
 
     with pytest.raises(ValueError, match="subsampled.*global latent sites"):
         MCMC(LangevinKernel(model), num_samples=2, warmup_steps=0, disable_progbar=True).run(torch.randn(10))
+
+
+def test_data_plate_at_dim_minus_2_with_an_inner_plate():
+    """Rows are the data plate's elements whatever its dim; the inner plate's elements belong to the row."""
+    sigma = 0.5
+
+    def model(x):
+        with pyro.plate("data", x.shape[0], dim=-2), pyro.plate("feature", x.shape[1], dim=-1):
+            z = pyro.sample("z", dist.LogNormal(0.0, 1.0))  # constrained, one per (row, feature)
+            pyro.sample("x", dist.Normal(z.log(), sigma), obs=x)  # log z ~ N(0, 1): conjugate in log space
+
+    x = torch.randn(30, 2)
+    kernel = LangevinKernel(model)
+    mcmc = MCMC(kernel, num_samples=800, warmup_steps=150, disable_progbar=True)
+    mcmc.run(x)
+    assert kernel._row_dims == {"z": 0} and kernel._last_info["local"].is_accepted.shape == (30,)
+    z = mcmc.get_samples()["z"]
+    assert z.shape == (800, 30, 2) and (z > 0).all()
+    log_z = z.log()
+    post_var = 1 / (1 + 1 / sigma**2)
+    post_mean = x / sigma**2 * post_var
+    err = (log_z.mean(0) - post_mean) / mc_tolerance(log_z, torch.tensor(post_var).sqrt(), 1.0)
+    assert err.abs().max() < 4.5 and err.mean().abs() < 4 / 60**0.5
+    assert abs(log_z.var(0).mean() / post_var - 1) < 0.08
