@@ -217,3 +217,20 @@ def test_bad_arguments():
         mala_step(LangevinState({"z": torch.randn(4, 2)}), fn, 0.0)
     with pytest.raises(ValueError, match=r"shape \(B,\)"):
         mala_step(LangevinState({"z": torch.randn(4, 2)}), lambda l: l["z"] ** 2, 0.1)
+
+
+def test_one_step_size_per_row_equals_separate_runs():
+    precision = torch.diag(torch.tensor([1.0, 2.0], dtype=torch.float64))
+    fn = gaussian_rows(precision)
+    z = torch.randn(4, 2, dtype=torch.float64)
+    steps = torch.tensor([0.1, 0.5, 1.0, 1.5], dtype=torch.float64)
+    new, info = mala_step(LangevinState({"z": z}), fn, steps, generator=torch.Generator().manual_seed(7))
+    noise = torch.randn(4, 2, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    for b in range(4):
+        s = steps[b].item()
+        expected = z[b] + 0.5 * s**2 * (-(precision @ z[b])) + s * noise[b]
+        assert torch.allclose(info.proposal.position["z"][b], expected)
+        log_alpha = brute_force_log_alpha(lambda v: -0.5 * v @ precision @ v, lambda v: -(precision @ v), z[b], expected, s)
+        assert torch.allclose(info.acceptance_prob[b], log_alpha.clamp(max=0).exp())
+    with pytest.raises(ValueError, match="one entry per row"):
+        mala_step(LangevinState({"z": z}), fn, steps[:3])

@@ -31,6 +31,7 @@ from pyro_lfbm.infer.langevin import LangevinState, evaluate, langevin_move, val
 Latents = Dict[str, torch.Tensor]
 LogDensityFn = Callable[[Latents], torch.Tensor]
 RowDims = Union[int, Dict[str, int]]
+StepSize = Union[float, torch.Tensor]
 
 #: The acceptance rate that maximises MALA's efficiency in high dimension, 0.574
 #: (G. O. Roberts and J. S. Rosenthal (1998), "Optimal scaling of discrete approximations to
@@ -58,7 +59,7 @@ class MALAInfo(NamedTuple):
 def mala_step(
     state: LangevinState,
     log_density_fn: LogDensityFn,
-    step_size: float,
+    step_size: StepSize,
     *,
     row_dims: RowDims = 0,
     adjust: bool = True,
@@ -69,7 +70,7 @@ def mala_step(
     :param state: the current :class:`~pyro_lfbm.infer.langevin.LangevinState`; its log density and
         gradient are computed when missing (so a chain of steps costs one gradient evaluation each).
     :param log_density_fn: latents -> log density, shape (B,) (rows, one test each) or () (one test).
-    :param float step_size: s > 0.
+    :param step_size: s > 0: a float, or a (B,) tensor of one step size per row (a (B,) log density).
     :param row_dims: for a (B,) log density, the dimension of each site's tensor that indexes the B
         rows: one int for every site, or ``{site: dim}`` (non-negative, counted from the left).
         Every other dimension of that site belongs to the row. Ignored for a scalar log density.
@@ -79,7 +80,7 @@ def mala_step(
     :returns: ``(state, info)``: the new state (evaluated: its log density and gradient are those of
         the kept positions) and a :class:`MALAInfo`.
     """
-    if not step_size > 0:
+    if not bool(torch.all(torch.as_tensor(step_size) > 0)):
         raise ValueError(f"step_size must be positive, got {step_size!r}")
     state = evaluate(state, log_density_fn)
     current = state.log_density
@@ -89,9 +90,13 @@ def mala_step(
             f"the log density must have shape (B,) (one value per row) or () (one chain), got {tuple(current.shape)}"
         )
     dims = _row_dims(state.position, row_dims, current.shape[0] if rows else None)
+    if torch.is_tensor(step_size) and step_size.dim() > 0 and (not rows or step_size.shape != current.shape):
+        raise ValueError(
+            f"a tensor step_size must have one entry per row, shape {tuple(current.shape)}; got {tuple(step_size.shape)}"
+        )
 
     position = {
-        name: langevin_move(z, state.grad[name], step_size, noise=True, generator=generator)
+        name: langevin_move(z, state.grad[name], _per_row(step_size, z, dims[name]), noise=True, generator=generator)
         for name, z in state.position.items()
     }
     log_density, grad = value_and_grad(log_density_fn, position)
@@ -106,10 +111,8 @@ def mala_step(
         finite = finite & _reduce(torch.isfinite(g), dims.get(name), torch.all)
     divergent = ~finite
 
-    log_ratio = log_density - current
-    log_ratio = log_ratio + _log_q(state, proposal, step_size, dims) - _log_q(proposal, state, step_size, dims)
+    log_ratio = mala_log_ratio(state, proposal, step_size, row_dims=dims)
     log_ratio = torch.where(divergent, torch.full_like(log_ratio, -float("inf")), log_ratio)
-    log_ratio = torch.nan_to_num(log_ratio, nan=-float("inf"))  # a non-finite current state: never accept NaN
     acceptance_prob = log_ratio.clamp(max=0.0).exp()
     if adjust:
         uniform = torch.rand(log_ratio.shape, generator=generator, dtype=log_ratio.dtype, device=log_ratio.device)
@@ -150,14 +153,35 @@ def _reduce(t: torch.Tensor, dim: Optional[int], op=torch.sum) -> torch.Tensor:
     return op(rows.reshape(rows.shape[0], -1), 1)
 
 
-def _log_q(to: LangevinState, frm: LangevinState, step_size: float, dims: Dict[str, Optional[int]]) -> torch.Tensor:
-    """log q(to | frm) of the Langevin proposal, per row (or scalar), up to a constant."""
-    s2 = step_size**2
-    total = 0.0
+def mala_log_ratio(frm: LangevinState, to: LangevinState, step_size: StepSize, *, row_dims: RowDims = 0) -> torch.Tensor:
+    r"""log α of the Langevin move ``frm -> to`` (both evaluated: log density and gradient present),
+    per row ((B,)) or for the one chain (()), as in :func:`mala_step`; NaN becomes -inf (never accepted):
+
+    .. math:: \log\alpha = \log p(z') - \log p(z) + \log q(z \mid z') - \log q(z' \mid z),
+       \quad \log q(a \mid b) = -\lVert a - b - \tfrac{s^2}{2}\nabla\log p(b)\rVert^2 / (2 s^2).
+
+    :param step_size: a float, or a (B,) tensor of one step size per row.
+    :param row_dims: as in :func:`mala_step`.
+    """
+    current = frm.log_density
+    dims = _row_dims(frm.position, row_dims, current.shape[0] if current.dim() == 1 else None)
+    log_ratio = to.log_density - current
     for name, z_to in to.position.items():
-        diff = z_to - frm.position[name] - (0.5 * s2) * frm.grad[name]
-        total = total + _reduce(diff * diff, dims.get(name)) * (-0.5 / s2)
-    return total
+        dim = dims[name]
+        s = _per_row(step_size, z_to, dim)
+        forward = z_to - frm.position[name] - (0.5 * s**2) * frm.grad[name]  # z' given z
+        backward = frm.position[name] - z_to - (0.5 * s**2) * to.grad[name]  # z given z'
+        log_ratio = log_ratio + _reduce((forward * forward - backward * backward) / (2 * s**2), dim)
+    return torch.nan_to_num(log_ratio, nan=-float("inf"))
+
+
+def _per_row(step_size: StepSize, z: torch.Tensor, dim: Optional[int]) -> StepSize:
+    """A float (or 0-d) step size as is; a (B,) tensor shaped to broadcast along ``z``'s row dim ``dim``."""
+    if not torch.is_tensor(step_size) or step_size.dim() == 0:
+        return step_size
+    shape = [1] * z.dim()
+    shape[dim] = step_size.shape[0]
+    return step_size.to(dtype=z.dtype, device=z.device).reshape(shape)
 
 
 def _select(accepted: torch.Tensor, new: torch.Tensor, old: torch.Tensor, dim: Optional[int]) -> torch.Tensor:
