@@ -75,3 +75,19 @@ def test_mala_reference_adapts_its_step_and_matches_the_exact_posterior():
     assert 800 < ref.gradient_evaluations < 800 + 30
     assert torch.allclose(ref.samples.mean(0), mean, atol=0.12)
     assert torch.allclose(ref.samples.var(0).mean(0), cov.diagonal(), rtol=0.2)
+
+
+def test_float64_latent_model_runs_in_float64_end_to_end():
+    from tests.test_evaluation import linear_gaussian, sample_images
+
+    model = linear_gaussian()
+    x = sample_images(model, 4)
+    model = model.double()
+    kernel = LangevinKernel(model)
+    mcmc = MCMC(kernel, num_samples=20, warmup_steps=20, disable_progbar=True)
+    mcmc.run(x.double())
+    assert kernel._fast  # LatentModel.log_joint
+    assert kernel.initial_params["z"].dtype == torch.float64
+    assert kernel._states["local"].log_density.dtype == torch.float64
+    assert kernel._last_info["local"].acceptance_prob.dtype == torch.float64
+    assert mcmc.get_samples()["z"].dtype == torch.float64
