@@ -88,6 +88,6 @@ def test_float64_latent_model_runs_in_float64_end_to_end():
     mcmc.run(x.double())
     assert kernel._fast  # LatentModel.log_joint
     assert kernel.initial_params["z"].dtype == torch.float64
-    assert kernel._states["local"].log_density.dtype == torch.float64
-    assert kernel._last_info["local"].acceptance_prob.dtype == torch.float64
+    info = kernel._last_info["local"]
+    assert info.acceptance_prob.dtype == info.proposal.log_density.dtype == torch.float64
     assert mcmc.get_samples()["z"].dtype == torch.float64
