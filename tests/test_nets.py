@@ -291,3 +291,71 @@ def test_mlp_without_hidden_layers_and_bad_activation():
         MLP(4, [8], 2, activation="tanhh")
     assert isinstance(make_activation("leaky_relu"), nn.LeakyReLU)
     assert make_activation("leaky_relu").negative_slope == 0.2
+
+
+# ------------------------------------------------------------------ faster layer formulations
+
+
+def _reference_mnist_generator(latent_dim, hidden_dim, channels):
+    """The MNIST generator as LFBM writes it, with torch's own ConvTranspose2d layers (the layout
+    of every checkpoint written before the faster layer existed)."""
+    return nn.ModuleDict({
+        "fc": nn.Sequential(nn.Linear(latent_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(),
+                            nn.Linear(hidden_dim, channels * 49), nn.BatchNorm1d(channels * 49), nn.ReLU()),
+        "deconv": nn.Sequential(nn.ConvTranspose2d(channels, channels // 2, 2, stride=2), nn.BatchNorm2d(channels // 2),
+                                nn.ReLU(), nn.ConvTranspose2d(channels // 2, 1, 2, stride=2), nn.Tanh()),
+    })
+
+
+@pytest.mark.parametrize("c_in,c_out,kernel,bias", [(8, 16, 2, True), (16, 1, 2, True), (6, 3, (2, 3), False), (4, 2, 2, False)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_pixel_shuffle_conv_transpose_matches_the_reference_layer(c_in, c_out, kernel, bias, channels_last):
+    from pyro_lfbm.nets.layers import PixelShuffleConvTranspose2d
+
+    torch.manual_seed(0)
+    ref = nn.ConvTranspose2d(c_in, c_out, kernel, stride=kernel, bias=bias)
+    fast = PixelShuffleConvTranspose2d(c_in, c_out, kernel, bias=bias)
+    fast.load_state_dict(ref.state_dict())  # same keys and shapes, both ways
+    ref.load_state_dict(fast.state_dict())
+    x = torch.randn(5, c_in, 7, 6)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x_ref, x_fast = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    y_ref, y_fast = ref(x_ref), fast(x_fast)
+    assert y_fast.shape == y_ref.shape
+    torch.testing.assert_close(y_fast, y_ref, atol=1e-5, rtol=1e-5)
+    # gradients to the input and to every parameter agree (training uses both)
+    w = torch.randn_like(y_ref)
+    (y_ref * w).sum().backward()
+    (y_fast * w).sum().backward()
+    torch.testing.assert_close(x_fast.grad, x_ref.grad, atol=1e-5, rtol=1e-5)
+    for (name, p_ref), p_fast in zip(ref.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(p_fast.grad, p_ref.grad, atol=1e-4, rtol=1e-5, msg=name)
+    # one image without a batch dimension
+    torch.testing.assert_close(fast(x[0]), ref(x[0]), atol=1e-5, rtol=1e-5)
+
+
+def test_pixel_shuffle_conv_transpose_rejects_overlapping_patches():
+    from pyro_lfbm.nets.layers import PixelShuffleConvTranspose2d
+
+    for kwargs in (dict(stride=1), dict(padding=1), dict(groups=2), dict(dilation=2)):
+        with pytest.raises(ValueError, match="use torch.nn.ConvTranspose2d"):
+            PixelShuffleConvTranspose2d(4, 4, 2, **kwargs)
+    with pytest.raises(ValueError, match=r"expected input of shape \(N, 4, H, W\)"):
+        PixelShuffleConvTranspose2d(4, 2, 2)(torch.zeros(2, 3, 5, 5))
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_mnist_generator_equals_the_reference_layers_and_loads_their_state_dict(train):
+    torch.manual_seed(0)
+    ref = _reference_mnist_generator(6, 32, 8)
+    g = MNISTGenerator(latent_dim=6, hidden_dim=32, channels=8)
+    g.load_state_dict(ref.state_dict())  # a checkpoint of the reference layout loads as is
+    assert set(g.state_dict()) == set(ref.state_dict())
+    ref.train(train), g.train(train)
+    z = torch.randn(10, 6)
+    expected = ref["deconv"](ref["fc"](z).view(-1, 8, 7, 7))
+    torch.testing.assert_close(g(z), expected, atol=1e-5, rtol=1e-5)
+    if train:  # the BatchNorm running statistics moved the same way
+        for key, value in ref.state_dict().items():
+            torch.testing.assert_close(g.state_dict()[key], value, atol=1e-6, rtol=1e-5, msg=key)
