@@ -1,9 +1,11 @@
 """The divergence check of every Langevin chain, written once.
 
 A chain *diverges* when the log density or its gradient stops being finite (a step size too large
-for the posterior's curvature sends z to a region where the model overflows). Every loop that moves
+for the posterior's curvature sends z to a region where the model overflows), or, as Pyro's HMC
+defines it, when one move lowers the log density by more than 1000 (an unstable step size shows up
+there several moves before the values overflow). Every loop that moves
 latents (:func:`~pyro_lfbm.infer.langevin.run_chain`, the early-stopping loop, the compiled path)
-calls :func:`nonfinite_rows` after each gradient evaluation and, on a divergence, either raises
+calls :func:`diverged_rows` after each gradient evaluation and, on a divergence, either raises
 :class:`LangevinDivergenceError` (``on_divergence="raise"``) or, with ``"backoff"``, returns the
 diverged rows to their last finite position and halves their step size.
 
@@ -47,15 +49,43 @@ def nonfinite_rows(log_density: Optional[torch.Tensor], grad: Latents) -> torch.
     return bad
 
 
+def diverged_rows(
+    log_density: torch.Tensor,
+    grad: Latents,
+    previous_log_density: Optional[torch.Tensor] = None,
+    max_drop: Optional[float] = None,
+) -> torch.Tensor:
+    """(R,) bool: :func:`nonfinite_rows`, and, given the log density before the move and
+    ``max_drop``, the rows whose log density fell by more than ``max_drop``."""
+    bad = nonfinite_rows(log_density, grad)
+    if previous_log_density is not None and max_drop is not None:
+        bad = bad | ((previous_log_density - log_density).reshape(-1) > max_drop)
+    return bad
+
+
+def describe_divergence(
+    log_density: torch.Tensor,
+    grad: Latents,
+    rows: torch.Tensor,
+    previous_log_density: Optional[torch.Tensor] = None,
+    max_drop: Optional[float] = None,
+) -> str:
+    """What went wrong in the diverged ``rows``: a non-finite gradient or log density, else the drop."""
+    if bool(nonfinite_rows(log_density, grad)[rows].any()):
+        return first_nonfinite_site(log_density, grad, rows & nonfinite_rows(log_density, grad))
+    return f"the log density fell by more than {max_drop:g} in one move (an unstable step size)"
+
+
 def first_nonfinite_site(log_density: Optional[torch.Tensor], grad: Latents, rows: torch.Tensor) -> str:
-    """A short description of what is not finite in ``rows``: the log density, or the gradient of a site."""
-    if log_density is not None and not torch.isfinite(log_density.reshape(-1)[rows]).all():
-        return "the log density"
+    """A short description of what is not finite in ``rows``: the gradient of a site (the first
+    such site), else the log density."""
+    count = rows.shape[0]
     for name, g in grad.items():
-        count = log_density.numel() if log_density is not None else g.shape[0]
         if not torch.isfinite(g.reshape(count, -1)[rows]).all():
-            return f"the gradient of site '{name}'"
-    return "the position"
+            return f"the gradient of site '{name}' is not finite"
+    if log_density is not None and not torch.isfinite(log_density.reshape(-1)[rows]).all():
+        return "the log density is not finite"
+    return "the position is not finite"
 
 
 def divergence_error(
@@ -71,6 +101,7 @@ def divergence_error(
     """The one error message of a divergence: what went non-finite, at which step, with which step size, in how many rows."""
     if torch.is_tensor(step_size):
         step_size = float(step_size.min()) if step_size.numel() else float("nan")
+    num_bad = int(num_bad)
     at = "at the initial position" if step == 0 else f"at step {step} of {num_steps}"
     if backoff_exhausted:
         fix = "the step size was already halved the maximum number of times; lower step_size or check the model"
@@ -82,5 +113,5 @@ def divergence_error(
             "position and halve their step size"
         )
     return LangevinDivergenceError(
-        f"{where} diverged {at} (step size {step_size:.4g}): {what} is not finite in {num_bad} of {num_rows} rows; {fix}"
+        f"{where} diverged {at} (step size {step_size:.4g}): {what} in {num_bad} of {num_rows} rows; {fix}"
     )

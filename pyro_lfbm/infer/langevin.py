@@ -16,6 +16,10 @@ import torch
 Latents = Dict[str, torch.Tensor]
 LogDensityFn = Callable[[Latents], torch.Tensor]
 
+#: A move that lowers a row's log density by more than this is divergent (Pyro's HMC/NUTS
+#: threshold on the energy error, ``_max_sliced_energy``).
+MAX_LOG_DENSITY_DROP = 1000.0
+
 
 class LangevinState(NamedTuple):
     """Position of a batch of chains, with its per-example log density and gradient.
@@ -159,13 +163,17 @@ def run_chain(
     evaluate_final: bool = False,
     callback: Optional[Callable[[int, LangevinState], None]] = None,
     where: str = "Langevin chain",
+    max_drop: Optional[float] = MAX_LOG_DENSITY_DROP,
 ) -> Tuple[LangevinState, ChainInfo]:
     """``num_steps`` Langevin moves (:func:`langevin_move`) from ``initial_position``, guarded against divergence.
 
     Rows are the leading dimension of every site (independent chains); ``log_density_fn`` returns
     (R,) (or a scalar for one chain). After every gradient evaluation the rows are checked
-    (:func:`~pyro_lfbm.infer.divergence.nonfinite_rows`): with ``on_divergence="raise"`` a
-    non-finite log density or gradient raises
+    (:func:`~pyro_lfbm.infer.divergence.diverged_rows`): a row diverges when its log density or
+    gradient is not finite, or when one move lowered its log density by more than ``max_drop``
+    (1000, the energy error at which Pyro's HMC/NUTS call a trajectory divergent; an unstable
+    step size shows up there, several moves before the values overflow; None: off). With
+    ``on_divergence="raise"`` a divergence raises
     :class:`~pyro_lfbm.infer.divergence.LangevinDivergenceError` naming the site, the step, the
     step size and the number of rows; with ``"backoff"`` each diverged row returns to its last
     finite position and its step size halves (at most ``max_backoffs`` times per row, then it
@@ -183,8 +191,9 @@ def run_chain(
     """
     from pyro_lfbm.infer.divergence import (
         check_on_divergence,
+        describe_divergence,
+        diverged_rows,
         divergence_error,
-        first_nonfinite_site,
         nonfinite_rows,
     )
 
@@ -208,10 +217,11 @@ def run_chain(
         rows = log_density.numel() if log_density.dim() > 0 else 1
         if divergences is None:
             divergences = torch.zeros(rows, dtype=torch.long, device=log_density.device)
-        bad = nonfinite_rows(log_density, grad)
+        before = previous.log_density if previous is not None else None
+        bad = diverged_rows(log_density, grad, before, max_drop)
         diverged = bool(bad.any())
         if diverged:
-            what = first_nonfinite_site(log_density, grad, bad)
+            what = describe_divergence(log_density, grad, bad, before, max_drop)
             if k == 0 or not backoff:
                 raise divergence_error(what, k, num_steps, steps, int(bad.sum()), rows, where)
             divergences = divergences + bad.long()
@@ -246,7 +256,7 @@ def run_chain(
         bad = nonfinite_rows(None, state.position)
         if bool(bad.any()):
             if not backoff:
-                raise divergence_error("the position", num_steps, num_steps, steps, int(bad.sum()), bad.numel(), where)
+                raise divergence_error("the position is not finite", num_steps, num_steps, steps, int(bad.sum()), bad.numel(), where)
             divergences = divergences + bad.long()
             state = LangevinState(_take_rows(bad, previous, state).position)
             if not torch.is_tensor(steps):
