@@ -74,6 +74,7 @@ def run_config(args: argparse.Namespace) -> AnomalyRunConfig:
         cli.writable_dir(checkpoint_dir, "--checkpoint-dir")
         if args.resume:
             cli.require_checkpoint(Path(checkpoint_dir) / checkpoint_name(cfg))
+        cli.refuse_checkpoint_overwrite(Path(checkpoint_dir) / checkpoint_name(cfg), args.resume, args.overwrite)
     return cfg
 
 

@@ -58,6 +58,7 @@ def prepare(args: argparse.Namespace):
     ckpt = ckpt_dir / f"{out.name}-coopflow.pt"
     if args.resume:
         cli.require_checkpoint(ckpt)
+    cli.refuse_checkpoint_overwrite(ckpt, args.resume, args.overwrite)
     return cfg, ckpt
 
 

@@ -139,6 +139,7 @@ def save_checkpoint(path: str | os.PathLike[str], /, **state: Any) -> pathlib.Pa
         raise ValueError(f"checkpoint keys {clash} are reserved; rename them")
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)  # what killed saves of this file left
     payload = {"format_version": FORMAT_VERSION, "rng_state": get_rng_state(), **state}
 
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=_temporary_prefix(path), suffix=".tmp")

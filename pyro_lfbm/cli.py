@@ -328,6 +328,14 @@ def require_checkpoint(paths, option: str = "--resume") -> None:
                          "scratch, or pass the --checkpoint-dir of the run to continue")
 
 
+def refuse_checkpoint_overwrite(path: str | os.PathLike[str], resume: bool, overwrite: bool) -> None:
+    """Refuse to start training from scratch over the checkpoint of an earlier run at ``path``
+    unless ``--resume`` (continue it) or ``--overwrite`` (start over) says what to do with it."""
+    if Path(path).is_file() and not resume and not overwrite:
+        raise UsageError(f"{path} holds the checkpoint of an earlier run; pass --resume to continue it, or --overwrite "
+                         "to train from scratch")
+
+
 def refuse_finished_run(folder: str | os.PathLike[str], marker: str, overwrite: bool) -> None:
     """Refuse to replace a finished run (``folder/marker`` exists) unless ``--overwrite``."""
     path = Path(folder) / marker

@@ -70,6 +70,7 @@ CASES = [
     ("anomaly", ["--eval-only", "{file}", "--resume", *TINY], 2, "--resume"),
     ("anomaly", ["--eval-only", "{file}", "--epochs", "3", *TINY], 2, "--epochs"),
     ("anomaly", ["--out", "{tmp}/done", *TINY], 2, "--overwrite"),  # holds a finished run
+    ("anomaly", ["--out", "{tmp}/unfinished", *TINY], 2, "pass --resume to continue it"),  # holds a checkpoint
     ("anomaly", ["--no-such-option"], 2, "unrecognized"),
     ("anomaly", ["--eval-only", "{junk}", "--limit-train", "100", "--limit-test", "20", *TINY, MNIST], 2, "unreadable"),
     ("anomaly", ["--lr", "1e6", "--limit-train", "100", "--limit-test", "20", "--test-steps", "2", "--batchnorm", "eval",
@@ -94,6 +95,7 @@ CASES = [
     ("glf", ["--dataset", "imagenet", *TINY], 2, "--dataset"),
     ("glf", ["--fake-shape", "2,28,28", "--dataset", "fake", *TINY], 2, "--fake-shape"),
     ("glf", ["--resume", *FAKE], 2, "no checkpoint to resume"),
+    ("glf", ["--out", "{tmp}/unfinished/glf", *FAKE], 2, "pass --resume to continue it"),
     ("coopflow", ["--epochs", "-1", *FAKE], 2, "--epochs"),
     ("coopflow", ["--langevin-steps", "0", *FAKE], 2, "--langevin-steps"),
     ("coopflow", ["--step-size", "-0.1", *FAKE], 2, "--step-size"),
@@ -135,6 +137,9 @@ def folder(tmp_path, monkeypatch):
     (tmp_path / "junk").write_bytes(bytes(range(256)) * 8)
     (tmp_path / "done" / "heldout7-flow-seed1").mkdir(parents=True)
     (tmp_path / "done" / "heldout7-flow-seed1" / "run.json").write_text("{}")
+    (tmp_path / "unfinished" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "unfinished" / "checkpoints" / "lfbm-flow-heldout7-seed1-tiny.pt").write_bytes(b"an earlier run")
+    (tmp_path / "unfinished" / "checkpoints" / "glf-glf.pt").write_bytes(b"an earlier run")
     (tmp_path / "corrupt-table").mkdir()
     (tmp_path / "corrupt-table" / "table.csv").write_bytes(b"\xff\xfe\x00garbage\x80\x81")
     (tmp_path / "corrupt-runs" / "mnist" / "glf").mkdir(parents=True)
