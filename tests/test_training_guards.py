@@ -224,3 +224,69 @@ def test_kill_9_during_a_save_leaves_a_temporary_that_the_next_start_removes(tmp
     run(tmp_path, epochs=1)  # the next start
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.pt.x.tmp", "ckpt.pt"]
     assert load_checkpoint(path)["epoch"] == 1
+
+
+# --------------------------------------------------------------------------- GLF and CoopFlow trainers
+
+
+def glf_trainer():
+    from pyro_lfbm.models.glf import GLFTrainer, glf_preset
+
+    torch.manual_seed(0)
+    cfg = glf_preset("tiny")
+    model = cfg.build()
+    return model, GLFTrainer(model, cfg)
+
+
+def coopflow_trainer():
+    from pyro_lfbm.models.coopflow import CoopFlowTrainer, coopflow_preset
+
+    torch.manual_seed(0)
+    cfg = coopflow_preset("tiny")
+    model = cfg.build()
+    return model, CoopFlowTrainer(model, cfg.optim)
+
+
+def nan_energy_at(model, iteration):
+    """CoopFlow: the EBM's score of the data batch turns NaN in ``iteration`` (0-based), after the flow's
+    update of that iteration: a half-done update that must be undone. Per iteration the EBM scores
+    the T = 5 revision steps, the flow samples, then the data (its 7th call), then the revised samples."""
+    state = {"iteration": 0, "calls": 0}
+
+    def hook(module, inputs, output):
+        state["calls"] += 1
+        return output * float("nan") if (state["iteration"], state["calls"]) == (iteration, 7) else output
+
+    model.energy.register_forward_hook(hook)
+
+    def after_step(step):
+        state.update(iteration=step + 1, calls=0)
+
+    return after_step
+
+
+@pytest.mark.parametrize("make", [glf_trainer, coopflow_trainer], ids=["glf", "coopflow"])
+def test_glf_and_coopflow_updates_are_guarded_too(tmp_path, saved_states, make):
+    x = tiny_data(60)
+    model, trainer = make()
+    before = {}
+    if make is glf_trainer:  # the encoder's gradient turns NaN in update 5 (0-based 4); the loss stays finite
+        count = {"n": 0}
+        next(model.encoder.parameters()).register_hook(
+            lambda g: g * float("nan") if count["n"] == 4 else g)
+        after_step = lambda step: count.update(n=step + 1)  # noqa: E731
+    else:  # the EBM turns NaN inside update 5 (0-based 4), after the flow has already moved
+        after_step = nan_energy_at(model, 4)
+
+    def remember(step):
+        if after_step is not None:
+            after_step(step)
+        if step == 3:
+            before.update(copy.deepcopy(model.state_dict()))
+
+    with pytest.raises(FloatingPointError) as info:
+        step_training.fit_steps(trainer, x, epochs=3, batch_size=20, seed=1, checkpoint_path=tmp_path / "c.pt",
+                                progress=False, after_step=remember)
+    assert "epoch 2, batch 2 of 3" in str(info.value) and "\n" not in str(info.value)
+    assert states_equal(model.state_dict(), before)  # nothing of the half-done update stays
+    assert [c["epoch"] for c in saved_states] == [1] and find_nonfinite(saved_states[0]) is None
