@@ -67,12 +67,36 @@ def test_masked_pixels_have_no_influence():
 
 def test_bad_inputs_raise_one_line_errors():
     model = make_model("gaussian")
-    with pytest.raises(ValueError, match="mask shape"):
+    with pytest.raises(ValueError, match="mask shape .* does not broadcast"):
         model(torch.rand(2, 1, 28, 28), torch.ones(2, 1, 27, 27))
     with pytest.raises(ValueError, match="sigma"):
         LatentModel(GaussianPrior(2), MNISTGenerator(2), sigma=0.0)
     with pytest.raises(TypeError, match="LatentPrior"):
         LatentModel(torch.nn.Linear(2, 2), MNISTGenerator(2))
+
+
+def test_image_and_mask_validation_names_the_expected_shape():
+    model = make_model("gaussian")
+    z = torch.randn(2, 6)
+    for call in (lambda x, m=None: model(x, m), lambda x, m=None: model.log_joint(x, m, z=z),
+                 lambda x, m=None: model.log_joint_terms(x, z, m)):
+        with pytest.raises(ValueError, match=r"\(B, 1, 28, 28\).*add the channel dimension"):
+            call(torch.rand(2, 28, 28))  # no channel dim: used to broadcast silently
+        with pytest.raises(ValueError, match=r"generator makes 1 channel\(s\), x has 3"):
+            call(torch.rand(2, 3, 28, 28))
+        with pytest.raises(ValueError, match=r"\(B, 1, 28, 28\).*got \(2, 1, 32, 32\)"):
+            call(torch.rand(2, 1, 32, 32))
+        with pytest.raises(ValueError, match="only 0 and 1"):
+            call(torch.rand(2, 1, 28, 28), torch.rand(2, 1, 28, 28))  # used to be cast to bool silently
+        with pytest.raises(ValueError, match="does not broadcast"):
+            call(torch.rand(2, 1, 28, 28), torch.ones(3, 1, 28, 28))
+    x = torch.rand(2, 1, 28, 28)
+    # accepted: bool masks, 0/1 float masks, one mask broadcast over the batch
+    half = torch.zeros(1, 28, 28, dtype=torch.bool)
+    half[:, :14] = True
+    a = model.log_joint(x, half, z=z)
+    b = model.log_joint(x, half.float().expand(2, 1, 28, 28), z=z)
+    assert torch.allclose(a, b)
 
 
 def test_sample_shapes_and_range():

@@ -9,6 +9,7 @@ import pyro
 import pyro.distributions as dist
 from torch import nn
 from pyro.nn import PyroModule
+from pyro.poutine.util import is_validation_enabled
 
 from pyro_lfbm.priors.base import LatentPrior
 
@@ -21,7 +22,10 @@ class LatentModel(PyroModule):
     Calling ``model(x, mask=None)`` runs the Pyro model: a ``pyro.plate("data", B)`` over the
     batch, ``z = pyro.sample("z", prior.dist())`` and
     ``pyro.sample("x", Normal(g(z), sigma).mask(mask).to_event(3), obs=x)``. Masked pixels
-    (``mask == 0``) contribute nothing to the likelihood.
+    (``mask == 0``) contribute nothing to the likelihood. ``x`` must end in the generator's
+    ``image_shape`` (C, H, W) and ``mask`` must be bool or 0/1 and broadcast to ``x``; otherwise
+    ``forward``, ``log_joint`` and ``log_joint_terms`` raise one ``ValueError`` naming the
+    expected shape (a generator without ``image_shape`` is not checked).
 
     :param LatentPrior prior: p_α(z) over R^D (:class:`~pyro_lfbm.priors.FlowPrior`, ...).
     :param torch.nn.Module generator: g_β, maps (B, D) to (B, C, H, W).
@@ -61,7 +65,7 @@ class LatentModel(PyroModule):
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The Pyro model. ``x``: (B, C, H, W) observed images; returns z of shape (B, D)."""
-        _check_images(x, mask)
+        _check_images(x, mask, getattr(self.generator, "image_shape", None))
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", self.prior.dist())
             pyro.sample("x", self.likelihood(z, mask), obs=x)
@@ -73,10 +77,12 @@ class LatentModel(PyroModule):
         Equal to the per-example log probability of a trace of ``self(x, mask)`` with ``z``
         conditioned; this is the fast path that :class:`~pyro_lfbm.infer.LangevinGuide` uses.
         """
+        _check_images(x, mask, getattr(self.generator, "image_shape", None))
         return self.prior.log_prob(z) + self.likelihood(z, mask).log_prob(x)
 
     def log_joint_terms(self, x: torch.Tensor, z: torch.Tensor, mask: Optional[torch.Tensor] = None) -> dict:
         """The two parts of the log joint, each (B,): ``{"prior": log p_α(z), "likelihood": log p_β(x|z)}``."""
+        _check_images(x, mask, getattr(self.generator, "image_shape", None))
         return {"prior": self.prior.log_prob(z), "likelihood": self.likelihood(z, mask).log_prob(x)}
 
     @torch.no_grad()
@@ -87,8 +93,40 @@ class LatentModel(PyroModule):
         return x + self.sigma * torch.randn_like(x) if noise else x
 
 
-def _check_images(x: torch.Tensor, mask: Optional[torch.Tensor]) -> None:
+def _check_images(x: torch.Tensor, mask: Optional[torch.Tensor], image_shape=None) -> None:
+    """One clear error for images that do not end in the generator's (C, H, W), and for masks that
+    are not bool or 0/1 or do not broadcast to the images (the 0/1 check runs while Pyro's
+    validation is enabled: the Langevin guide switches it off after a chain's first step)."""
     if not torch.is_tensor(x) or x.dim() < 2:
         raise ValueError(f"x must be a tensor of shape (B, C, H, W); got {getattr(x, 'shape', type(x))}")
-    if mask is not None and mask.shape[-3:] != x.shape[-3:]:
-        raise ValueError(f"mask shape {tuple(mask.shape)} does not match image shape {tuple(x.shape)}")
+    if image_shape:
+        expected = tuple(image_shape)
+        if x.dim() < len(expected) + 1 or tuple(x.shape[-len(expected):]) != expected:
+            want = "(B, " + ", ".join(str(n) for n in expected) + ")"
+            hint = ""
+            if tuple(x.shape[-2:]) == expected[-2:] and x.dim() == len(expected):
+                hint = "; add the channel dimension (x.unsqueeze(1))"
+            elif tuple(x.shape[-2:]) == expected[-2:]:
+                hint = f"; the generator makes {expected[0]} channel(s), x has {x.shape[-3]}"
+            raise ValueError(
+                f"x must have shape {want}, ending in the generator's (C, H, W) = {expected}; got {tuple(x.shape)}{hint}"
+            )
+    if mask is None:
+        return
+    if not torch.is_tensor(mask):
+        raise ValueError(f"mask must be a tensor (bool, or 0/1) broadcastable to x {tuple(x.shape)}; got {type(mask).__name__}")
+    try:
+        broadcast = torch.broadcast_shapes(mask.shape, x.shape)
+    except RuntimeError:
+        broadcast = None
+    if broadcast != x.shape:
+        raise ValueError(
+            f"mask shape {tuple(mask.shape)} does not broadcast to image shape {tuple(x.shape)}; "
+            "use a mask of the images' shape (B, C, H, W), or (1, C, H, W) / (C, H, W) for one mask for all"
+        )
+    if mask.dtype != torch.bool and is_validation_enabled():
+        if not bool(((mask == 0) | (mask == 1)).all()):
+            raise ValueError(
+                "mask must be bool or hold only 0 and 1 (1 = observed pixel); got other values "
+                f"(min {float(mask.min()):g}, max {float(mask.max()):g}); threshold it first, e.g. mask > 0.5"
+            )
