@@ -23,6 +23,7 @@ import pyro.distributions as dist
 import torch
 from pyro.infer import SVI, Trace_ELBO
 
+from pyro_lfbm import cli
 from pyro_lfbm.infer import LangevinGuide
 
 
@@ -73,22 +74,32 @@ def run(step_size, x: torch.Tensor, epochs: int, seed: int, batch_size: int = 10
             "seconds": seconds}
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", nargs="+", default=["0.1", "0.3", "0.5", "auto"])
-    parser.add_argument("--target", type=float, default=0.9, help="target acceptance of step_size='auto'")
-    parser.add_argument("--adapt-calls", type=int, default=200)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
+def step_value(text: str):
+    """``--steps`` entry: ``auto`` or a positive step size."""
+    return "auto" if text == "auto" else cli.positive_float(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=cli.positive_int, default=30)
+    parser.add_argument("--seed", type=cli.nonnegative_int, default=0)
+    parser.add_argument("--steps", type=step_value, nargs="+", default=[0.1, 0.3, 0.5, "auto"],
+                        help="step sizes to compare (positive numbers or auto)")
+    parser.add_argument("--target", type=cli.positive_float, default=0.9, help="target acceptance of step_size='auto', in (0, 1)")
+    parser.add_argument("--adapt-calls", type=cli.positive_int, default=200)
+    parser.add_argument("--threads", type=cli.nonnegative_int, default=cli.DEFAULT_THREADS, help=cli.THREADS_HELP)
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
+    if not 0 < args.target < 1:
+        raise cli.UsageError(f"--target must be between 0 and 1, got {args.target}")
     x = load_binary_digits()
     print(f"{'step':>6} {'frozen s':>9} {'acc(inferred z)':>16} {'acc(prior z)':>13} {'train s':>8}")
     for step in args.steps:
-        r = run(step if step == "auto" else float(step), x, args.epochs, args.seed, adapt_calls=args.adapt_calls,
-                target=args.target)
+        r = run(step, x, args.epochs, args.seed, adapt_calls=args.adapt_calls, target=args.target)
         print(f"{r['step']:>6} {r['frozen_step']:>9.3f} {r['inferred']:>16.3f} {r['prior']:>13.3f} {r['seconds']:>8.1f}")
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_cli(main, build_parser().parse_args())

@@ -123,6 +123,9 @@ CASES = [
     ("synthesis", ["--test-steps", "0", *FAKE], 2, "--test-steps"),
     ("synthesis", ["--epochs", "0", *FAKE], 2, "--epochs"),
     ("synthesis", ["--resume", *FAKE], 2, "unrecognized"),  # these scripts always resume
+    ("guide_step_size", ["--steps", "0.1", "fast"], 2, "--steps"),
+    ("guide_step_size", ["--target", "1.5"], 2, "--target"),
+    ("guide_step_size", ["--epochs", "0"], 2, "--epochs"),
 ]
 
 
@@ -174,14 +177,17 @@ def test_bad_invocation_is_one_line_and_leaves_nothing(folder, capsys, name, arg
     assert tree(folder) == before  # no file, no folder, no checkpoint, no claim left behind
 
 
-SCRIPTS = {"anomaly", "anomaly_table", "compare_inference", "coopflow", "generation_table", "glf", "inpainting",
-           "recovery", "recovery_table", "synthesis"}
+SCRIPTS = {"anomaly", "anomaly_table", "compare_inference", "coopflow", "generation_table", "glf", "guide_step_size",
+           "inpainting", "recovery", "recovery_table", "synthesis"}
 
 
 def test_the_table_has_forty_cases_across_every_script():
     assert len(CASES) >= 40
     assert {c[0] for c in CASES} == SCRIPTS
-    assert all((REPO / "experiments" / f"{name}.py").exists() for name in SCRIPTS)
+    on_disk = {p.stem for p in (REPO / "experiments").glob("*.py") if not p.stem.startswith("bench_")}
+    assert on_disk == SCRIPTS, "a new script needs its bad invocations in CASES"
+    for name in SCRIPTS:  # every script uses the one wrapper
+        assert "run_cli(" in (REPO / "experiments" / f"{name}.py").read_text(), f"{name}.py bypasses pyro_lfbm.cli.run_cli"
 
 
 def test_threads_default_to_one_and_help_says_why():
