@@ -234,3 +234,29 @@ def test_ctrl_c_at_the_command_line_then_resume_gives_the_uninterrupted_results(
     assert list(histories[1].epoch) == [1, 2, 3]
     assert histories[0].loss.tolist() == histories[1].loss.tolist()
     assert metrics[0].auprc.tolist() == metrics[1].auprc.tolist()
+
+
+def _out_defaults(parser):
+    """(prog, default of --out / --runs-dir) of a parser and of its sub-parsers."""
+    import argparse
+
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found += _out_defaults(sub)
+        elif action.dest in ("out", "runs_dir", "checkpoint_dir") and action.default is not None:
+            found.append((parser.prog, action.dest, action.default))
+    return found
+
+
+def test_new_runs_go_to_the_ignored_runs_folder_never_to_the_committed_results():
+    """Issue 14 item 5: the README's main command in a fresh clone must not rewrite results/."""
+    ignored = (REPO / ".gitignore").read_text().splitlines()
+    assert "/runs/" in ignored
+    for name in SCRIPTS - {"guide_step_size"}:  # (it writes nothing)
+        defaults = _out_defaults(script(name).build_parser())
+        assert defaults, name
+        for prog, dest, default in defaults:
+            assert str(default).startswith("runs/"), (name, dest, default)
+    assert script("anomaly").build_parser().parse_args([]).out == "runs/anomaly"
