@@ -54,9 +54,11 @@ from pyro_lfbm.checkpoint import CheckpointError
 from pyro_lfbm.data import DataError
 
 #: Torch CPU threads unless ``--threads`` says otherwise. The models here are small (a cpu-preset
-#: update is a few hundred small matrix products); measured on a 2-core machine with a second busy
-#: process, two threads made an update about 10x slower (OpenMP threads wait for each other), one
-#: thread about 2x. ``--threads 0`` gives torch's default (one per core) for a machine of your own.
+#: update is a few hundred small matrix products), and OpenMP threads wait for each other when a core
+#: is taken: on a 2-core AMD EPYC already shared with other jobs, one cpu-preset update (batch 100)
+#: took 0.29-0.42 s on one thread against 0.51-2.5 s on two, and with one more busy process 0.76-1.1 s
+#: against 5.3-12 s (two interleaved repeats). ``--threads 0`` gives torch's default (one per core)
+#: for a machine of your own.
 DEFAULT_THREADS = 1
 
 THREADS_HELP = (f"torch CPU threads (default {DEFAULT_THREADS}: these models are small, and when another process "
