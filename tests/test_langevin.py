@@ -176,3 +176,45 @@ def test_step_validation():
 
     with pytest.raises(ValueError, match="discrete support"):
         LangevinGuide(discrete).infer(torch.zeros(3))
+
+
+# ---------------------------------------------------------------------------------------------
+# The one Langevin move: the energy prior's negatives and CoopFlow's revision call it
+# ---------------------------------------------------------------------------------------------
+def test_energy_prior_negatives_follow_the_one_langevin_move_in_the_prior_dtype():
+    from pyro_lfbm import EnergyPrior
+
+    torch.manual_seed(0)
+    prior = EnergyPrior(3, hidden_dims=(8,), num_prior_steps=7, prior_step_size=0.4)
+    torch.manual_seed(1)
+    negatives = prior.sample_negatives(5)
+    # the update as LEBM writes it, from the same random stream
+    torch.manual_seed(1)
+    z = torch.randn(5, 3)
+    for _ in range(7):
+        zz = z.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad((-prior.energy(zz) - 0.5 * (zz * zz).sum(-1)).sum(), zz)
+        z = z + 0.5 * 0.4**2 * g + 0.4 * torch.randn_like(z)
+    assert torch.equal(negatives, z)
+    assert prior.double().sample_negatives(4).dtype == torch.float64
+
+
+def test_coopflow_revision_is_the_clipped_official_update():
+    from pyro_lfbm.models.coopflow import coopflow_preset
+
+    torch.manual_seed(0)
+    model = coopflow_preset("tiny").build()
+    x0 = model.sample_flow(6)
+    step = 15.0  # large enough (gradients ~1e-3 untrained) that the ±0.1 clip binds on some pixels
+    revised = model.revise(x0, num_steps=12, step_size=step)
+    # the official loop: x <- clamp(x + clamp((s²/2) ∇f, ±0.1), ±1)
+    x, clipped = x0.detach(), 0
+    for _ in range(12):
+        xx = x.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(model.score(xx).sum(), xx)
+        drift = 0.5 * step**2 * g
+        clipped += int((drift.abs() > 0.1).sum())
+        x = (x + drift.clamp(-0.1, 0.1)).clamp(-1.0, 1.0)
+    assert clipped > 0
+    # same trajectory up to float rounding (the clip is applied to the gradient, then scaled)
+    assert (revised - x).abs().max() < 1e-6

@@ -9,9 +9,11 @@ or, with ``noise=False``, plain gradient ascent on log p(x, z) (the paper's test
 
 from __future__ import annotations
 
-from typing import Callable, Dict, NamedTuple, Optional, Tuple, Union
+from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 import torch
+
+from pyro_lfbm.ops.langevin import langevin_move  # noqa: F401  (the one Langevin update, re-exported here)
 
 Latents = Dict[str, torch.Tensor]
 LogDensityFn = Callable[[Latents], torch.Tensor]
@@ -62,28 +64,6 @@ def value_and_grad(log_density_fn: LogDensityFn, position: Latents):
     return log_density.detach(), grad
 
 
-def langevin_move(
-    z: torch.Tensor,
-    grad: torch.Tensor,
-    step_size: Union[float, torch.Tensor],
-    noise: bool = True,
-    generator: Optional[torch.Generator] = None,
-) -> torch.Tensor:
-    """The Langevin move, written once: z + (s²/2) ∇log p + s ξ, with ξ ~ N(0, I) drawn like ``z``
-    (its dtype and device; from ``generator`` when given), or z + (s²/2) ∇log p when ``noise`` is False.
-
-    :param z: current position, any shape.
-    :param grad: ∇ log p at ``z``, same shape.
-    :param step_size: s, a float or a tensor broadcastable to ``z`` (e.g. one step size per row,
-        shaped (R, 1, ..., 1)).
-    :returns: the moved position, same shape, dtype and device as ``z``.
-    """
-    moved = z + (0.5 * step_size**2) * grad
-    if noise:
-        moved = moved + step_size * _randn_like(z, generator)
-    return moved
-
-
 def langevin_step(
     state: LangevinState,
     log_density_fn: LogDensityFn,
@@ -100,12 +80,6 @@ def langevin_step(
         name: langevin_move(z, state.grad[name], step_size, noise, generator) for name, z in state.position.items()
     }
     return LangevinState(position)
-
-
-def _randn_like(z: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
-    if generator is None:
-        return torch.randn_like(z)
-    return torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
 
 
 class ChainInfo(NamedTuple):

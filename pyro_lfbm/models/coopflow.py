@@ -5,7 +5,8 @@ Each iteration (the official ``main_*.py``, protocols D):
 1. draw images from the normalizing flow, :math:`\\hat x_0 = f^{-1}(\\epsilon)`;
 2. *revise* them by a short-run, noise-free Langevin flow toward the EBM
    :math:`p_\\theta(x) \\propto \\exp f_\\theta(x)`: T = 30 steps of
-   :math:`x \\leftarrow \\mathrm{clamp}(x + \\mathrm{clamp}(\\tfrac{s^2}{2}\\nabla_x f_\\theta(x), \\pm 0.1), \\pm 1)`;
+   :math:`x \\leftarrow \\mathrm{clamp}(x + \\mathrm{clamp}(\\tfrac{s^2}{2}\\nabla_x f_\\theta(x), \\pm 0.1), \\pm 1)`
+   (the noise-free Langevin move with the gradient clipped at :math:`\\pm 0.1 / (s^2/2)`);
 3. update the flow by maximum likelihood on the revised images;
 4. update the EBM by the contrastive loss :math:`\\bar f_\\theta(\\hat x_T) - \\bar f_\\theta(x_{data})`.
 
@@ -24,6 +25,7 @@ from torch import nn
 
 from pyro_lfbm.models.image_flow import ImageFlow, dequantize
 from pyro_lfbm.nets.energy import make_energy
+from pyro_lfbm.ops.langevin import langevin_move
 
 
 class CoopFlow(nn.Module):
@@ -62,13 +64,16 @@ class CoopFlow(nn.Module):
             gradient from the revision.
         """
         num_steps = self.num_steps if num_steps is None else num_steps
-        half_sq = 0.5 * (self.step_size if step_size is None else step_size) ** 2
+        step = self.step_size if step_size is None else step_size
+        # The official per-pixel clip of the drift, clamp((s²/2) g, ±max_move), is a clip of the
+        # gradient at ±max_move / (s²/2) before the one Langevin move (noise-free here).
+        max_grad = self.max_move / (0.5 * step**2)
         x = x.detach()
         for k in range(1, num_steps + 1):
             with torch.enable_grad():
                 xk = x.requires_grad_(True)
                 (grad,) = torch.autograd.grad(self.score(xk).sum(), xk)
-            x = (x.detach() + (half_sq * grad).clamp(-self.max_move, self.max_move)).clamp(-1.0, 1.0)
+            x = langevin_move(x.detach(), grad.clamp(-max_grad, max_grad), step, noise=False).clamp(-1.0, 1.0)
             if callback is not None:
                 callback(k, x)
         return x.detach()

@@ -10,6 +10,7 @@ from torch.distributions import constraints
 
 from pyro_lfbm._context import in_posterior_inference
 from pyro_lfbm.nets.mlp import MLP
+from pyro_lfbm.ops.langevin import langevin_move
 from pyro_lfbm.priors.base import LatentPrior
 
 
@@ -102,15 +103,19 @@ class EnergyPrior(LatentPrior):
         return EnergyDistribution(self, contrastive=self.training and not in_posterior_inference())
 
     def sample_negatives(self, num: int, device=None) -> torch.Tensor:
-        """Short-run prior Langevin from N(0, I): (num, D) samples, detached."""
+        """Short-run prior Langevin from N(0, I): (num, D) samples, detached, in the dtype of the
+        prior's buffers (float64 after ``.double()``), on ``device`` (default: the prior's).
+
+        Each step is :func:`~pyro_lfbm.ops.langevin.langevin_move` on log p(z) = -E(z) - ‖z‖²/2."""
         step = self.prior_step_size
-        z = torch.randn(num, self.latent_dim, device=device)
+        device = self.base_loc.device if device is None else device
+        z = torch.randn(num, self.latent_dim, device=device, dtype=self.base_loc.dtype)
         with torch.enable_grad():
             for _ in range(self.num_prior_steps):
                 z = z.detach().requires_grad_(True)
                 log_p = -self.energy(z) - 0.5 * (z * z).sum(-1)
                 (grad,) = torch.autograd.grad(log_p.sum(), z)
-                z = z + 0.5 * step**2 * grad + step * torch.randn_like(z)
+                z = langevin_move(z.detach(), grad, step)
         return z.detach()
 
     def extra_repr(self) -> str:
