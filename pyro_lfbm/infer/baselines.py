@@ -23,7 +23,6 @@ from pyro.infer.autoguide import AutoNormal
 from pyro.infer.autoguide.initialization import init_to_sample
 from tqdm.auto import tqdm
 
-from pyro_lfbm.evaluation import eval_mode
 from pyro_lfbm.infer.kernel import LangevinKernel
 from pyro_lfbm.infer.mala import MALA_OPTIMAL_ACCEPT_PROB
 
@@ -38,6 +37,20 @@ class AutoNormalFit:
     losses: list
     gradient_evaluations: int
     seconds: float
+
+
+class _EvalMode:
+    """Context: the model runs in ``eval()`` mode (its previous mode is restored afterwards)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+
+    def __enter__(self):
+        self.mode = self.model.training
+        self.model.eval()
+
+    def __exit__(self, *exc):
+        self.model.train(self.mode)
 
 
 class _FrozenParameters:
@@ -90,7 +103,7 @@ def fit_autonormal(
     device = next(iter(model.parameters())).device
     x = x.to(device)
     losses = []
-    with eval_mode(model), _FrozenParameters(model):
+    with _EvalMode(model), _FrozenParameters(model):
         started = time.perf_counter()
         for _ in tqdm(range(num_steps), desc="AutoNormal", disable=not progress, leave=False):
             losses.append(svi.step(x) / x.shape[0])
@@ -149,7 +162,7 @@ def mala_reference(
         init = torch.randn(x.shape[0], model.latent_dim)
     init = init.to(device)
     evaluations, started = 0, time.perf_counter()
-    with eval_mode(model), _FrozenParameters(model):
+    with _EvalMode(model), _FrozenParameters(model):
         adapt = step_sizes is None
         if not adapt:
             chosen = step_sizes[-1]
