@@ -1,94 +1,328 @@
-"""Optional accelerated fast-path Langevin loops: ``torch.compile`` and CUDA graphs.
+"""Fused and compiled Langevin chains for the fast path (a :class:`~pyro_lfbm.models.LatentModel`).
 
-Both run the same update as :func:`~pyro_lfbm.infer.langevin.short_run_langevin` on a model with
-``log_joint(x, z=z) -> (B,)`` (a :class:`~pyro_lfbm.models.LatentModel`),
+The library's reference chain (:class:`~pyro_lfbm.infer.LangevinGuide` on ``model.log_joint``)
+builds Pyro distribution objects at every step and lets autograd record every small operation.
+This module computes the same numbers with fewer, larger kernels:
 
-.. math:: z \\leftarrow z + \\tfrac{s^2}{2}\\nabla_z \\log p(x, z) + s\\,\\xi,
+- :func:`fused_log_joint` is ``model.log_joint`` as plain tensor code: the prior's log density
+  without transform or distribution objects (:func:`~pyro_lfbm.priors.flow.flow_forward`,
+  :func:`~pyro_lfbm.priors.gaussian.standard_normal_log_prob`), the generator, and the Gaussian
+  pixel likelihood written out with the same element-wise expression as
+  ``Normal(g(z), σ).mask(m).to_event(3).log_prob(x)``;
+- :class:`CompiledLangevin` compiles the value *and* gradient of that function in one graph
+  (``torch.compile`` of ``torch.func.grad``; inductor on the CPU, ``mode="reduce-overhead"``, i.e.
+  CUDA graphs, on a GPU) and moves z with the library's one update,
+  :func:`~pyro_lfbm.infer.langevin.langevin_move`, eagerly, so that a fixed noise stream gives the
+  eager trajectory. BatchNorm layers of the generator in training mode update their running
+  statistics exactly as the eager model does (the buffers are passed to the compiled function);
+- :class:`FusedLangevinGuide` is a :class:`~pyro_lfbm.infer.LangevinGuide` whose chain evaluates
+  the fused (optionally compiled) log joint: ``SVI(model, FusedLangevinGuide(model), ...)`` is
+  LFBM's Algorithm 1 with the faster chain;
+- :class:`CUDAGraphLangevin` replays one captured CUDA graph per step (CUDA only; written without
+  a GPU at hand and never run: the project's CI is CPU only).
 
-for a single latent site ``z`` of shape (B, D). Small models on a GPU are launch-bound (one
-kernel per tiny op); compiling fuses the element-wise work, and a CUDA graph replays a whole
-step with one launch. Pyro's argument validation is switched off inside these loops (it
-synchronises with the host, which a CUDA graph cannot capture). The model's parameters are
-frozen (``requires_grad=False``) while a loop runs, so no parameter gradient is ever formed.
+The eager reference stays the default everywhere; these are opt-in and fall back to eager code
+(``compile=False``). Compilation is paid once per process and per shape (and train/eval mode):
+:func:`compile_times` lists what was compiled and how long the first call took.
 
-.. note:: :class:`CUDAGraphLangevin` needs a CUDA device and was written without one at hand
-   (this project's CI is CPU only); :class:`CompiledLangevin` is tested on the CPU.
+Tensor shapes: images ``x`` (B, C, H, W), masks (B or 1, C, H, W), latents ``z`` (B, D), log
+joints (B,).
 """
 
 from __future__ import annotations
 
-from typing import Optional
+import math
+import time
+from typing import Callable, Dict, List, Optional, Tuple
 
 import pyro
 import torch
 
-from pyro_lfbm.infer.guide import frozen_parameters
+from pyro_lfbm._context import posterior_inference
+from pyro_lfbm.infer.guide import LangevinGuide, frozen_parameters
+from pyro_lfbm.infer.langevin import langevin_move
+from pyro_lfbm.priors.flow import FlowPrior, flow_forward
+from pyro_lfbm.priors.gaussian import GaussianPrior, standard_normal_log_prob
 
-__all__ = ["CompiledLangevin", "CUDAGraphLangevin", "frozen_parameters"]
+__all__ = [
+    "CompiledLangevin",
+    "CUDAGraphLangevin",
+    "FusedLangevinGuide",
+    "compile_times",
+    "frozen_parameters",
+    "fused_log_joint",
+    "gaussian_log_likelihood",
+]
+
+_COMPILE_TIMES: List[Dict[str, object]] = []
 
 
-def _noise(z: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
-    if generator is None:
-        return torch.randn_like(z)
-    return torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+def compile_times() -> List[Dict[str, object]]:
+    """What this process compiled: one dict per first call of a compiled chain on a new input
+    signature (``label``, ``shape``, ``training``, ``seconds``: the wall time of that first
+    call, compilation included). Later calls with the same signature reuse the compiled code."""
+    return list(_COMPILE_TIMES)
+
+
+def gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, sigma: float, mask: Optional[torch.Tensor] = None,
+                            event_dim: int = 3) -> torch.Tensor:
+    """log N(x; mean, σ²I) summed over the last ``event_dim`` dimensions, masked pixels left out.
+
+    The value of ``Normal(mean, sigma).mask(mask.bool()).to_event(event_dim).log_prob(x)``: the same
+    element-wise expression -(x - μ)²/(2σ²) - log σ - log √(2π) in the same float operations,
+    with σ as a 0-dim tensor instead of a tensor broadcast over every pixel, and no distribution
+    objects.
+
+    :param x: observations (B, C, H, W). :param mean: g(z), same shape.
+    :param mask: optional (B or 1, C, H, W) of 0/1 or bool; 0 removes a pixel.
+    :returns: (B,).
+    """
+    scale = torch.tensor(sigma, dtype=mean.dtype, device=mean.device)
+    var = scale**2
+    log_prob = -((x - mean) ** 2) / (2 * var) - scale.log() - math.log(math.sqrt(2 * math.pi))
+    if mask is not None:
+        log_prob = torch.where(mask.bool(), log_prob, log_prob.new_zeros(()))
+    return log_prob.reshape(log_prob.shape[: log_prob.dim() - event_dim] + (-1,)).sum(-1)
+
+
+def _prior_log_prob_fn(prior) -> Callable[[torch.Tensor], torch.Tensor]:
+    """z (B, D) -> log p(z) (B,) as plain tensor code, with the prior's modules captured here
+    (outside any compiled region: the Pyro module machinery is not traced). The energy prior
+    gives its unnormalised density -E(z) + log N(z; 0, I), as inside posterior inference."""
+    if isinstance(prior, FlowPrior):
+        parts = list(prior.flow.parts)
+
+        def flow_log_prob(z: torch.Tensor) -> torch.Tensor:
+            eps, log_det = flow_forward(parts, z)
+            return standard_normal_log_prob(eps) + log_det
+
+        return flow_log_prob
+    if isinstance(prior, GaussianPrior):
+        return standard_normal_log_prob
+    energy_net = getattr(prior, "energy_net", None)
+    if energy_net is not None and type(prior).__name__ == "EnergyPrior":
+
+        def energy_log_prob(z: torch.Tensor) -> torch.Tensor:
+            return -energy_net(z).squeeze(-1) + standard_normal_log_prob(z)
+
+        return energy_log_prob
+    return prior.log_prob  # any other prior: its own code (may not compile into one graph)
+
+
+def _check_latent_model(model) -> None:
+    missing = [name for name in ("prior", "generator", "sigma", "log_joint") if not hasattr(model, name)]
+    if missing:
+        raise TypeError(
+            f"the fused chain needs a LatentModel (prior, generator, sigma, log_joint); "
+            f"{type(model).__name__} has no {', '.join(missing)}. Use LangevinGuide for other models"
+        )
+
+
+def fused_log_joint(model) -> Callable[..., torch.Tensor]:
+    """``model.log_joint`` of a :class:`~pyro_lfbm.models.LatentModel` as one plain function,
+
+        ``f(x, z, mask=None, buffers=None) -> (B,)`` = log p_α(z) + log p_β(x | z),
+
+    with the prior's density as inside posterior inference (no contrastive term of the energy
+    prior). ``buffers`` (optional): ``{name: tensor}`` of the generator's buffers, passed to the
+    generator with :func:`torch.func.functional_call` (so that a compiled ``torch.func`` transform
+    may update BatchNorm running statistics, which it then writes into those tensors); ``None``
+    calls the generator as is.
+
+    :raises TypeError: if ``model`` is not a LatentModel-like object.
+    """
+    _check_latent_model(model)
+    prior_log_prob = _prior_log_prob_fn(model.prior)
+    generator, sigma = model.generator, float(model.sigma)
+
+    def log_joint(x: torch.Tensor, z: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                  buffers: Optional[Dict[str, torch.Tensor]] = None) -> torch.Tensor:
+        mean = generator(z) if buffers is None else torch.func.functional_call(generator, buffers, (z,))
+        event_dim = mean.dim() - (z.dim() - 1)
+        return prior_log_prob(z) + gaussian_log_likelihood(x, mean, sigma, mask, event_dim)
+
+    return log_joint
 
 
 class CompiledLangevin:
-    """Langevin steps whose gradient evaluation is ``torch.compile``-d.
+    """Langevin chains of a LatentModel whose gradient evaluations are fused (and compiled).
 
-    The model's ``log_joint(x, z=z)`` is compiled (AOTAutograd compiles its backward too; with the
-    parameters frozen only the gradient to z is formed); ``torch.autograd.grad`` and the update
-    run eagerly, and the noise is drawn eagerly (same random stream as the eager loop when the
-    same ``generator`` is passed).
+    One step is ``z ← langevin_move(z, ∇_z log p(x, z), s, noise, generator)``; the gradient and
+    the log joint come from one call of ``torch.func.grad`` of :func:`fused_log_joint`, compiled
+    by ``torch.compile`` (``compile=True``) or run eagerly with autograd (``compile=False``, the
+    reference). The noise is drawn eagerly by :func:`~pyro_lfbm.infer.langevin.langevin_move`, so
+    the same ``generator`` gives the eager chain's noise. While a chain runs the model's
+    parameters are frozen and Pyro's validation is off.
 
-    :param model: has ``log_joint(x, z=z) -> (B,)``.
+    :param model: a :class:`~pyro_lfbm.models.LatentModel` (prior, generator, sigma).
     :param float step_size: s.
-    :param bool noise: False gives gradient ascent.
-    :param str backend: ``torch.compile`` backend (``"inductor"``; ``"eager"`` to debug).
-    :param str mode: ``torch.compile`` mode (e.g. ``"reduce-overhead"`` uses CUDA graphs on GPU).
+    :param bool noise: False gives gradient ascent (test-time inference).
+    :param bool compile: compile the gradient evaluation with ``torch.compile``.
+    :param str backend: ``torch.compile`` backend (``"inductor"``; ``"aot_eager"`` traces without
+        generating code, for debugging).
+    :param str mode: ``torch.compile`` mode; ``None`` picks ``"reduce-overhead"`` (CUDA graphs) on a
+        CUDA model and the default mode on the CPU.
+    :param str label: a name for :func:`compile_times`.
     """
 
-    def __init__(self, model, step_size: float = 0.1, noise: bool = True, backend: str = "inductor", mode: Optional[str] = None):
-        self.model, self.step_size, self.noise = model, float(step_size), noise
+    def __init__(self, model, step_size: float = 0.1, noise: bool = True, compile: bool = True,
+                 backend: str = "inductor", mode: Optional[str] = None, label: str = "CompiledLangevin"):
+        if not step_size > 0:
+            raise ValueError(f"step_size must be positive, got {step_size!r}")
+        _check_latent_model(model)
+        self.model, self.step_size, self.noise = model, float(step_size), bool(noise)
+        self.compiled, self.label = bool(compile), label
+        self._log_joint = fused_log_joint(model)
+        self._seen: set = set()
+        if compile:
+            device = next(iter(model.parameters()), torch.empty(0)).device
+            if mode is None and device.type == "cuda":
+                mode = "reduce-overhead"
+            log_joint = self._log_joint
 
-        def log_joint(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-            return model.log_joint(x, z=z)
+            def objective(z, x, mask, buffers):
+                value = log_joint(x, z, mask, buffers)
+                return value.sum(), value
 
-        self._log_joint = torch.compile(log_joint, backend=backend, mode=mode, dynamic=False)
+            self._grad_and_value = torch.compile(torch.func.grad(objective, has_aux=True), backend=backend, mode=mode)
+            self.backend, self.mode = backend, mode
+        else:
+            self.backend, self.mode = None, None
 
-    def _grad(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        with torch.enable_grad():
-            leaf = z.detach().requires_grad_(True)
-            (g,) = torch.autograd.grad(self._log_joint(x, leaf).sum(), leaf)
-        return g
+    def _buffers(self) -> Dict[str, torch.Tensor]:
+        return dict(self.model.generator.named_buffers())
 
-    def grad(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def _eval(self, x, z, mask) -> Tuple[torch.Tensor, torch.Tensor]:
+        if not self.compiled:
+            with torch.enable_grad():
+                leaf = z.detach().requires_grad_(True)
+                value = self._log_joint(x, leaf, mask)
+                (grad,) = torch.autograd.grad(value.sum(), leaf)
+            return value.detach(), grad
+        key = (tuple(x.shape), tuple(z.shape), mask is not None, self.model.training, x.device.type)
+        first = key not in self._seen
+        started = time.perf_counter()
+        grad, value = self._grad_and_value(z.detach(), x, mask, self._buffers())
+        if first:
+            self._seen.add(key)
+            _COMPILE_TIMES.append(dict(label=self.label, shape=tuple(z.shape), training=self.model.training,
+                                       backend=self.backend, seconds=time.perf_counter() - started))
+        return value.detach(), grad.detach()
+
+    def value_and_grad(self, x: torch.Tensor, z: torch.Tensor, mask: Optional[torch.Tensor] = None):
+        """(log p(x, z) (B,), ∇_z Σ_b log p(x_b, z_b) (B, D)) at ``z`` (B, D) for images ``x``.
+
+        With BatchNorm in training mode the rows interact (batch statistics), and the gradient is
+        that of the batch sum, as in the eager chain."""
+        with frozen_parameters(self.model), pyro.validation_enabled(False), posterior_inference():
+            return self._eval(x, z, mask)
+
+    def grad(self, x: torch.Tensor, z: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """∇_z log p(x, z), shape of ``z`` (B, D)."""
-        with frozen_parameters(self.model), pyro.validation_enabled(False):
-            return self._grad(x, z)
+        return self.value_and_grad(x, z, mask)[1]
 
-    def run(self, x: torch.Tensor, z0: torch.Tensor, num_steps: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def run(self, x: torch.Tensor, z0: torch.Tensor, num_steps: int, mask: Optional[torch.Tensor] = None,
+            generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """``num_steps`` steps from ``z0`` (B, D) for images ``x`` (B, C, H, W); returns z_K (B, D)."""
-        half_sq = 0.5 * self.step_size**2
+        if not isinstance(num_steps, int) or num_steps < 0:
+            raise ValueError(f"num_steps must be a non-negative integer, got {num_steps!r}")
         z = z0.detach()
-        with frozen_parameters(self.model), pyro.validation_enabled(False), torch.no_grad():
+        with frozen_parameters(self.model), pyro.validation_enabled(False), posterior_inference(), torch.no_grad():
             for _ in range(num_steps):
-                with torch.enable_grad():
-                    g = self._grad(x, z)
-                z = z + half_sq * g
-                if self.noise:
-                    z = z + self.step_size * _noise(z, generator)
+                _, grad = self._eval(x, z, mask)
+                z = langevin_move(z, grad, self.step_size, self.noise, generator)
         return z
+
+
+class _WithGradient(torch.autograd.Function):
+    """``value`` (B,) as a function of ``z`` (B, D) whose gradient was computed with it: the
+    backward pass returns ``grad_out[b] * grad[b]`` (rows independent) or, when the rows are
+    coupled (BatchNorm on batch statistics), the precomputed gradient of the batch sum, which
+    is only defined for a uniform ``grad_out``."""
+
+    @staticmethod
+    def forward(ctx, z, value, grad, coupled):
+        ctx.save_for_backward(grad)
+        ctx.coupled = coupled
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (grad,) = ctx.saved_tensors
+        if ctx.coupled:
+            if not bool((grad_out == grad_out.reshape(-1)[0]).all()):
+                raise RuntimeError(
+                    "the fused chain's gradient is that of the batch sum (BatchNorm in training mode couples "
+                    "the rows); only a uniform weighting of the rows is supported: call .sum() on the log density"
+                )
+            return grad_out.reshape(-1)[0] * grad, None, None, None
+        return grad_out.reshape(grad_out.shape + (1,) * (grad.dim() - grad_out.dim())) * grad, None, None, None
+
+
+def _couples_rows(module) -> bool:
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training for m in module.modules())
+
+
+class FusedLangevinGuide(LangevinGuide):
+    """:class:`~pyro_lfbm.infer.LangevinGuide` whose chain evaluates the fused log joint of a
+    :class:`~pyro_lfbm.models.LatentModel` (:func:`fused_log_joint`), compiled with
+    ``torch.compile`` when ``compile=True``.
+
+    Everything else is the guide's: site discovery, initialisation, the chain loop and its checks,
+    the emitted ``Delta`` sites, so ``SVI(model, FusedLangevinGuide(model), Adam, Trace_ELBO())``
+    is one step of Algorithm 1 with the same mathematics as with ``LangevinGuide``. Models or
+    settings outside the fast path (a transformed latent, particle plates, a global guide) use
+    the guide's own log density.
+
+    :param model: a LatentModel.
+    :param bool compile: compile the value-and-gradient evaluation (see :class:`CompiledLangevin`).
+    :param str backend: ``torch.compile`` backend. :param str mode: ``torch.compile`` mode.
+    Other arguments: those of :class:`~pyro_lfbm.infer.LangevinGuide`.
+    """
+
+    def __init__(self, model, *args, compile: bool = True, backend: str = "inductor", mode: Optional[str] = None, **kwargs):
+        _check_latent_model(model)
+        super().__init__(model, *args, **kwargs)
+        self._chain = CompiledLangevin(model, step_size=1.0, compile=compile, backend=backend, mode=mode,
+                                       label="FusedLangevinGuide")
+
+    def log_density_fn(self, sites, args, kwargs, model=None):
+        default = super().log_density_fn(sites, args, kwargs, model)
+        simple = (
+            (model is None or model is self.model)
+            and self.uses_fast_path
+            and not getattr(sites, "batch_plates", None)
+            and set(sites.sites) == {"z"}
+            and all(getattr(s, "is_identity", True) for s in sites.sites.values())
+        )
+        if not simple:
+            return default
+        x = args[0] if args else kwargs["x"]
+        mask = args[1] if len(args) > 1 else kwargs.get("mask")
+        chain = self._chain
+        coupled = _couples_rows(self.model)
+
+        def fused(latents):
+            z = latents["z"]
+            value, grad = chain._eval(x, z.detach(), mask)
+            if not (torch.is_grad_enabled() and z.requires_grad):
+                return value
+            return _WithGradient.apply(z, value, grad, coupled)
+
+        return fused
 
 
 class CUDAGraphLangevin:
     """Langevin steps replayed from one captured CUDA graph (fixed batch shape, CUDA only).
 
-    One replay is one whole step (forward, backward to z, update and fresh noise drawn inside the
-    graph), so K steps cost K graph launches. Inputs are copied into static buffers by
-    :meth:`run`; a new batch shape needs a new instance.
+    One replay is one whole step: the fused log joint's forward and backward to z and
+    :func:`~pyro_lfbm.infer.langevin.langevin_move` with fresh noise drawn inside the graph, so K
+    steps cost K graph launches. Inputs are copied into static buffers by :meth:`run`; a new
+    batch shape needs a new instance.
 
-    :param model: has ``log_joint(x, z=z) -> (B,)``; on a CUDA device, in eval mode.
+    .. warning:: Written without a GPU at hand and never run (this project's CI is CPU only).
+
+    :param model: a LatentModel on a CUDA device.
     :param x_shape: (B, C, H, W) of the images it will serve.
     :param float step_size: s.
     :param bool noise: False gives gradient ascent.
@@ -96,25 +330,23 @@ class CUDAGraphLangevin:
     """
 
     def __init__(self, model, x_shape, step_size: float = 0.1, noise: bool = True, warmup: int = 3):
+        _check_latent_model(model)
         device = next(model.parameters()).device
         if device.type != "cuda":
-            raise RuntimeError("CUDAGraphLangevin needs the model on a CUDA device")
+            raise RuntimeError("CUDAGraphLangevin needs the model on a CUDA device (model.to('cuda'))")
         self.model, self.step_size, self.noise = model, float(step_size), noise
+        log_joint = fused_log_joint(model)
         batch = x_shape[0]
         self.static_x = torch.zeros(tuple(x_shape), device=device)
         self.static_z = torch.zeros(batch, model.latent_dim, device=device)
-        half_sq = 0.5 * self.step_size**2
 
         def step() -> None:
-            z = self.static_z.detach().requires_grad_(True)
-            log_joint = model.log_joint(self.static_x, z=z)
-            (g,) = torch.autograd.grad(log_joint.sum(), z)
-            new = self.static_z + half_sq * g
-            if noise:
-                new = new + self.step_size * torch.randn_like(new)
-            self.static_z.copy_(new)
+            with torch.enable_grad():
+                z = self.static_z.detach().requires_grad_(True)
+                (grad,) = torch.autograd.grad(log_joint(self.static_x, z).sum(), z)
+            self.static_z.copy_(langevin_move(self.static_z, grad, self.step_size, self.noise))
 
-        with frozen_parameters(model), pyro.validation_enabled(False):
+        with frozen_parameters(model), pyro.validation_enabled(False), posterior_inference():
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):

@@ -101,7 +101,9 @@ def flow_forward(parts, z: torch.Tensor):
             y = x * part.log_scale.exp() + part.loc
             ladj = part.log_scale.sum()  # constant in x (broadcast by the addition below)
         elif kind is LULinear:
-            y = torch.nn.functional.linear(x, part.weight)
+            # (the cached ``weight`` property asks about inference mode, which torch.compile cannot trace)
+            weight = part._assemble() if torch.compiler.is_compiling() else part.weight
+            y = torch.nn.functional.linear(x, weight)
             ladj = part.log_abs_diag.sum()
         elif kind is _BufferPermute:
             y = x[..., part.permutation]
