@@ -217,3 +217,33 @@ def test_data_plate_at_dim_minus_2_with_an_inner_plate():
     err = (log_z.mean(0) - post_mean) / mc_tolerance(log_z, torch.tensor(post_var).sqrt(), 1.0)
     assert err.abs().max() < 4.5 and err.mean().abs() < 4 / 60**0.5
     assert abs(log_z.var(0).mean() / post_var - 1) < 0.08
+
+
+def test_rows_coupled_through_the_model_are_refused():
+    def coupled(x):  # every row's mean is the mean of all rows' z: rows are not independent chains
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z.mean().expand(len(x)), 1.0), obs=x)
+
+    def total(x):  # an observation outside the plate depends on the local z
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+        pyro.sample("sum", dist.Normal(z.sum(), 1.0), obs=x.sum())
+
+    for model, match in ((coupled, "depends on other rows"), (total, "outside the data plate depends on the local site 'z'")):
+        with pytest.raises(ValueError, match=match):
+            MCMC(LangevinKernel(model), num_samples=2, warmup_steps=0, disable_progbar=True).run(torch.randn(5))
+
+
+def test_batchnorm_in_train_mode_is_refused_on_the_fast_path():
+    from tests.test_evaluation import linear_gaussian, sample_images
+
+    model = linear_gaussian()
+    x = sample_images(model, 4)
+    model.generator = torch.nn.Sequential(model.generator, torch.nn.BatchNorm2d(x.shape[1]))
+    model.train()
+    with pytest.raises(ValueError, match="BatchNorm in train mode"):
+        MCMC(LangevinKernel(model), num_samples=2, warmup_steps=0, disable_progbar=True).run(x)
+    model.eval()
+    MCMC(LangevinKernel(model), num_samples=2, warmup_steps=0, disable_progbar=True).run(x)

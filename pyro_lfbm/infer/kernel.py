@@ -390,5 +390,42 @@ class LangevinKernel(MCMCKernel):
                         where=f"LangevinKernel ({block} sites {names})",
                     )
                 self._states[block] = state if block == "local" else None
+            if self._names("local"):
+                self._check_rows_independent(initial)
         self._position = initial
+
+    def _check_rows_independent(self, initial: Latents):
+        """Per-row tests are valid only when row b's log density depends on row b's local latents
+        alone and no out-of-plate site depends on local latents: check both at the initial point
+        (one extra evaluation of row 0's gradient)."""
+        names = self._names("local")
+        with torch.enable_grad():
+            leaves = {name: initial[name].detach().requires_grad_(True) for name in names}
+            if self._fast:
+                local, global_ = self.model.log_joint(*self._args, **self._kwargs, **leaves), None
+            else:
+                others = {name: initial[name] for name in self._names("global")}
+                local, global_ = log_joint_terms(self.model, {**others, **leaves}, self._args, self._kwargs, self.sites)
+            if global_ is not None and global_.requires_grad:
+                grads = torch.autograd.grad(global_, list(leaves.values()), allow_unused=True, retain_graph=True)
+                for name, g in zip(leaves, grads):
+                    if g is not None and bool((g != 0).any()):
+                        raise ValueError(
+                            f"LangevinKernel: a sample site outside the data plate depends on the local site '{name}'; "
+                            "local sites are moved row by row, so every site that depends on them must be inside the "
+                            "data plate (or make the site global)"
+                        )
+            if local.shape[0] < 2:
+                return
+            grads = torch.autograd.grad(local[0], list(leaves.values()), allow_unused=True)
+        for name, g in zip(leaves, grads):
+            if g is None:
+                continue
+            others = g.movedim(self._row_dims[name], 0)[1:]
+            if bool((others != 0).any()):
+                raise ValueError(
+                    f"LangevinKernel: the log density of row 0 depends on other rows' values of the local site '{name}', "
+                    "so rows cannot be accepted one by one (a BatchNorm in train mode couples rows: call model.eval(); "
+                    "otherwise make the coupling variable a global site)"
+                )
 
