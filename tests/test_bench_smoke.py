@@ -1,19 +1,45 @@
-"""CI smoke run of the Langevin benchmark: seconds long, checks only that the table is written."""
+"""CI smoke runs of the benchmarks: seconds long, they check that the tables are written and that
+bad arguments end in one line."""
 
-import importlib.util
+import subprocess
+import sys
 
 import pandas as pd
+import pytest
 
 from tests.conftest import REPO
 
 
-def test_benchmark_smoke_writes_its_table(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_langevin", REPO / "experiments" / "bench_langevin.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    bench.main(bench.parse_args(["--smoke", "--out", str(tmp_path)]))
+def _load(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_step_benchmark_smoke_writes_its_table(tmp_path):
+    bench = _load("bench_langevin")
+    bench.main(bench.parse_args(["--smoke", "--out", str(tmp_path), "--methods", "library", "fused", "compiled",
+                                 "anchor", "anchor_same", "generic", "nuts"]))
     table = pd.read_csv(tmp_path / "langevin_cpu.csv")
-    assert {"fast", "generic", "anchor", "nuts"} <= set(table.method)
-    assert {"ms_per_step", "examples_steps_per_s", "peak_mem_mb", "achieved_gflops", "pct_matmul_peak"} <= set(table.columns)
+    assert {"library", "fused", "compiled", "anchor", "anchor_same", "generic", "nuts"} <= set(table.method)
+    assert {"ms_per_step", "achieved_gflops", "pct_matmul_peak", "speedup_vs_anchor", "compile_s", "cpu"} <= set(table.columns)
     assert (table.ms_per_step > 0).all()
-    assert (tmp_path / "environment_cpu.csv").exists()
+    assert table.cpu.str.contains("CPUs").all()
+    env = pd.read_csv(tmp_path / "environment_cpu.csv", index_col=0)["value"]
+    assert env["command"].startswith("python ")
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--batch-sizes", "0"], "must be at least 1"),
+    (["--methods", "cuda_graph"], "needs --device cuda"),
+    (["--presets", "huge"], "invalid choice"),
+])
+def test_step_benchmark_bad_arguments_end_in_one_line(tmp_path, argv, message):
+    run = subprocess.run([sys.executable, str(REPO / "experiments" / "bench_langevin.py"), "--out", str(tmp_path / "o"), *argv],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], run.stderr

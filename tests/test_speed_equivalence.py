@@ -1,12 +1,10 @@
 """Speed features must not change results (issue 6).
 
 The fast path (``model.log_joint``), the generic Pyro-trace path and the anchor-style reference
-loop of ``experiments/bench_langevin.py`` (two ``autograd.grad`` per step, float64 determinant)
+loop of ``benchmarks.anchor`` (two ``autograd.grad`` per step, float64 determinant)
 give the same Langevin trajectory on the same start and noise; so do early stopping with a zero
 tolerance and the compiled step.
 """
-
-import importlib.util
 
 import pyro
 import pyro.distributions as dist
@@ -18,16 +16,13 @@ from pyro_lfbm.infer import find_latent_sites, per_example_log_joint, short_run_
 from pyro_lfbm.infer.accelerate import CompiledLangevin
 from pyro_lfbm.nets import MNISTGenerator
 from pyro_lfbm.transforms import LULinear
-from tests.conftest import REPO
+import benchmarks
 
 ATOL = 2e-5
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_langevin", REPO / "experiments" / "bench_langevin.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmarks
 
 
 def _model(latent_dim=6, seed=0):
@@ -172,3 +167,49 @@ def test_lu_weight_cache_follows_parameter_updates():
     for p in t.parameters():
         p.requires_grad_(True)
     assert t.weight.requires_grad  # never the cached constant when a gradient can flow
+
+
+def test_anchor_with_the_official_modules_is_the_same_chain():
+    """The anchor's reference generator (nn.ConvTranspose2d) computes the library generator's images."""
+    model = _model()
+    x, z0 = _data()
+    official = benchmarks.reference_generator(model.generator)
+    assert not any(type(m).__name__ == "PixelShuffleConvTranspose2d" for m in official.modules())
+    flow = benchmarks.AnchorFlow(model.prior)
+    runs = [benchmarks.anchor_langevin(g, flow, x, z0, 10, 0.1, model.sigma, rng=torch.Generator().manual_seed(1))
+            for g in (official, model.generator)]
+    torch.testing.assert_close(runs[0], runs[1], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("permutation", ["lu", "permute"])
+def test_flow_log_prob_is_the_transform_loop_bit_for_bit(permutation):
+    """FlowPrior.log_prob skips Pyro's transform machinery; its value and gradient are unchanged."""
+    torch.manual_seed(0)
+    prior = FlowPrior(6, num_steps=3, hidden_dim=16, permutation=permutation)
+    with torch.no_grad():
+        for p in prior.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    z = torch.randn(9, 6, requires_grad=True)
+    x, log_det = z, 0.0
+    for part in prior.flow.parts:
+        y = part(x)
+        log_det = log_det + part.log_abs_det_jacobian(x, y)
+        x = y
+    expected = prior.base_dist().log_prob(x) + log_det
+    got = prior.log_prob(z)
+    assert torch.equal(got, expected)
+    g_expected, = torch.autograd.grad(expected.sum(), z)
+    g_got, = torch.autograd.grad(got.sum(), z)
+    torch.testing.assert_close(g_got, g_expected, atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"expected z of shape \(\.\.\., 6\)"):
+        prior.log_prob(torch.zeros(3, 5))
+
+
+def test_gaussian_prior_log_prob_is_the_distributions_bit_for_bit():
+    from pyro_lfbm import GaussianPrior
+
+    prior = GaussianPrior(5)
+    z = torch.randn(4, 3, 5)
+    assert torch.equal(prior.log_prob(z), prior.dist().log_prob(z))
+    with pytest.raises(ValueError):
+        prior.log_prob(torch.full((2, 5), float("nan")))  # the support check still runs under validation
