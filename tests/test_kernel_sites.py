@@ -247,3 +247,21 @@ def test_batchnorm_in_train_mode_is_refused_on_the_fast_path():
         MCMC(LangevinKernel(model), num_samples=2, warmup_steps=0, disable_progbar=True).run(x)
     model.eval()
     MCMC(LangevinKernel(model), num_samples=2, warmup_steps=0, disable_progbar=True).run(x)
+
+
+def test_subsampled_local_only_model_targets_the_minibatch_drawn_at_setup():
+    def model(x):
+        with pyro.plate("data", len(x), subsample_size=5) as idx:
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 0.5), obs=x[idx])
+
+    x = torch.linspace(-3, 3, 20)
+    kernel = LangevinKernel(model)
+    mcmc = MCMC(kernel, num_samples=1000, warmup_steps=200, disable_progbar=True)
+    mcmc.run(x)
+    z = mcmc.get_samples()["z"]
+    idx = kernel.sites.plate.subsample
+    assert z.shape == (1000, 5) and idx.shape == (5,)
+    post_var = 1 / (1 + 1 / 0.5**2)
+    post_mean = x[idx] / 0.5**2 * post_var  # the unscaled posterior of those 5 rows, the same minibatch every step
+    assert ((z.mean(0) - post_mean).abs() < mc_tolerance(z, torch.tensor(post_var).sqrt())).all(), (z.mean(0), post_mean)
