@@ -26,7 +26,6 @@ holds constraint objects), so only load files you wrote yourself.
 
 from __future__ import annotations
 
-import fcntl
 import math
 import os
 import pathlib
@@ -37,6 +36,11 @@ from typing import Any
 
 import numpy as np
 import torch
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; stale temporaries are then left for the user to delete
+    fcntl = None
 
 #: Version of the checkpoint layout; bumped on incompatible changes.
 FORMAT_VERSION = 1
@@ -145,7 +149,8 @@ def save_checkpoint(path: str | os.PathLike[str], /, **state: Any) -> pathlib.Pa
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=_temporary_prefix(path), suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # tells remove_stale_temporaries that a live writer owns it
+            if fcntl is not None:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # tells remove_stale_temporaries that a live writer owns it
             torch.save(payload, handle)
             handle.flush()
             os.fsync(handle.fileno())
@@ -171,7 +176,7 @@ def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[pathlib.Path]
     :returns: the files removed.
     """
     path = pathlib.Path(path)
-    if not path.parent.is_dir():
+    if fcntl is None or not path.parent.is_dir():
         return []
     removed = []
     for tmp in path.parent.glob(f"{glob_escape(_temporary_prefix(path))}*.tmp"):
