@@ -389,9 +389,9 @@ def run_cli(main: Callable[[argparse.Namespace], object], args: argparse.Namespa
     except OSError as err:
         code, message = 1, f"error: {err}"
     except KeyboardInterrupt:
-        how = ("re-run the same command with --resume to continue" if hasattr(args, "resume")
+        how = ("re-run the same command with --resume to continue exactly where it stopped" if hasattr(args, "resume")
                else "re-run the same command to continue (trained and half-trained models are picked up from their checkpoints)")
-        code, message = 130, f"\ninterrupted: a training run in progress saved its checkpoint; {how}"
+        code, message = 130, f"\ninterrupted: training in progress wrote its checkpoint at the last finished update; {how}"
     except BaseException:
         _CREATED.clear()
         raise
