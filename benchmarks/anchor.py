@@ -147,4 +147,4 @@ class AnchorTrainer:
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
-        return float(loss) / x.shape[0]
+        return float(loss.detach()) / x.shape[0]
