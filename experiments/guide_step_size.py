@@ -10,7 +10,21 @@ draws of z.
 
 Example::
 
-    python experiments/guide_step_size.py --epochs 30            # about a minute per run on one CPU core
+    python experiments/guide_step_size.py --epochs 30 --seed 0   # 15-70 s per run on one (shared) CPU core
+
+Measured (30 epochs; pixel accuracy from inferred z / from prior z; seed 0, seed 1; 2-core CPU shared
+with other jobs):
+
+=========================  ===============  ===============
+step size                  seed 0           seed 1
+=========================  ===============  ===============
+0.1                        0.793 / 0.793    0.792 / 0.791
+0.3                        0.903 / 0.759    0.894 / 0.763
+0.5                        0.923 / 0.765    0.925 / 0.763
+auto, target 0.574         0.824 / 0.788    0.829 / 0.786   (froze at 1.51, 1.43)
+auto, target 0.8 (default) 0.931 / 0.763    0.916 / 0.762   (froze at 0.42, 0.38)
+auto, target 0.9           0.868 / 0.765    0.884 / 0.762   (froze at 0.23, 0.24)
+=========================  ===============  ===============
 """
 
 from __future__ import annotations
@@ -53,7 +67,7 @@ def pixel_accuracy(decoder, z: torch.Tensor, x: torch.Tensor) -> float:
 
 
 def run(step_size, x: torch.Tensor, epochs: int, seed: int, batch_size: int = 100, adapt_calls: int = 200,
-        target: float = 0.9) -> dict:
+        target: float = 0.8) -> dict:
     pyro.clear_param_store()
     model, decoder = make_model(seed)
     guide = LangevinGuide(model, num_steps=20, step_size=step_size, adapt_calls=adapt_calls,
