@@ -30,7 +30,7 @@ from pyro_lfbm.anomaly_experiment import (
     run_folder_name,
     save_anomaly_run,
 )
-from pyro_lfbm.presets import PRIORS, ModelConfig
+from pyro_lfbm.train.presets import PRIORS, ModelConfig
 
 
 def build_parser() -> argparse.ArgumentParser:

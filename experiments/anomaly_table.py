@@ -31,7 +31,7 @@ from pyro_lfbm.anomaly_experiment import (
 )
 from pyro_lfbm.anomaly_report import PAPER_AUPRC, append_rows, has_run, read_table, run_claim, write_report
 from pyro_lfbm.cli import UsageError, run_record
-from pyro_lfbm.presets import PRIORS
+from pyro_lfbm.train.presets import PRIORS
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -61,7 +61,7 @@ from benchmarks import (  # noqa: E402
 from pyro_lfbm import cli  # noqa: E402
 from pyro_lfbm.infer import LangevinGuide  # noqa: E402
 from pyro_lfbm.infer.accelerate import CompiledLangevin, CUDAGraphLangevin  # noqa: E402
-from pyro_lfbm.presets import get_preset  # noqa: E402
+from pyro_lfbm.train.presets import get_preset  # noqa: E402
 
 METHODS = ("library", "fused", "compiled", "anchor", "anchor_same", "generic", "nuts", "cuda_graph")
 DEFAULT_METHODS = ("library", "fused", "compiled", "anchor", "anchor_same")

@@ -45,9 +45,9 @@ from benchmarks import AnchorTrainer, cpu_description, load_average  # noqa: E40
 from pyro_lfbm import cli  # noqa: E402
 from pyro_lfbm.infer import LangevinGuide  # noqa: E402
 from pyro_lfbm.infer.accelerate import CompiledLangevin, FusedLangevinGuide, compile_times  # noqa: E402
-from pyro_lfbm.presets import get_preset  # noqa: E402
+from pyro_lfbm.train.presets import get_preset  # noqa: E402
 from pyro_lfbm.priors import FlowPrior  # noqa: E402
-from pyro_lfbm.training import SVITrainer  # noqa: E402
+from pyro_lfbm.train.svi import SVITrainer  # noqa: E402
 
 TRAINERS = ("library", "fused", "compiled", "anchor")
 #: the held-out-7 split of the main command: training and test images (seed 1)

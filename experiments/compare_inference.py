@@ -44,7 +44,7 @@ if str(REPO) not in sys.path:
 
 from pyro_lfbm.anomaly import anomaly_metrics, anomaly_scores  # noqa: E402
 from pyro_lfbm import cli  # noqa: E402
-from pyro_lfbm.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from pyro_lfbm.train.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from pyro_lfbm.cli import UsageError, add_common_arguments, read_result_file, run_record, staged_output, write_json  # noqa: E402
 from pyro_lfbm.data import heldout_digit_split  # noqa: E402
 from pyro_lfbm.evaluation import GaussianProposal, inference_row, langevin_trajectory, log_joint_terms, reconstruction_mse  # noqa: E402
@@ -53,8 +53,8 @@ from pyro_lfbm.infer.baselines import fit_autonormal, mala_reference  # noqa: E4
 from pyro_lfbm.infer.encoder_guide import EncoderGuide, encode_dataset, fit_encoder  # noqa: E402
 from pyro_lfbm.infer.hybrid import HybridGuide  # noqa: E402
 from pyro_lfbm.nets import make_encoder  # noqa: E402
-from pyro_lfbm.presets import get_preset  # noqa: E402
-from pyro_lfbm.training import fit  # noqa: E402
+from pyro_lfbm.train.presets import get_preset  # noqa: E402
+from pyro_lfbm.train.svi import fit  # noqa: E402
 
 VARIANTS = ("LFBM-MCMC", "LFBM-VAE", "LFBM-hybrid", "VAE")
 CURVE_STEPS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 400)

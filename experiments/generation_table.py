@@ -34,8 +34,8 @@ from pyro_lfbm import cli
 from pyro_lfbm.cli import UsageError, add_common_arguments, read_result_file, run_record, staged_output, write_json
 from pyro_lfbm.data import load_images
 from pyro_lfbm.infer import LangevinGuide, infer_dataset
-from pyro_lfbm.presets import get_preset
-from pyro_lfbm.training import fit
+from pyro_lfbm.train.presets import get_preset
+from pyro_lfbm.train.svi import fit
 
 #: model name -> the prior of a :class:`~pyro_lfbm.models.LatentModel` trained by short-run Langevin.
 LATENT_MODELS = {"lfbm-mcmc": "flow", "abp": "gaussian", "lebm": "ebm"}

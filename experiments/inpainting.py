@@ -17,7 +17,7 @@ import argparse
 
 from pyro_lfbm import cli
 from pyro_lfbm.inpainting_experiment import run_inpainting
-from pyro_lfbm.presets import PRIORS
+from pyro_lfbm.train.presets import PRIORS
 from pyro_lfbm.task_cli import add_task_arguments
 
 

@@ -19,7 +19,7 @@ import argparse
 
 from pyro_lfbm import cli
 from pyro_lfbm.masks import MASK_SETTINGS, MaskSetting
-from pyro_lfbm.presets import PRIORS
+from pyro_lfbm.train.presets import PRIORS
 from pyro_lfbm.recovery_experiment import add_recovery_arguments, run_recovery_grid
 from pyro_lfbm.task_cli import add_task_arguments
 

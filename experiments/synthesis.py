@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 
 from pyro_lfbm import cli
-from pyro_lfbm.presets import PRIORS
+from pyro_lfbm.train.presets import PRIORS
 from pyro_lfbm.synthesis_experiment import run_synthesis
 from pyro_lfbm.task_cli import add_task_arguments
 

@@ -10,8 +10,8 @@ algorithm.
 from pyro_lfbm.infer import EncoderGuide, HybridGuide, LangevinGuide, LangevinKernel, langevin_step, short_run_langevin
 from pyro_lfbm.models import GLF, CoopFlow, ImageFlow, LatentModel
 from pyro_lfbm.priors import EnergyPrior, FlowPrior, GaussianPrior, LatentPrior
-from pyro_lfbm.step_training import History, StepTrainer, fit_steps
-from pyro_lfbm.training import OptimConfig, SVITrainer, fit
+from pyro_lfbm.train.loop import History, StepTrainer, fit_steps
+from pyro_lfbm.train.svi import OptimConfig, SVITrainer, fit
 
 __version__ = "0.1.0"
 

@@ -16,14 +16,14 @@ import pyro
 import torch
 
 from pyro_lfbm.anomaly import DECISION_FUNCTIONS, anomaly_metrics, anomaly_scores
-from pyro_lfbm.checkpoint import CheckpointError, check_config_compatible, load_checkpoint
+from pyro_lfbm.train.checkpoint import CheckpointError, check_config_compatible, load_checkpoint
 from pyro_lfbm.cli import UsageError, run_record, staged_output, write_json
 from pyro_lfbm.data import heldout_digit_split
 from pyro_lfbm.infer import LangevinGuide
 from pyro_lfbm.plots import plot_precision_recall, plot_score_histograms, save_ranked_grid
-from pyro_lfbm.presets import Preset, get_preset
-from pyro_lfbm.step_training import trainer_state
-from pyro_lfbm.training import fit
+from pyro_lfbm.train.presets import Preset, get_preset
+from pyro_lfbm.train.loop import trainer_state
+from pyro_lfbm.train.svi import fit
 
 
 @dataclass

@@ -50,7 +50,7 @@ from typing import Callable, Iterator, List, Optional, Sequence
 
 import torch
 
-from pyro_lfbm.checkpoint import CheckpointError
+from pyro_lfbm.train.checkpoint import CheckpointError
 from pyro_lfbm.data import DataError
 
 #: Torch CPU threads unless ``--threads`` says otherwise. The models here are small (a cpu-preset
@@ -187,7 +187,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, default_out: str, p
 def parse_overrides(items, config=None, *, refused: Sequence[str] = ()) -> dict:
     """``["latent_dim=16", "batch_norm=false"]`` -> ``{"latent_dim": 16, "batch_norm": False}``.
 
-    :param config: a dataclass instance (e.g. a :class:`~pyro_lfbm.presets.ModelConfig`); when given,
+    :param config: a dataclass instance (e.g. a :class:`~pyro_lfbm.train.presets.ModelConfig`); when given,
         every key must be one of its fields and every value must fit the field's type (``int``,
         ``float``, ``bool``, ``str``), else :class:`UsageError`.
     :param refused: field names that have their own option (e.g. ``prior``: use ``--prior``).
@@ -359,7 +359,7 @@ def run_cli(main: Callable[[argparse.Namespace], object], args: argparse.Namespa
 
     - threads: ``torch.set_num_threads(args.threads)`` when ``args.threads`` is a positive number
       (``0`` or a missing attribute leave torch's default);
-    - :class:`UsageError`, :class:`~pyro_lfbm.data.DataError`, :class:`~pyro_lfbm.checkpoint.CheckpointError`:
+    - :class:`UsageError`, :class:`~pyro_lfbm.data.DataError`, :class:`~pyro_lfbm.train.checkpoint.CheckpointError`:
       ``error: <message>`` on stderr, exit code 2;
     - :class:`FloatingPointError` (the training loop's non-finite guard, a Langevin divergence) and
       the "found invalid values" ``ValueError`` of Pyro's / torch's validation: one line, exit code 3;

@@ -16,7 +16,7 @@ given ``mask``. Two kinds, as in the LFBM code:
   i.e. the same share of the image side: 9 / 13 / 18 on 28×28 (≈10 / 22 / 41 % of the pixels).
 
 Masks are fixed per image: :func:`make_masks` draws them once, deterministically from ``seed``,
-and :func:`pyro_lfbm.training.fit` keeps mask i with image i across epochs.
+and :func:`pyro_lfbm.train.svi.fit` keeps mask i with image i across epochs.
 """
 
 from __future__ import annotations

@@ -22,10 +22,10 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from pyro_lfbm.evaluation import eval_mode
-from pyro_lfbm.fitting import fit_preset
+from pyro_lfbm.train.recipe import fit_preset
 from pyro_lfbm.infer import infer_dataset
 from pyro_lfbm.masks import MaskSetting, coverage_stats
-from pyro_lfbm.presets import Preset
+from pyro_lfbm.train.presets import Preset
 
 __all__ = ["RecoveryResult", "reconstruct", "recovery_errors", "region_mse", "run_recovery", "to_unit"]
 
@@ -140,7 +140,7 @@ def run_recovery(
     :param eval_steps, eval_step_size, eval_noise: the recovery inference; the default is the
         paper code's evaluation: the training chain (``learn.num_steps`` noisy steps of
         ``learn.step_size``) from a fresh z₀ ~ N(0, I).
-    :param skip_nonfinite: drop non-finite training updates instead of stopping (:func:`~pyro_lfbm.fitting.fit_preset`).
+    :param skip_nonfinite: drop non-finite training updates instead of stopping (:func:`~pyro_lfbm.train.recipe.fit_preset`).
     """
     mask_seed = seed if mask_seed is None else mask_seed
     mask = setting.make(x.shape[0], tuple(x.shape[1:]), seed=mask_seed)

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from pyro_lfbm.cli import UsageError, command_line, make_dirs, resolve_device, run_record, staged_output
 
 from pyro_lfbm.masks import MaskSetting
-from pyro_lfbm.presets import Preset
+from pyro_lfbm.train.presets import Preset
 from pyro_lfbm.recovery import run_recovery
 from pyro_lfbm.recovery_report import (
     PRIOR_ORDER,

@@ -8,7 +8,7 @@
   so that the inpainting script finds the models that the synthesis script trained.
 * :func:`check_task_arguments`: every check of these options, before any data are read.
 
-Training runs are keyed by their configuration (:func:`pyro_lfbm.fitting.run_tag`) and always
+Training runs are keyed by their configuration (:func:`pyro_lfbm.train.recipe.run_tag`) and always
 resumable: a finished checkpoint is loaded, an unfinished one continued (so these scripts have no
 ``--resume``).
 """
@@ -26,8 +26,8 @@ from pyro_lfbm import cli
 from pyro_lfbm.cli import UsageError, add_common_arguments, resolve_device
 from pyro_lfbm.data import DATASETS, dataset_info, load_images
 from pyro_lfbm.fid import default_cache_dir
-from pyro_lfbm.fitting import with_epochs
-from pyro_lfbm.presets import PRIORS, Preset, get_preset
+from pyro_lfbm.train.recipe import with_epochs
+from pyro_lfbm.train.presets import PRIORS, Preset, get_preset
 
 __all__ = ["add_task_arguments", "check_task_arguments", "checkpoint_dir", "load_split", "parse_shape", "task_preset",
            "trained_model"]
@@ -135,9 +135,9 @@ def trained_model(args: argparse.Namespace, prior: str, x_train: torch.Tensor):
     """The model for ``prior`` trained on complete images x_train (N, C, H, W): loaded from the
     checkpoint cache when the same configuration finished before, else trained (and cached).
 
-    :returns: (model, :class:`~pyro_lfbm.training.History`).
+    :returns: (model, :class:`~pyro_lfbm.train.svi.History`).
     """
-    from pyro_lfbm.fitting import fit_preset
+    from pyro_lfbm.train.recipe import fit_preset
 
     preset = task_preset(args, prior, tuple(x_train.shape[1:]))
     return fit_preset(preset, x_train, None, seed=args.seed, data={"dataset": dataset_info(args.dataset).name, "split": "train"},

@@ -9,7 +9,7 @@ import torch
 from sklearn.metrics import auc, precision_recall_curve
 
 from pyro_lfbm.anomaly import anomaly_metrics, anomaly_scores
-from pyro_lfbm.presets import get_preset
+from pyro_lfbm.train.presets import get_preset
 from tests.conftest import REPO, require_mnist
 
 

@@ -202,7 +202,7 @@ def test_threads_default_to_one_and_help_says_why():
 def test_ctrl_c_at_the_command_line_then_resume_gives_the_uninterrupted_results(tmp_path, capsys, monkeypatch):
     """SIGINT during the first checkpoint save of ``anomaly.py``: exit code 130, a checkpoint and no
     results; ``--resume`` then writes exactly the numbers of an uninterrupted run."""
-    from pyro_lfbm import step_training
+    from pyro_lfbm.train import loop as step_training
 
     root = data_root()
     if not (root / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():

@@ -1,4 +1,4 @@
-"""Tests for pyro_lfbm.checkpoint: round trips, RNG restore, atomic writes, errors."""
+"""Tests for pyro_lfbm.train.checkpoint: round trips, RNG restore, atomic writes, errors."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 from pyro.infer import SVI, Trace_ELBO
 
-from pyro_lfbm.checkpoint import (
+from pyro_lfbm.train.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
     check_config_compatible,

@@ -7,7 +7,7 @@ import torch
 
 from pyro_lfbm.models.coopflow import CoopFlow, CoopFlowTrainer, coopflow_preset
 from pyro_lfbm.nets.energy import ConvEnergy, ResEnergy32, make_energy
-from pyro_lfbm.step_training import fit_steps
+from pyro_lfbm.train.loop import fit_steps
 
 
 def blobs(n=60, seed=0):

@@ -11,8 +11,8 @@ from pyro_lfbm.infer.baselines import fit_autonormal, mala_reference
 from pyro_lfbm.infer.encoder_guide import EncoderGuide, encode_dataset, fit_encoder
 from pyro_lfbm.infer.hybrid import HybridGuide, hybrid_infer_dataset
 from pyro_lfbm.nets import MNISTEncoder
-from pyro_lfbm.presets import get_preset
-from pyro_lfbm.training import OptimConfig, fit
+from pyro_lfbm.train.presets import get_preset
+from pyro_lfbm.train.svi import OptimConfig, fit
 from tests.test_evaluation import exact_posterior, linear_gaussian, sample_images
 from tests.test_training import tiny_data
 

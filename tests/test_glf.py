@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pyro_lfbm.models.glf import GLF, GLFTrainer, glf_preset
-from pyro_lfbm.step_training import fit_steps
+from pyro_lfbm.train.loop import fit_steps
 
 
 def blobs(n=200, seed=0):

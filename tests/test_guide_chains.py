@@ -18,7 +18,7 @@ from pyro_lfbm.infer import (
 )
 from pyro_lfbm.infer.guide import _window_ends
 from pyro_lfbm.nets import MNISTGenerator
-from pyro_lfbm.training import OptimConfig, fit
+from pyro_lfbm.train.svi import OptimConfig, fit
 from tests.test_guide_idioms import LinearGaussian, _repeated_obs_model
 
 

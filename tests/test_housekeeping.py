@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pyro_lfbm.anomaly_report import append_rows, run_claim
-from pyro_lfbm.checkpoint import CheckpointError
+from pyro_lfbm.train.checkpoint import CheckpointError
 from pyro_lfbm.data import DataError, load_images
 
 

@@ -13,8 +13,8 @@ from pyro_lfbm.masks import (
     salt_pepper_hole_count,
     single_hole_side,
 )
-from pyro_lfbm.presets import get_preset
-from pyro_lfbm.training import fit
+from pyro_lfbm.train.presets import get_preset
+from pyro_lfbm.train.svi import fit
 
 
 @pytest.mark.parametrize("level", [30, 50, 70])

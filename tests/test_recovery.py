@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from pyro_lfbm.cli import run_cli
-from pyro_lfbm.fitting import with_epochs
+from pyro_lfbm.train.recipe import with_epochs
 from pyro_lfbm.inpainting import complete, hole_mask, inpaint, inpainting_errors, paper_hole
 from pyro_lfbm.masks import MaskSetting
-from pyro_lfbm.presets import get_preset
+from pyro_lfbm.train.presets import get_preset
 from pyro_lfbm.recovery import recovery_errors, region_mse, run_recovery
 from pyro_lfbm.recovery_report import decode_images, encode_images, rank_counts, summary_table, target_check
 from tests.conftest import REPO

@@ -3,9 +3,9 @@ import torch
 import pyro
 
 from pyro_lfbm import LangevinGuide
-from pyro_lfbm.checkpoint import CheckpointError
-from pyro_lfbm.presets import get_preset
-from pyro_lfbm.training import OptimConfig, fit
+from pyro_lfbm.train.checkpoint import CheckpointError
+from pyro_lfbm.train.presets import get_preset
+from pyro_lfbm.train.svi import OptimConfig, fit
 
 
 def tiny_data(n=120, seed=0):

@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from pyro_lfbm import LangevinGuide
-from pyro_lfbm import step_training
-from pyro_lfbm.checkpoint import find_nonfinite, load_checkpoint, remove_stale_temporaries, save_checkpoint
-from pyro_lfbm.presets import get_preset
-from pyro_lfbm.step_training import MAX_SKIPS_IN_A_ROW
-from pyro_lfbm.training import OptimConfig, fit
+from pyro_lfbm.train import loop as step_training
+from pyro_lfbm.train.checkpoint import find_nonfinite, load_checkpoint, remove_stale_temporaries, save_checkpoint
+from pyro_lfbm.train.presets import get_preset
+from pyro_lfbm.train.loop import MAX_SKIPS_IN_A_ROW
+from pyro_lfbm.train.svi import OptimConfig, fit
 from tests.conftest import REPO
 from tests.test_training import tiny_data
 
@@ -195,7 +195,7 @@ def test_ctrl_c_anywhere_then_resume_is_bit_identical(tmp_path, uninterrupted, w
 
 _SLOW_SAVE = """
 import sys, time, torch
-from pyro_lfbm.checkpoint import save_checkpoint
+from pyro_lfbm.train.checkpoint import save_checkpoint
 def slow(obj, f, *a, **k):
     f.write(b"partial"); f.flush(); print("writing", flush=True); time.sleep(60)
 torch.save = slow

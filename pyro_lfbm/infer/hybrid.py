@@ -38,7 +38,7 @@ class HybridGuide(PyroModule):
     the refined latents as ``Delta`` sites in the data plate and, when ``train_encoder`` is true,
     a factor ``-log q_φ(z_K | x)`` (the amortization loss). The encoder guide is a child module,
     so its parameters are registered with Pyro under ``"encoder_guide."`` and checkpointed by
-    :func:`~pyro_lfbm.training.fit`; the model is *not* a child (its parameters belong to the model).
+    :func:`~pyro_lfbm.train.svi.fit`; the model is *not* a child (its parameters belong to the model).
 
     :param model: a :class:`~pyro_lfbm.models.LatentModel` (one latent site, the encoder guide's,
         in ``pyro.plate("data", B)``).

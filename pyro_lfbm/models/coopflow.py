@@ -134,7 +134,7 @@ class CoopFlowOptim:
 
 
 class CoopFlowTrainer:
-    """One CoopFlow iteration per :meth:`step`; drive it with :func:`pyro_lfbm.step_training.fit_steps`.
+    """One CoopFlow iteration per :meth:`step`; drive it with :func:`pyro_lfbm.train.loop.fit_steps`.
 
     :meth:`step` returns, among others, ``flow_bpd`` / ``flow_bpd_after``: the flow's bits/dim of
     the revised batch before and after its update, ``score_flow`` / ``score_revised`` /

@@ -134,7 +134,7 @@ def glf_preset(name: str, image_shape=(1, 28, 28)) -> GLFConfig:
 
 class GLFTrainer:
     """One Adam step of the GLF objective per :meth:`step`; drive it with
-    :func:`pyro_lfbm.step_training.fit_steps`. The learning rate decays by ``gamma`` per epoch.
+    :func:`pyro_lfbm.train.loop.fit_steps`. The learning rate decays by ``gamma`` per epoch.
 
     :param GLF model: the model.
     :param GLFConfig config: optimiser settings (``lr``, ``betas``, ``flow_weight_decay``, ``gamma``).

@@ -1,7 +1,7 @@
 """The one epoch loop of the library: minibatches, checkpoints, resume, progress, and its guards.
 
 A *trainer* object (see :class:`StepTrainer`) does one update per batch; :func:`fit_steps` drives
-it. SVI learning (:class:`pyro_lfbm.training.SVITrainer`, behind :func:`pyro_lfbm.training.fit`),
+it. SVI learning (:class:`pyro_lfbm.train.svi.SVITrainer`, behind :func:`pyro_lfbm.train.svi.fit`),
 GLF and CoopFlow all run through this loop. Every epoch visits the data in an order fixed by
 ``seed`` and the epoch number and drops the last incomplete batch; an atomic checkpoint is written
 after every epoch and on Ctrl-C, and ``resume=True`` continues from the exact batch where it stopped.
@@ -16,14 +16,14 @@ What the loop guarantees:
   nothing is written, and a one-line :class:`FloatingPointError` names the epoch and batch. With
   ``skip_nonfinite=True`` the update is dropped instead and training goes on (the count per epoch is
   the history's ``nonfinite_skipped`` column; :data:`MAX_SKIPS_IN_A_ROW` in a row still stop it).
-  The state written to a checkpoint is checked once more (:func:`~pyro_lfbm.checkpoint.find_nonfinite`).
+  The state written to a checkpoint is checked once more (:func:`~pyro_lfbm.train.checkpoint.find_nonfinite`).
 * **Ctrl-C resumes exactly.** While the loop runs, SIGINT only sets a flag: the current update
   finishes, the checkpoint is written at the next batch boundary, then :class:`KeyboardInterrupt`
   is raised. A second Ctrl-C interrupts at once; a half-done update is then discarded (the copy
   taken before it, and its RNG state, are what gets saved). Resuming gives bit-identical parameters
   to an uninterrupted run, and the interrupted epoch's history row is the same too.
 * **Killed saves leave nothing behind.** Temporary files of saves killed with ``kill -9`` are
-  removed when the loop starts (:func:`~pyro_lfbm.checkpoint.remove_stale_temporaries`).
+  removed when the loop starts (:func:`~pyro_lfbm.train.checkpoint.remove_stale_temporaries`).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from typing import Callable, Dict, List, Optional, Protocol
 import torch
 from tqdm.auto import tqdm
 
-from pyro_lfbm.checkpoint import (
+from pyro_lfbm.train.checkpoint import (
     CheckpointError,
     check_config_compatible,
     find_nonfinite,
@@ -105,7 +105,7 @@ class StepTrainer(Protocol):
 def trainer_state(ckpt: dict) -> dict:
     """The trainer's state in a checkpoint written by :func:`fit_steps`.
 
-    Checkpoints of ``pyro_lfbm.training.fit`` from before it ran on this loop kept the SVI state
+    Checkpoints of ``pyro_lfbm.train.svi.fit`` from before it ran on this loop kept the SVI state
     (``model``, ``guide``, ``optim``) at the top level; they are read too.
     """
     if "trainer" in ckpt:
@@ -264,7 +264,7 @@ def fit_steps(
     :param resume: continue from ``checkpoint_path`` when it exists (callers that must not start
         over silently check for the file first).
     :param config: saved with the checkpoint; on resume the entries named in ``config_keys``
-        must match (one-line :class:`~pyro_lfbm.checkpoint.CheckpointError` otherwise).
+        must match (one-line :class:`~pyro_lfbm.train.checkpoint.CheckpointError` otherwise).
     :param after_step: called with the global step index after every step.
     :param after_epoch: called with the epoch number (from 1) and its history row.
     :param skip_nonfinite: drop non-finite updates (counted in the history) instead of stopping.

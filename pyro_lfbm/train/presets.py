@@ -9,7 +9,7 @@ from typing import Dict, Tuple
 from pyro_lfbm.models import LatentModel
 from pyro_lfbm.nets import make_generator
 from pyro_lfbm.priors import EnergyPrior, FlowPrior, GaussianPrior, LatentPrior
-from pyro_lfbm.training import OptimConfig
+from pyro_lfbm.train.svi import OptimConfig
 
 PRIORS = ("flow", "gaussian", "ebm")
 

@@ -2,7 +2,7 @@
 
 :func:`fit_preset` is the one training entry point of the recovery, inpainting and synthesis
 experiments: ``SVI(model, LangevinGuide(model), Adam, Trace_ELBO)`` through
-:func:`pyro_lfbm.training.fit`, with a checkpoint whose name records everything that shapes the
+:func:`pyro_lfbm.train.svi.fit`, with a checkpoint whose name records everything that shapes the
 model, so that a finished run is loaded instead of retrained (``resume=True``) and the inpainting
 script can reuse the models that the synthesis script trained.
 """
@@ -20,8 +20,8 @@ import torch
 
 from pyro_lfbm.infer import LangevinGuide
 from pyro_lfbm.models import LatentModel
-from pyro_lfbm.presets import Preset
-from pyro_lfbm.training import History, fit
+from pyro_lfbm.train.presets import Preset
+from pyro_lfbm.train.svi import History, fit
 
 __all__ = ["fit_preset", "run_tag", "with_epochs"]
 
@@ -65,8 +65,8 @@ def fit_preset(
         the checkpoint name, so different data never share a checkpoint.
     :param checkpoint_dir: where ``<run_tag>-seed<seed>.pt`` is written after every epoch; with
         ``resume`` a finished checkpoint is loaded without training.
-    :param skip_nonfinite: drop non-finite updates instead of stopping (see :func:`~pyro_lfbm.step_training.fit_steps`).
-    :returns: (model in train mode, :class:`~pyro_lfbm.training.History`).
+    :param skip_nonfinite: drop non-finite updates instead of stopping (see :func:`~pyro_lfbm.train.loop.fit_steps`).
+    :returns: (model in train mode, :class:`~pyro_lfbm.train.svi.History`).
     """
     data = dict(data or {}, n=int(x.shape[0]), masked=mask is not None)
     learn = preset.learn

@@ -3,7 +3,7 @@
 With a :class:`~pyro_lfbm.infer.LangevinGuide` each step is LFBM's Algorithm 1; with an encoder
 guide it is amortized variational learning (LFBM-VAE). :class:`SVITrainer` is one SVI step per
 batch and :func:`fit` runs it through the library's one epoch loop,
-:func:`~pyro_lfbm.step_training.fit_steps`: a checkpoint is written atomically after every epoch
+:func:`~pyro_lfbm.train.loop.fit_steps`: a checkpoint is written atomically after every epoch
 and on Ctrl-C, and ``resume=True`` continues from the exact batch where it stopped.
 """
 
@@ -17,7 +17,7 @@ import torch
 import pyro
 from pyro.infer import SVI, Trace_ELBO
 
-from pyro_lfbm.step_training import History, check_training_data, fit_steps
+from pyro_lfbm.train.loop import History, check_training_data, fit_steps
 
 
 @dataclass
@@ -44,7 +44,7 @@ class OptimConfig:
 class SVITrainer:
     """One ``SVI(model, guide, Adam, Trace_ELBO)`` step per batch: the trainer :func:`fit` drives.
 
-    It follows :class:`~pyro_lfbm.step_training.StepTrainer`; ``step(x)`` or ``step(x, mask)``
+    It follows :class:`~pyro_lfbm.train.loop.StepTrainer`; ``step(x)`` or ``step(x, mask)``
     returns the loss per example and the learning rate in use. :meth:`load_state_dict` works both
     in a fresh process (resume) and in the middle of a run (the loop undoes a non-finite update
     with it): the optimizer states are put back into live Adam objects at once.
@@ -119,7 +119,7 @@ def fit(
 ) -> History:
     """Train ``model`` (a ``PyroModule``) with ``SVI(model, guide, Adam, Trace_ELBO)`` for ``epochs`` epochs.
 
-    The loop is :func:`~pyro_lfbm.step_training.fit_steps` driving an :class:`SVITrainer`.
+    The loop is :func:`~pyro_lfbm.train.loop.fit_steps` driving an :class:`SVITrainer`.
 
     :param x: training images (N, C, H, W); each epoch visits them in a fresh order fixed by
         ``seed`` and the epoch number (so a resumed run sees the same batches), dropping the last
@@ -129,11 +129,11 @@ def fit(
     :param checkpoint_path: where to write the checkpoint (after each epoch and on Ctrl-C).
     :param resume: continue from ``checkpoint_path`` if it exists.
     :param config: a dict saved with the checkpoint; on resume the entries in ``config_keys``
-        must match (a one-line :class:`~pyro_lfbm.checkpoint.CheckpointError` otherwise).
+        must match (a one-line :class:`~pyro_lfbm.train.checkpoint.CheckpointError` otherwise).
     :param after_step: called with the global step after each SVI step (e.g. ``flow.clear_cache``).
     :param skip_nonfinite: drop updates that leave a NaN/inf (counted in the history's
         ``nonfinite_skipped``) instead of stopping with a :class:`FloatingPointError`; see
-        :func:`~pyro_lfbm.step_training.fit_steps` for the guard and for Ctrl-C.
+        :func:`~pyro_lfbm.train.loop.fit_steps` for the guard and for Ctrl-C.
     :returns: the :class:`History` of all epochs (rows: epoch, loss per example, lr, seconds,
         examples_per_second), including those before a resume.
     """
