@@ -38,6 +38,8 @@ from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to, constraints
 from torch.distributions.transforms import Transform
 
+from pyro_lfbm.ops.langevin import standard_normal
+
 Latents = Dict[str, torch.Tensor]
 
 
@@ -77,7 +79,7 @@ class _InitLatents(Messenger):
         ref = _tensor_of(fn)
         dtype = ref.dtype if ref is not None else self.dtype
         device = ref.device if ref is not None else self.device
-        u = torch.randn(transform.inv.forward_shape(shape), dtype=dtype, device=device)
+        u = standard_normal(transform.inv.forward_shape(shape), dtype=dtype, device=device)
         self.unconstrained[name] = u
         msg["value"] = transform(u)
 

@@ -10,7 +10,7 @@ from torch.distributions import constraints
 
 from pyro_lfbm._context import in_posterior_inference
 from pyro_lfbm.nets.mlp import MLP
-from pyro_lfbm.ops.langevin import langevin_move
+from pyro_lfbm.ops.langevin import langevin_move, standard_normal
 from pyro_lfbm.priors.base import LatentPrior
 
 
@@ -109,7 +109,7 @@ class EnergyPrior(LatentPrior):
         Each step is :func:`~pyro_lfbm.ops.langevin.langevin_move` on log p(z) = -E(z) - ‖z‖²/2."""
         step = self.prior_step_size
         device = self.base_loc.device if device is None else device
-        z = torch.randn(num, self.latent_dim, device=device, dtype=self.base_loc.dtype)
+        z = standard_normal((num, self.latent_dim), device=device, dtype=self.base_loc.dtype)
         with torch.enable_grad():
             for _ in range(self.num_prior_steps):
                 z = z.detach().requires_grad_(True)
