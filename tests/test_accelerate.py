@@ -112,6 +112,7 @@ def _compiled_matches_eager(backend, train):
     torch._dynamo.utils.counters.clear()
     z = chain.run(x, z0, 8, generator=torch.Generator().manual_seed(7))
     assert not torch._dynamo.utils.counters["graph_break"], "the value and gradient must trace into one graph"
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1  # compiled (not an eager fallback)
     # float rounding differs (fused kernels sum in another order); the trajectory is the same
     torch.testing.assert_close(z, expected, atol=1e-3, rtol=1e-4)
     assert (z - expected).abs().max() < 0.01 * (expected - z0).abs().max()

@@ -31,8 +31,10 @@ joints (B,).
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
+import types
 from typing import Callable, Dict, List, Optional, Tuple
 
 import pyro
@@ -107,6 +109,15 @@ def _prior_log_prob_fn(prior) -> Callable[[torch.Tensor], torch.Tensor]:
 
         return energy_log_prob
     return prior.log_prob  # any other prior: its own code (may not compile into one graph)
+
+
+_CODE_COUNTER = itertools.count()
+
+
+def _own_code(fn):
+    """``fn`` with a code object of its own (same body, closure and globals)."""
+    code = fn.__code__.replace(co_name=f"{fn.__code__.co_name}_{next(_CODE_COUNTER)}")
+    return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
 
 
 def _check_latent_model(model) -> None:
@@ -184,7 +195,12 @@ class CompiledLangevin:
                 value = log_joint(x, z, mask, buffers)
                 return value.sum(), value
 
-            self._grad_and_value = torch.compile(torch.func.grad(objective, has_aux=True), backend=backend, mode=mode)
+            def grad_and_value(z, x, mask, buffers):
+                return torch.func.grad(objective, has_aux=True)(z, x, mask, buffers)
+
+            # torch.compile keeps its compiled code (and its recompile budget) per code object: one
+            # of our own per chain, so that chains of different models never share or exhaust it
+            self._grad_and_value = torch.compile(_own_code(grad_and_value), backend=backend, mode=mode)
             self.backend, self.mode = backend, mode
         else:
             self.backend, self.mode = None, None
