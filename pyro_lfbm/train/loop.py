@@ -22,6 +22,13 @@ What the loop guarantees:
   is raised. A second Ctrl-C interrupts at once; a half-done update is then discarded (the copy
   taken before it, and its RNG state, are what gets saved). Resuming gives bit-identical parameters
   to an uninterrupted run, and the interrupted epoch's history row is the same too.
+* **Data-parallel runs** (a process group of several processes, :mod:`pyro_lfbm.train.distributed`):
+  the trainer must be data-parallel (:class:`~pyro_lfbm.train.distributed.DataParallelSVI`, which
+  :func:`~pyro_lfbm.train.svi.fit` uses there) and gets the whole global batch; every process
+  starts from rank 0's state, rank 0 alone writes checkpoints and shows progress, the processes
+  agree after every batch on whether to stop (Ctrl-C, or SIGTERM from ``torchrun``), and a
+  non-finite event raised on one process ends the run (it cannot be skipped there alone).
+  ``after_step`` and ``after_epoch`` run on every process.
 * **Killed saves leave nothing behind.** Temporary files of saves killed with ``kill -9`` are
   removed when the loop starts (:func:`~pyro_lfbm.train.checkpoint.remove_stale_temporaries`).
 """
@@ -43,6 +50,7 @@ from typing import Callable, Dict, List, Optional, Protocol
 import torch
 from tqdm.auto import tqdm
 
+from pyro_lfbm.train import distributed
 from pyro_lfbm.train.checkpoint import (
     CheckpointError,
     check_config_compatible,
@@ -204,31 +212,38 @@ class _Snapshot:
 
 class _DeferredInterrupt:
     """While active (main thread only), the first SIGINT only sets :attr:`requested`; a second one
-    raises :class:`KeyboardInterrupt` at once."""
+    raises :class:`KeyboardInterrupt` at once. With ``sigterm`` (data-parallel runs: torchrun
+    passes Ctrl-C on to its workers as SIGTERM) SIGTERM does the same. ``announce``: print the
+    one-line notice (rank 0 only)."""
 
-    def __init__(self, saving: bool):
+    def __init__(self, saving: bool, sigterm: bool = False, announce: bool = True):
         self.requested = False
         self.saving = saving
-        self._previous = None
+        self.announce = announce
+        self._signals = (signal.SIGINT, signal.SIGTERM) if sigterm else (signal.SIGINT,)
+        self._previous: dict = {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            current = signal.getsignal(signal.SIGINT)
-            if callable(current):  # leave SIG_IGN / SIG_DFL alone
-                self._previous = current
-                signal.signal(signal.SIGINT, self._handle)
+            for signum in self._signals:
+                current = signal.getsignal(signum)
+                # leave SIG_IGN / SIG_DFL of SIGINT alone; SIGTERM's default (die) is replaced
+                if callable(current) or (signum == signal.SIGTERM and current == signal.SIG_DFL):
+                    self._previous[signum] = current
+                    signal.signal(signum, self._handle)
         return self
 
     def _handle(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        then = "then saving a checkpoint" if self.saving else "then stopping"
-        print(f"\nCtrl-C: finishing the current update, {then} (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+        if self.announce:
+            then = "then saving a checkpoint" if self.saving else "then stopping"
+            print(f"\nCtrl-C: finishing the current update, {then} (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
         return False
 
 
@@ -279,9 +294,16 @@ def fit_steps(
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
     check_training_data(x, batch_size, mask)
+    world = distributed.current()  # None in a plain (one-process) run
+    if world is not None and not getattr(trainer, "data_parallel", False):
+        raise ValueError(
+            f"{type(trainer).__name__} trains in one process only, but this is process {world.rank} of {world.size}; "
+            "start it with python, not torchrun (data-parallel training covers pyro_lfbm.train.fit)"
+        )
+    main = world is None or world.is_main
     history, start_epoch, start_batch, partial = History(), 0, 0, {}
     checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
-    if checkpoint_path is not None:
+    if checkpoint_path is not None and main:  # rank 0 alone writes (and cleans up) checkpoints
         remove_stale_temporaries(checkpoint_path)
     if resume and checkpoint_path is not None and checkpoint_path.exists():
         ckpt = load_checkpoint(checkpoint_path)
@@ -302,6 +324,10 @@ def fit_steps(
         history = History(list(ckpt["history"]))
         start_epoch, start_batch = ckpt["epoch"], ckpt["batch"]
         partial = dict(ckpt.get("partial") or {})
+    if world is not None:  # every process starts from rank 0's state (fresh or resumed) and generators
+        epochs_done, start_epoch, start_batch, partial = distributed.synchronize_start(
+            trainer, (history.epochs, start_epoch, start_batch, partial))
+        history = History(list(epochs_done))
 
     num_batches = x.shape[0] // batch_size
     watched = _watched_tensors(trainer)
@@ -310,6 +336,9 @@ def fit_steps(
     def save(position, state=None, sums=None, count=0, seconds=0.0, skipped=0) -> None:
         nonlocal saved_position
         if checkpoint_path is None or position == saved_position:
+            return
+        if not main:
+            saved_position = position
             return
         state = trainer.state_dict() if state is None else state
         bad = find_nonfinite(state)
@@ -332,7 +361,8 @@ def fit_steps(
             "(skip_nonfinite=True, --skip-nonfinite)"
         )
 
-    with _DeferredInterrupt(saving=checkpoint_path is not None) as interrupt, warnings.catch_warnings():
+    with _DeferredInterrupt(saving=checkpoint_path is not None, sigterm=world is not None, announce=main) as interrupt, \
+            warnings.catch_warnings():
         # Pyro warns "Encountered NaN: loss" before the guard reports the same thing in one line
         warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
         in_a_row = 0  # non-finite updates in a row, across epochs
@@ -346,7 +376,7 @@ def fit_steps(
             started = time.perf_counter()
             first = start_batch if epoch == start_epoch else 0
             position = (epoch, first)  # the next batch to run
-            bar = tqdm(range(first, num_batches), desc=f"{desc} {epoch + 1}/{epochs}", disable=not progress,
+            bar = tqdm(range(first, num_batches), desc=f"{desc} {epoch + 1}/{epochs}", disable=not (progress and main),
                        leave=False, dynamic_ncols=True)
             try:
                 for batch_index in bar:
@@ -374,6 +404,9 @@ def fit_steps(
                         reason = _nonfinite_reason(err)
                         if reason is None:
                             raise
+                        if world is not None:  # raised on this process only: the others cannot skip it with us
+                            snapshot.restore(trainer)
+                            raise diverged(epoch, batch_index, f"{reason} (process {world.rank} of {world.size})") from None
                     if reason is not None:
                         snapshot.restore(trainer)
                         if not skip_nonfinite:
@@ -392,6 +425,8 @@ def fit_steps(
                     if after_step is not None:
                         after_step(epoch * num_batches + batch_index)
                     bar.set_postfix({k: f"{v / max(count, 1):.3g}" for k, v in list(sums.items())[:3]})
+                    if world is not None:  # the processes stop at the same batch
+                        interrupt.requested = distributed.any_process(interrupt.requested)
                     if interrupt.requested:
                         break
             except KeyboardInterrupt:  # raised between updates (e.g. by a callback): the state is consistent
@@ -414,6 +449,8 @@ def fit_steps(
             if after_epoch is not None:
                 after_epoch(epoch + 1, row)
             save((epoch + 1, 0))
+            if world is not None:
+                interrupt.requested = distributed.any_process(interrupt.requested)
             if interrupt.requested:
                 raise KeyboardInterrupt
     return history

@@ -17,6 +17,7 @@ import torch
 import pyro
 from pyro.infer import SVI, Trace_ELBO
 
+from pyro_lfbm.train import distributed
 from pyro_lfbm.train.loop import History, check_training_data, fit_steps
 
 
@@ -136,13 +137,24 @@ def fit(
         :func:`~pyro_lfbm.train.loop.fit_steps` for the guard and for Ctrl-C.
     :returns: the :class:`History` of all epochs (rows: epoch, loss per example, lr, seconds,
         examples_per_second), including those before a resume.
+
+    Inside a process group of several processes (``torchrun``, see
+    :mod:`pyro_lfbm.train.distributed`) the training is data-parallel: each process takes its share
+    of every global batch of ``batch_size`` (the same batches as one process), the model's BatchNorm
+    layers become :class:`~pyro_lfbm.train.distributed.SyncBatchNorm` (same parameters and state
+    dict), gradients are summed over the processes, and rank 0 alone writes the checkpoint; the
+    result follows the one-process run up to rounding.
     """
     check_training_data(x, batch_size, mask)  # before the param-store probe reads a batch
     device = _device_of(model, x)
     probe = x[:batch_size].to(device)
     check_param_store(model, *((probe,) if mask is None else (probe, mask[:batch_size].to(device))))
+    trainer = SVITrainer(model, guide, optim, loss)
+    if distributed.current() is not None:  # launched by torchrun: data-parallel over the processes
+        distributed.convert_sync_batchnorm(model)
+        trainer = distributed.DataParallelSVI(trainer)
     return fit_steps(
-        SVITrainer(model, guide, optim, loss), x, epochs=epochs, batch_size=batch_size, mask=mask, seed=seed,
+        trainer, x, epochs=epochs, batch_size=batch_size, mask=mask, seed=seed,
         device=device, checkpoint_path=checkpoint_path, resume=resume, config=config, config_keys=config_keys,
         progress=progress, after_step=after_step, after_epoch=after_epoch, skip_nonfinite=skip_nonfinite,
     )
