@@ -1,0 +1,164 @@
+"""Data-parallel training (pyro_lfbm.train.distributed): the pieces in one process, and real runs of
+two CPU processes (gloo) started the way torchrun starts them (tests/distributed_worker.py)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from pyro_lfbm.ops.langevin import global_batch_noise, langevin_move, standard_normal
+from pyro_lfbm.train import distributed, fit_steps
+from pyro_lfbm.train.distributed import DistributedError, SyncBatchNorm, World, convert_sync_batchnorm, shard_rows
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import distributed_worker as worker  # noqa: E402
+
+LAUNCH_TIMEOUT = 240  # seconds; each run takes ~10-20 s on a shared 2-core machine
+
+
+# --------------------------------------------------------------------------- one process
+
+
+def test_global_batch_noise_gives_each_row_its_one_process_noise():
+    torch.manual_seed(0)
+    start, move, other = torch.randn(6, 3), torch.randn(6, 3), torch.randn(4, 5)
+    rows = torch.tensor([1, 3, 5])
+    torch.manual_seed(0)
+    with global_batch_noise(rows, 6):
+        z0 = standard_normal((3, 3))
+        moved = langevin_move(torch.zeros(3, 3), torch.zeros(3, 3), 1.0)
+        unrelated = standard_normal((4, 5))  # not this process's rows: drawn as it is
+    assert torch.equal(z0, start[rows]) and torch.equal(moved, move[rows]) and torch.equal(unrelated, other)
+    torch.manual_seed(0)
+    assert torch.equal(standard_normal((6, 3)), start)  # outside the context: torch.randn
+    with pytest.raises(ValueError, match="rows must be"):
+        with global_batch_noise(torch.tensor([0, 6]), 6):
+            pass
+
+
+@pytest.mark.parametrize("size", [2, 3])
+def test_shard_rows_are_the_distributed_sampler_batches(size):
+    """Batch i of DistributedSampler (no shuffle of its own, drop_last) over an epoch's order, with
+    B/size images per process, is shard_rows of the one-process batch i."""
+    from torch.utils.data import BatchSampler, DistributedSampler
+
+    order = torch.randperm(36, generator=torch.Generator().manual_seed(1))
+    batch = 12
+    for rank in range(size):
+        sampler = DistributedSampler(order.tolist(), num_replicas=size, rank=rank, shuffle=False, drop_last=True)
+        sampler.set_epoch(0)
+        theirs = [[order[j].item() for j in b] for b in BatchSampler(sampler, batch // size, drop_last=True)]
+        ours = [order[i * batch : (i + 1) * batch][shard_rows(batch, World(rank, size))].tolist() for i in range(3)]
+        assert theirs == ours
+    assert shard_rows(5) .tolist() == [0, 1, 2, 3, 4]  # one process: every row
+
+
+def test_launch_environment(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert distributed.launch_environment() is None
+    with distributed.process_group() as world:  # a plain run: nothing to join
+        assert world is None and distributed.current() is None and distributed.is_main()
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert distributed.launch_environment() == World(2, 4, 0)
+    monkeypatch.setenv("RANK", "4")
+    with pytest.raises(DistributedError, match="RANK < WORLD_SIZE"):
+        distributed.launch_environment()
+    monkeypatch.setenv("RANK", "x")
+    with pytest.raises(DistributedError, match="whole numbers"):
+        distributed.launch_environment()
+    monkeypatch.setenv("PYRO_LFBM_DIST_TIMEOUT", "0")
+    with pytest.raises(DistributedError, match="PYRO_LFBM_DIST_TIMEOUT"):
+        distributed.timeout_seconds()
+    monkeypatch.setenv("PYRO_LFBM_DIST_TIMEOUT", "12.5")
+    assert distributed.timeout_seconds() == 12.5
+
+
+def test_process_group_without_a_rendezvous_is_one_line(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    with pytest.raises(DistributedError, match="could not join the process group of 2 processes as rank 1"):
+        with distributed.process_group("cpu", timeout=2):
+            pass
+
+
+def test_sync_batchnorm_is_batchnorm_in_one_process_and_keeps_the_state():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Unflatten(1, (1, 2, 2)), nn.BatchNorm2d(1))
+    reference = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Unflatten(1, (1, 2, 2)), nn.BatchNorm2d(1))
+    reference.load_state_dict(net.state_dict())
+    weight = net[1].weight
+    converted = convert_sync_batchnorm(net)
+    assert converted is net and isinstance(net[1], SyncBatchNorm) and isinstance(net[4], SyncBatchNorm)
+    assert net[1].weight is weight  # the same tensors: Pyro's names and optimiser states stay valid
+    assert list(net.state_dict()) == list(reference.state_dict())
+    x = torch.randn(5, 3)
+    assert torch.equal(net(x), reference(x))
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), reference.state_dict().values()))
+    net.eval(), reference.eval()
+    assert torch.equal(net(x), reference(x))
+
+
+def test_fit_steps_refuses_a_one_process_trainer_under_torchrun(monkeypatch):
+    class OneProcessTrainer:
+        def step(self, x):
+            raise AssertionError("must not run")
+
+    monkeypatch.setattr(distributed, "current", lambda: World(0, 2))
+    with pytest.raises(ValueError, match="OneProcessTrainer trains in one process only.*not torchrun"):
+        fit_steps(OneProcessTrainer(), torch.zeros(4, 1, 2, 2), epochs=1, batch_size=2, progress=False)
+
+
+# --------------------------------------------------------------------------- two processes
+
+
+def _launch(args, tmp_path, **kwargs):
+    procs = worker.launch(2, ["tests/distributed_worker.py", *args], **kwargs)
+    try:
+        return [p.wait(timeout=LAUNCH_TIMEOUT) for p in procs], procs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+
+
+def _assert_close_states(mine, reference, tol):
+    assert list(mine) == list(reference)
+    for key, value in reference.items():
+        if value.is_floating_point():
+            assert torch.allclose(mine[key], value, rtol=tol, atol=tol), (key, (mine[key] - value).abs().max())
+        else:
+            assert torch.equal(mine[key], value), key
+
+
+def test_two_processes_train_and_score_as_one(tmp_path):
+    """2 gloo processes over the same global batches give the one-process parameters (float64, SGD,
+    so that an error in the gradient's scale would show; BatchNorm in the generator; persistent
+    chains), the same per-example Langevin noise (the last batch's latents) and the same scores."""
+    args = ["--out", str(tmp_path / "two"), "--epochs", "3", "--persistent", "--score", "10"]
+    codes, _ = _launch(args, tmp_path)
+    assert codes == [0, 0]
+    reference = worker.run(worker.build_parser().parse_args(args))
+    ranks = [torch.load(tmp_path / "two" / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    for r in ranks:
+        _assert_close_states(r["model"], reference["model"], 1e-10)
+        assert torch.allclose(r["z_last"], reference["z_last"], rtol=1e-10, atol=1e-10)
+        assert [row["loss"] for row in r["history"]] == pytest.approx([row["loss"] for row in reference["history"]], rel=1e-12)
+        assert torch.equal(r["chains"]["visited"], reference["chains"]["visited"])
+        assert torch.allclose(r["chains"]["values"]["z"], reference["chains"]["values"]["z"], atol=1e-10)
+        assert torch.allclose(r["scores"], reference["scores"], rtol=1e-10)
+        assert torch.allclose(r["score_z"], reference["score_z"], atol=1e-10)
+    # the processes agree exactly (the all-reduced sums are bitwise identical everywhere)
+    assert all(torch.equal(a, b) for a, b in zip(ranks[0]["model"].values(), ranks[1]["model"].values()))
+    # the parameters moved far more than the tolerance (a wrong noise or gradient scheme shows)
+    moved = max((reference["model"][k] - reference["initial"][k]).abs().max().item()
+                for k, v in reference["initial"].items() if v.is_floating_point())
+    assert moved > 1e-5
