@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pyro_lfbm import cli
-from pyro_lfbm.anomaly_experiment import (
+from pyro_lfbm.harness import cli
+from pyro_lfbm.harness.anomaly_experiment import (
     RUN_FILES,
     AnomalyRunConfig,
     anomaly_preset,

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pyro_lfbm import cli
-from pyro_lfbm.anomaly_experiment import (
+from pyro_lfbm.harness import cli
+from pyro_lfbm.harness.anomaly_experiment import (
     AnomalyRunConfig,
     anomaly_preset,
     checkpoint_name,
@@ -29,8 +29,8 @@ from pyro_lfbm.anomaly_experiment import (
     run_folder_name,
     save_anomaly_run,
 )
-from pyro_lfbm.anomaly_report import PAPER_AUPRC, append_rows, has_run, read_table, run_claim, write_report
-from pyro_lfbm.cli import UsageError, run_record
+from pyro_lfbm.harness.anomaly_report import PAPER_AUPRC, append_rows, has_run, read_table, run_claim, write_report
+from pyro_lfbm.harness.cli import UsageError, run_record
 from pyro_lfbm.train.presets import PRIORS
 
 

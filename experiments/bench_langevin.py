@@ -58,7 +58,7 @@ from benchmarks import (  # noqa: E402
     step_flops,
     sync,
 )
-from pyro_lfbm import cli  # noqa: E402
+from pyro_lfbm.harness import cli  # noqa: E402
 from pyro_lfbm.infer import LangevinGuide  # noqa: E402
 from pyro_lfbm.infer.accelerate import CompiledLangevin, CUDAGraphLangevin  # noqa: E402
 from pyro_lfbm.train.presets import get_preset  # noqa: E402

@@ -42,7 +42,7 @@ import pyro  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks import AnchorTrainer, cpu_description, load_average  # noqa: E402
-from pyro_lfbm import cli  # noqa: E402
+from pyro_lfbm.harness import cli  # noqa: E402
 from pyro_lfbm.infer import LangevinGuide  # noqa: E402
 from pyro_lfbm.infer.accelerate import CompiledLangevin, FusedLangevinGuide, compile_times  # noqa: E402
 from pyro_lfbm.train.presets import get_preset  # noqa: E402

@@ -13,7 +13,7 @@ the normal classes it compares Langevin from N(0, I) (K steps of gradient ascent
 guide, hybrid inference, AutoNormal and a long MALA run (on a handful of images) on
 reconstruction MSE, log p(x, z), an IWAE estimate of log p(x), wall time and gradient
 evaluations; and it compares the training variants on test MSE and anomaly AUPRC (via
-:mod:`pyro_lfbm.anomaly`). Outputs: ``table.csv``, ``training.csv``, ``curves.csv``, figures and
+:mod:`pyro_lfbm.metrics.anomaly`). Outputs: ``table.csv``, ``training.csv``, ``curves.csv``, figures and
 ``README.md`` in ``--out``.
 
 Default: ``python experiments/compare_inference.py`` (``cpu`` preset, 6,000 training images; measured
@@ -42,12 +42,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from pyro_lfbm.anomaly import anomaly_metrics, anomaly_scores  # noqa: E402
-from pyro_lfbm import cli  # noqa: E402
+from pyro_lfbm.metrics.anomaly import anomaly_metrics, anomaly_scores  # noqa: E402
+from pyro_lfbm.harness import cli  # noqa: E402
 from pyro_lfbm.train.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from pyro_lfbm.cli import UsageError, add_common_arguments, read_result_file, run_record, staged_output, write_json  # noqa: E402
+from pyro_lfbm.harness.cli import UsageError, add_common_arguments, read_result_file, run_record, staged_output, write_json  # noqa: E402
 from pyro_lfbm.data import heldout_digit_split  # noqa: E402
-from pyro_lfbm.evaluation import GaussianProposal, inference_row, langevin_trajectory, log_joint_terms, reconstruction_mse  # noqa: E402
+from pyro_lfbm.metrics.evaluation import GaussianProposal, inference_row, langevin_trajectory, log_joint_terms, reconstruction_mse  # noqa: E402
 from pyro_lfbm.infer import LangevinGuide  # noqa: E402
 from pyro_lfbm.infer.baselines import fit_autonormal, mala_reference  # noqa: E402
 from pyro_lfbm.infer.encoder_guide import EncoderGuide, encode_dataset, fit_encoder  # noqa: E402
@@ -375,8 +375,8 @@ def write_readme(out: Path, table: pd.DataFrame, training: pd.DataFrame, curves:
         "- `table.csv`: one row per data set × model × method × image set (`test-N` or `subset-N`), with "
         "log p(z) and log p(x|z) parts, AutoNormal's final loss and MALA's acceptance rate.",
         "- `training.csv`: the training variants; `auprc_langevinK` scores −log p(x, z) after K test-time Langevin steps "
-        "(`pyro_lfbm.anomaly.anomaly_scores`), `auprc_encoder` scores −log p(x, μ_φ(x)); both through "
-        "`pyro_lfbm.anomaly.anomaly_metrics` (trapezoidal AUPRC).",
+        "(`pyro_lfbm.metrics.anomaly.anomaly_scores`), `auprc_encoder` scores −log p(x, μ_φ(x)); both through "
+        "`pyro_lfbm.metrics.anomaly.anomaly_metrics` (trapezoidal AUPRC).",
         "- `curves.csv`: reconstruction MSE against steps and wall time; `run.json`: command, versions, timings.",
         "",
     ]

@@ -30,8 +30,8 @@ import pandas as pd
 import pyro
 import torch
 
-from pyro_lfbm import cli
-from pyro_lfbm.cli import UsageError, add_common_arguments, read_result_file, run_record, staged_output, write_json
+from pyro_lfbm.harness import cli
+from pyro_lfbm.harness.cli import UsageError, add_common_arguments, read_result_file, run_record, staged_output, write_json
 from pyro_lfbm.data import load_images
 from pyro_lfbm.infer import LangevinGuide, infer_dataset
 from pyro_lfbm.train.presets import get_preset
@@ -171,7 +171,7 @@ def _reference_images(dataset: str, args) -> torch.Tensor:
 
 def _scores(samples: torch.Tensor, real: torch.Tensor, classifier, inception: tuple) -> dict:
     """Classifier-feature Fréchet distance, and Inception FID when ``pytorch_fid`` and its weights exist."""
-    from pyro_lfbm import fid
+    from pyro_lfbm.metrics import fid
 
     row = {"fd_classifier": fid.sample_frechet_distance(samples, real, classifier=classifier)}
     row["fid_inception"] = fid.inception_fid(samples, real) if inception[0] else float("nan")
@@ -190,7 +190,7 @@ def _samples(path: Path) -> torch.Tensor:
 
 
 def table(args) -> pd.DataFrame:
-    from pyro_lfbm import fid
+    from pyro_lfbm.metrics import fid
 
     runs = Path(args.runs_dir)
     cli.check_data_root(args.data_root)
@@ -233,7 +233,7 @@ def table(args) -> pd.DataFrame:
     with staged_output(args.out) as stage:
         frame.to_csv(stage / "table.csv", index=False)
         write_json(stage / "table_run.json", run_record({
-            "reference": f"first {args.n_reference} test images", "classifier_fd": "pyro_lfbm.fid.sample_frechet_distance",
+            "reference": f"first {args.n_reference} test images", "classifier_fd": "pyro_lfbm.metrics.fid.sample_frechet_distance",
             "inception_fid": "computed" if inception[0] else f"not computed: {inception[1]}",
         }))
     print(frame.drop(columns=["command"]).to_string(index=False))

@@ -20,11 +20,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from pyro_lfbm import cli
-from pyro_lfbm.cli import UsageError, run_record, staged_output, write_json
+from pyro_lfbm.harness import cli
+from pyro_lfbm.harness.cli import UsageError, run_record, staged_output, write_json
 from pyro_lfbm.models.glf import GLFTrainer, evaluate_glf, glf_preset
 from pyro_lfbm.train.loop import fit_steps
-from pyro_lfbm.task_cli import add_task_arguments, check_task_arguments, load_split, seeded_device
+from pyro_lfbm.harness.task_cli import add_task_arguments, check_task_arguments, load_split, seeded_device
 
 
 def build_parser() -> argparse.ArgumentParser:

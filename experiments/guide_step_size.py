@@ -37,7 +37,7 @@ import pyro.distributions as dist
 import torch
 from pyro.infer import SVI, Trace_ELBO
 
-from pyro_lfbm import cli
+from pyro_lfbm.harness import cli
 from pyro_lfbm.infer import LangevinGuide
 
 

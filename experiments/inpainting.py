@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import argparse
 
-from pyro_lfbm import cli
-from pyro_lfbm.inpainting_experiment import run_inpainting
+from pyro_lfbm.harness import cli
+from pyro_lfbm.harness.inpainting_experiment import run_inpainting
 from pyro_lfbm.train.presets import PRIORS
-from pyro_lfbm.task_cli import add_task_arguments
+from pyro_lfbm.harness.task_cli import add_task_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:

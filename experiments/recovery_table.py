@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import argparse
 
-from pyro_lfbm import cli
-from pyro_lfbm.masks import MASK_SETTINGS, MaskSetting
+from pyro_lfbm.harness import cli
+from pyro_lfbm.data.masks import MASK_SETTINGS, MaskSetting
 from pyro_lfbm.train.presets import PRIORS
-from pyro_lfbm.recovery_experiment import add_recovery_arguments, run_recovery_grid
-from pyro_lfbm.task_cli import add_task_arguments
+from pyro_lfbm.harness.recovery_experiment import add_recovery_arguments, run_recovery_grid
+from pyro_lfbm.harness.task_cli import add_task_arguments
 
 ALL_SETTINGS = [MaskSetting(*s).name for s in MASK_SETTINGS]
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from sklearn.metrics import auc, precision_recall_curve
 
-from pyro_lfbm.anomaly import anomaly_metrics, anomaly_scores
+from pyro_lfbm.metrics.anomaly import anomaly_metrics, anomaly_scores
 from pyro_lfbm.train.presets import get_preset
 from tests.conftest import REPO, require_mnist
 
@@ -98,7 +98,7 @@ def test_bad_input_is_one_line_exit_2_without_results(tmp_path, args, message):
 
 def test_batch_order_cannot_leak_labels_through_batchnorm(monkeypatch):
     """With BatchNorm on batch statistics, a class-sorted test set must still be scored in mixed batches."""
-    import pyro_lfbm.anomaly as anomaly
+    import pyro_lfbm.metrics.anomaly as anomaly
 
     seen = []
     real = anomaly.infer_dataset
@@ -145,7 +145,7 @@ def test_table_runner_writes_rows_report_and_run_folders_and_skips_done_runs(tmp
 
 
 def test_target_table_compares_with_paper_and_other_priors():
-    from pyro_lfbm.anomaly_report import readable_targets, target_table
+    from pyro_lfbm.harness.anomaly_report import readable_targets, target_table
 
     rows = []
     for seed, (flow, gauss) in enumerate([(0.70, 0.5), (0.72, 0.6), (0.69, 0.55)], start=1):
@@ -168,7 +168,7 @@ def test_target_table_compares_with_paper_and_other_priors():
 
 
 def test_paired_differences_compare_priors_only_at_shared_seeds():
-    from pyro_lfbm.anomaly_report import paired_differences
+    from pyro_lfbm.harness.anomaly_report import paired_differences
 
     def row(prior, seed, auprc, batchnorm="train"):
         return {"heldout": 7, "prior": prior, "score": "joint", "batchnorm": batchnorm, "seed": seed, "auprc": auprc}
@@ -185,7 +185,7 @@ def test_paired_differences_compare_priors_only_at_shared_seeds():
 
 
 def test_side_by_side_runners_keep_each_others_rows(tmp_path):
-    from pyro_lfbm.anomaly_report import append_rows, has_run, read_table
+    from pyro_lfbm.harness.anomaly_report import append_rows, has_run, read_table
 
     path = tmp_path / "table.csv"
     row = lambda digit: pd.DataFrame([{"heldout": digit, "prior": "flow", "seed": 1, "preset": "cpu", "auprc": 0.5}])  # noqa: E731
@@ -198,7 +198,7 @@ def test_side_by_side_runners_keep_each_others_rows(tmp_path):
 
 
 def test_a_run_claimed_by_another_runner_is_skipped_and_the_claim_dies_with_its_holder(tmp_path):
-    from pyro_lfbm.anomaly_report import run_claim
+    from pyro_lfbm.harness.anomaly_report import run_claim
 
     claim = tmp_path / "checkpoints" / "lfbm-flow-heldout7-seed1-tiny.pt.claim"  # the default --checkpoint-dir
     with run_claim(claim) as mine:
@@ -214,7 +214,7 @@ def test_a_run_claimed_by_another_runner_is_skipped_and_the_claim_dies_with_its_
     with run_claim(claim) as after:
         assert after
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import time; from pyro_lfbm.anomaly_report import run_claim\n"
+        "import time; from pyro_lfbm.harness.anomaly_report import run_claim\n"
         f"with run_claim({str(claim)!r}) as mine:\n    print(mine, flush=True); time.sleep(60)")],
         stdout=subprocess.PIPE, text=True)
     try:

@@ -1,6 +1,6 @@
 """Bad command lines across the experiment scripts (issue 14): each one fails before any work with
 exactly one line on stderr, exit code 2 (3 when training becomes non-finite), and leaves no file
-or folder behind. Scripts run in this process (``main`` under :func:`pyro_lfbm.cli.run_cli`, as
+or folder behind. Scripts run in this process (``main`` under :func:`pyro_lfbm.harness.cli.run_cli`, as
 their ``__main__`` does), from an empty working folder, so their default outputs would land there."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pyro_lfbm.cli import run_cli
+from pyro_lfbm.harness.cli import run_cli
 from tests.conftest import REPO, data_root
 
 TINY = ["--preset", "tiny", "--no-progress"]
@@ -187,7 +187,7 @@ def test_the_table_has_forty_cases_across_every_script():
     on_disk = {p.stem for p in (REPO / "experiments").glob("*.py") if not p.stem.startswith("bench_")}
     assert on_disk == SCRIPTS, "a new script needs its bad invocations in CASES"
     for path in (REPO / "experiments").glob("*.py"):  # every script, the benchmarks included, uses the one wrapper
-        assert "run_cli(" in path.read_text(), f"{path.name} bypasses pyro_lfbm.cli.run_cli"
+        assert "run_cli(" in path.read_text(), f"{path.name} bypasses pyro_lfbm.harness.cli.run_cli"
 
 
 def test_threads_default_to_one_and_help_says_why():

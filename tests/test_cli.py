@@ -1,6 +1,6 @@
 import pytest
 
-from pyro_lfbm.cli import UsageError, parse_overrides, staged_output
+from pyro_lfbm.harness.cli import UsageError, parse_overrides, staged_output
 
 
 def test_parse_overrides_types():

@@ -5,7 +5,7 @@ import pyro.distributions as dist
 from pyro import poutine
 from pyro.infer import SVI, Predictive, Trace_ELBO
 
-from pyro_lfbm.evaluation import langevin_trajectory
+from pyro_lfbm.metrics.evaluation import langevin_trajectory
 from pyro_lfbm.infer import short_run_langevin
 from pyro_lfbm.infer.baselines import fit_autonormal, mala_reference
 from pyro_lfbm.infer.encoder_guide import EncoderGuide, encode_dataset, fit_encoder

@@ -6,7 +6,7 @@ import pyro.distributions as dist
 from torch import nn
 
 from pyro_lfbm import GaussianPrior, LatentModel
-from pyro_lfbm.evaluation import (
+from pyro_lfbm.metrics.evaluation import (
     GaussianProposal,
     inference_row,
     iwae_log_px,

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_lfbm.fid import (
+from pyro_lfbm.metrics.fid import (
     ClassifierFeatures,
     default_cache_dir,
     frechet_distance,

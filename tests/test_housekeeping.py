@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pyro_lfbm.anomaly_report import append_rows, run_claim
+from pyro_lfbm.harness.anomaly_report import append_rows, run_claim
 from pyro_lfbm.train.checkpoint import CheckpointError
 from pyro_lfbm.data import DataError, load_images
 
@@ -64,7 +64,7 @@ def test_a_missing_data_root_creates_nothing(tmp_path, monkeypatch):
 
 
 def test_a_failed_recovery_run_leaves_no_claim_and_no_empty_folders(tmp_path, monkeypatch, capsys):
-    import pyro_lfbm.recovery_experiment as recovery_experiment
+    import pyro_lfbm.harness.recovery_experiment as recovery_experiment
     from tests.test_recovery import _run
 
     def boom(*args, **kwargs):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pyro_lfbm.masks import (
+from pyro_lfbm.data.masks import (
     MASK_SETTINGS,
     PAPER_HOLE_COUNTS_64,
     MaskSetting,

@@ -5,13 +5,13 @@ import pandas as pd
 import pytest
 import torch
 
-from pyro_lfbm.cli import run_cli
+from pyro_lfbm.harness.cli import run_cli
 from pyro_lfbm.train.recipe import with_epochs
-from pyro_lfbm.inpainting import complete, hole_mask, inpaint, inpainting_errors, paper_hole
-from pyro_lfbm.masks import MaskSetting
+from pyro_lfbm.tasks.inpainting import complete, hole_mask, inpaint, inpainting_errors, paper_hole
+from pyro_lfbm.data.masks import MaskSetting
 from pyro_lfbm.train.presets import get_preset
-from pyro_lfbm.recovery import recovery_errors, region_mse, run_recovery
-from pyro_lfbm.recovery_report import decode_images, encode_images, rank_counts, summary_table, target_check
+from pyro_lfbm.tasks.recovery import recovery_errors, region_mse, run_recovery
+from pyro_lfbm.harness.recovery_report import decode_images, encode_images, rank_counts, summary_table, target_check
 from tests.conftest import REPO
 
 

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 import pyro
@@ -59,7 +61,7 @@ def test_resume_with_another_config_is_a_one_line_error(tmp_path):
     train(tmp_path, epochs=1)
     pyro.clear_param_store()
     preset = get_preset("tiny", "flow")
-    preset.model.latent_dim = 4
+    preset = replace(preset, model=replace(preset.model, latent_dim=4))
     model = preset.model.build()
     with pytest.raises(CheckpointError, match="latent_dim"):
         fit(model, LangevinGuide(model, num_steps=2), tiny_data(), epochs=2, batch_size=20,

@@ -1,4 +1,5 @@
-"""Langevin inference over a whole data set, in batches, with a progress bar."""
+"""Inference over a whole data set, in batches: Langevin latents (:func:`infer_dataset`) and the
+log joint's terms at given latents (:func:`batched_log_joint_terms`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from typing import Callable, Dict, Optional
 import torch
 from tqdm.auto import tqdm
 
+from pyro_lfbm._context import posterior_inference
 from pyro_lfbm.infer.guide import LangevinGuide
+from pyro_lfbm.infer.modes import eval_mode
 
 
 @dataclass
@@ -90,3 +93,27 @@ def infer_dataset(
         gradient_evaluations=num_steps,
         seconds=seconds,
     )
+
+
+def _device(model) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def batched_log_joint_terms(model, x: torch.Tensor, z: torch.Tensor, *, batch_size: int = 500) -> Dict[str, torch.Tensor]:
+    """``{"prior": log p_α(z), "likelihood": log p_β(x | z)}``, each (N,), of a
+    :class:`~pyro_lfbm.models.LatentModel` at latents z (N, D) for images x (N, C, H, W).
+
+    The model is evaluated in ``eval()`` mode (its mode is restored afterwards); CPU tensors.
+    """
+    if x.dim() < 2 or z.dim() != 2 or x.shape[0] != z.shape[0]:
+        raise ValueError(f"need x (N, C, H, W) and z (N, D) with the same N; got {tuple(x.shape)} and {tuple(z.shape)}")
+    device, parts = _device(model), {"prior": [], "likelihood": []}
+    with eval_mode(model), posterior_inference():
+        for s in range(0, x.shape[0], batch_size):
+            xb, zb = x[s : s + batch_size].to(device), z[s : s + batch_size].to(device)
+            for key, value in model.log_joint_terms(xb, zb).items():
+                parts[key].append(value.cpu())
+    return {k: torch.cat(v) for k, v in parts.items()}

@@ -27,7 +27,7 @@ from pyro.nn import PyroModule
 from torch import nn
 from tqdm.auto import tqdm
 
-from pyro_lfbm.infer.dataset import InferenceResult
+from pyro_lfbm.infer.dataset import InferenceResult, batched_log_joint_terms
 
 
 class EncoderGuide(PyroModule):
@@ -105,9 +105,7 @@ def encode_dataset(
     terms: Dict[str, torch.Tensor] = {}
     log_joint = torch.empty(0)
     if model is not None:
-        from pyro_lfbm.evaluation import log_joint_terms
-
-        terms = log_joint_terms(model, x, z, batch_size=batch_size)
+        terms = batched_log_joint_terms(model, x, z, batch_size=batch_size)
         log_joint = terms["prior"] + terms["likelihood"]
     return InferenceResult(z=z, log_joint=log_joint, log_joint_terms=terms, gradient_evaluations=0, seconds=seconds)
 

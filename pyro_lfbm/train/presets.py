@@ -1,20 +1,31 @@
-"""Named model and learning configurations, from a seconds-long smoke test to the paper's setting."""
+"""Named model, learning and guide configurations, from a seconds-long smoke test to the paper's setting.
+
+A :class:`Preset` is three frozen dataclasses: :class:`ModelConfig` (what
+:meth:`ModelConfig.build` makes: prior, generator, σ), :class:`LearnConfig` (Algorithm 1's
+schedule and the test-time inference) and :class:`GuideConfig` (how the latents are inferred in
+training: short-run Langevin from N(0, I), the paper's LFBM; an encoder guide, LFBM-VAE / VAE; or
+Langevin started at an encoder's mean, hybrid). :func:`pyro_lfbm.train.recipe.build` turns a preset
+into a model, a guide and a trainer. Change a field with :func:`dataclasses.replace` (or
+:meth:`Preset.with_prior`, :meth:`Preset.with_guide`, :meth:`Preset.with_epochs`).
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, replace
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
+
+import torch
 
 from pyro_lfbm.models import LatentModel
-from pyro_lfbm.nets import make_generator
+from pyro_lfbm.nets import make_encoder, make_generator
 from pyro_lfbm.priors import EnergyPrior, FlowPrior, GaussianPrior, LatentPrior
 from pyro_lfbm.train.svi import OptimConfig
 
 PRIORS = ("flow", "gaussian", "ebm")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to rebuild a :class:`~pyro_lfbm.models.LatentModel`."""
 
@@ -62,14 +73,20 @@ class ModelConfig:
         raise ValueError(f"unknown prior {self.prior!r}; choose one of {', '.join(PRIORS)}")
 
     def build(self) -> LatentModel:
-        kwargs = {}
-        if self.image_shape == (1, 28, 28):
-            kwargs = dict(hidden_dim=self.generator_hidden, channels=self.generator_channels, batch_norm=self.batch_norm)
-        generator = make_generator(tuple(self.image_shape), self.latent_dim, **kwargs)
+        generator = make_generator(tuple(self.image_shape), self.latent_dim, **self._net_kwargs())
         return LatentModel(self.build_prior(), generator, sigma=self.sigma)
 
+    def build_encoder(self) -> torch.nn.Module:
+        """The encoder network x (B, C, H, W) -> (loc, scale), each (B, D), that mirrors the generator."""
+        return make_encoder(tuple(self.image_shape), self.latent_dim, **self._net_kwargs())
 
-@dataclass
+    def _net_kwargs(self) -> dict:
+        if tuple(self.image_shape) == (1, 28, 28):
+            return dict(hidden_dim=self.generator_hidden, channels=self.generator_channels, batch_norm=self.batch_norm)
+        return {}
+
+
+@dataclass(frozen=True)
 class LearnConfig:
     """Algorithm 1's settings and the test-time inference."""
 
@@ -106,10 +123,34 @@ def _check_positive(name: str, value) -> None:
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")
 
 
-@dataclass
+GUIDES = ("langevin", "encoder", "hybrid")
+
+
+@dataclass(frozen=True)
+class GuideConfig:
+    """The training guide: ``"langevin"`` (short-run Langevin from z₀ ~ N(0, I): LFBM's Algorithm 1),
+    ``"encoder"`` (an amortized Gaussian encoder trained jointly by the ELBO: LFBM-VAE with the flow
+    prior, a VAE with the Gaussian prior) or ``"hybrid"`` (``hybrid_steps`` Langevin steps started at
+    the encoder's mean, which learns to predict the refined latents)."""
+
+    kind: str = "langevin"
+    hybrid_steps: int = 5
+
+    def check(self) -> "GuideConfig":
+        """Raise a one-line ``ValueError`` for an unknown kind or a step count below 0; returns self."""
+        if self.kind not in GUIDES:
+            raise ValueError(f"unknown guide {self.kind!r}; choose one of {', '.join(GUIDES)}")
+        _check_int("hybrid_steps", self.hybrid_steps, 0)
+        return self
+
+
+@dataclass(frozen=True)
 class Preset:
+    """A model, its learning schedule and its training guide (see the module docstring)."""
+
     model: ModelConfig
     learn: LearnConfig
+    guide: GuideConfig = field(default_factory=GuideConfig)
 
     def with_prior(self, prior: str) -> "Preset":
         """The same preset for another prior (LEBM gets its own learning rates, as in its code)."""
@@ -119,20 +160,37 @@ class Preset:
         if prior == "ebm":
             # LEBM's code: energy net at 2e-5 against 1e-4 for the generator, i.e. a fifth.
             learn = replace(learn, optim=replace(learn.optim, prior_lr=learn.optim.prior_lr or learn.optim.lr / 5))
-        return Preset(replace(self.model, prior=prior), learn)
+        return replace(self, model=replace(self.model, prior=prior), learn=learn)
+
+    def with_guide(self, kind: str, **settings) -> "Preset":
+        """The same preset trained with another guide (``"langevin"``, ``"encoder"``, ``"hybrid"``)."""
+        return replace(self, guide=replace(self.guide, kind=kind, **settings).check())
+
+    def with_epochs(self, epochs: Optional[int]) -> "Preset":
+        """The preset with ``learn.epochs`` replaced (``None`` keeps it)."""
+        if epochs is None:
+            return self
+        _check_int("epochs", epochs, 1)
+        return replace(self, learn=replace(self.learn, epochs=epochs))
 
     def to_dict(self) -> Dict:
-        return {"model": asdict(self.model), "learn": asdict(self.learn)}
+        """``{"model": ..., "learn": ...}`` (plus ``"guide"`` when it is not the default Langevin guide,
+        so that the checkpoint names and configs of Langevin runs stay those of earlier versions)."""
+        out = {"model": asdict(self.model), "learn": asdict(self.learn)}
+        if self.guide != GuideConfig():
+            out["guide"] = asdict(self.guide)
+        return out
 
     def check(self) -> "Preset":
-        """:meth:`ModelConfig.check` and :meth:`LearnConfig.check`; returns self."""
+        """:meth:`ModelConfig.check`, :meth:`LearnConfig.check` and :meth:`GuideConfig.check`; returns self."""
         self.model.check()
         self.learn.check()
+        self.guide.check()
         return self
 
 
 def _paper() -> Preset:
-    """The paper's MNIST setting (LFBM code defaults, protocols A6)."""
+    """The paper's MNIST setting (the defaults of the official LFBM code)."""
     return Preset(ModelConfig(), LearnConfig())
 
 
@@ -156,8 +214,13 @@ def _tiny() -> Preset:
 PRESETS = {"paper": _paper, "cpu": _cpu, "tiny": _tiny}
 
 
-def get_preset(name: str, prior: str = "flow") -> Preset:
-    """A fresh copy of the named preset (``paper``, ``cpu`` or ``tiny``) for ``prior``."""
+def get_preset(name: str, prior: str = "flow", guide: str = "langevin") -> Preset:
+    """The named preset (``paper``, ``cpu`` or ``tiny``) for ``prior`` and the training ``guide``.
+
+    ``get_preset("cpu", "flow", "encoder")`` is LFBM-VAE, ``get_preset("cpu", "gaussian", "encoder")``
+    a VAE, ``get_preset("cpu", "flow", "hybrid")`` LFBM-hybrid.
+    """
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return PRESETS[name]().with_prior(prior)
+    preset = PRESETS[name]().with_prior(prior)
+    return preset if guide == "langevin" else preset.with_guide(guide)

@@ -1,40 +1,139 @@
-"""Build a model from a preset and learn it by LFBM's Algorithm 1, optionally from masked images.
+"""The one training recipe: a preset becomes a model, a guide and a trainer (:func:`build`), and
+:func:`train_recipe` learns it through the library's epoch loop.
 
-:func:`fit_preset` is the one training entry point of the recovery, inpainting and synthesis
-experiments: ``SVI(model, LangevinGuide(model), Adam, Trace_ELBO)`` through
-:func:`pyro_lfbm.train.svi.fit`, with a checkpoint whose name records everything that shapes the
-model, so that a finished run is loaded instead of retrained (``resume=True``) and the inpainting
-script can reuse the models that the synthesis script trained.
+Every task and script builds its models here: LFBM (the paper's Algorithm 1: ``SVI(model,
+LangevinGuide(model), Adam, Trace_ELBO)``), ABP and LEBM (other priors), LFBM-VAE and a VAE (an
+encoder guide, ``get_preset(name, prior, "encoder")``) and LFBM-hybrid (Langevin started at the
+encoder's mean, ``get_preset(name, prior, "hybrid")``)::
+
+    preset = get_preset("cpu", "flow")
+    with isolated(seed=1):                         # own RNG stream and param store
+        model, guide, trainer = build(preset)
+        history = train_recipe(build(preset), x)   # or fit_steps(trainer, x, ...)
+
+:func:`fit_preset` is the cached form used by the recovery, inpainting and synthesis tasks: its
+checkpoint name records everything that shapes the model, so a finished run is loaded instead of
+retrained (``resume=True``) and the inpainting task reuses the models the synthesis task trained.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from dataclasses import replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import pyro
 import torch
 
-from pyro_lfbm.infer import LangevinGuide
+from pyro_lfbm.infer import EncoderGuide, HybridGuide, LangevinGuide
 from pyro_lfbm.models import LatentModel
+from pyro_lfbm.train.loop import History
 from pyro_lfbm.train.presets import Preset
-from pyro_lfbm.train.svi import History, fit
+from pyro_lfbm.train.svi import SVITrainer, fit
 
-__all__ = ["fit_preset", "run_tag", "with_epochs"]
+__all__ = ["Recipe", "build", "fit_preset", "isolated", "run_tag", "train_recipe", "with_epochs"]
 
 CONFIG_KEYS = ("model", "learn", "data")
 
 
+@contextlib.contextmanager
+def isolated(seed: Optional[int]) -> Iterator[None]:
+    """A block with its own torch random stream (seeded with ``seed``; ``None``: continue the
+    caller's) and its own empty Pyro param store; the caller's RNG state and param store are put
+    back afterwards, also when the block raises.
+
+    Training a model inside it gives the same numbers as ``pyro.clear_param_store();
+    torch.manual_seed(seed)`` before building and training it, without changing the caller's
+    global state (several models can be trained one after the other in one process).
+    """
+    with torch.random.fork_rng(), pyro.get_param_store().scope():
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield
+
+
+@dataclass
+class Recipe:
+    """What :func:`build` returns; unpacks as ``model, guide, trainer``.
+
+    :ivar model: the :class:`~pyro_lfbm.models.LatentModel`.
+    :ivar guide: the training guide (:class:`~pyro_lfbm.infer.LangevinGuide`,
+        :class:`~pyro_lfbm.infer.EncoderGuide` or :class:`~pyro_lfbm.infer.HybridGuide`).
+    :ivar trainer: an :class:`~pyro_lfbm.train.SVITrainer` of the two with the preset's optimiser.
+    :ivar encoder_guide: the encoder guide of the encoder and hybrid recipes, else None.
+    :ivar preset: the preset it was built from.
+    """
+
+    model: LatentModel
+    guide: Callable
+    trainer: SVITrainer
+    encoder_guide: Optional[EncoderGuide]
+    preset: Preset
+
+    def __iter__(self):
+        return iter((self.model, self.guide, self.trainer))
+
+
+def build_encoder_guide(preset: Preset, device: torch.device | str = "cpu") -> EncoderGuide:
+    """An :class:`~pyro_lfbm.infer.EncoderGuide` whose encoder mirrors the preset's generator."""
+    return EncoderGuide(preset.model.build_encoder()).to(device)
+
+
+def build(preset: Preset, *, device: torch.device | str = "cpu", loss: Optional[pyro.infer.ELBO] = None) -> Recipe:
+    """Model, training guide and trainer of ``preset`` (checked first: one ``ValueError`` naming the field).
+
+    Draws the initial parameters from torch's global random stream: call it inside
+    :func:`isolated` (or after seeding) for reproducible models.
+    """
+    preset.check()
+    learn, kind = preset.learn, preset.guide.kind
+    model = preset.model.build().to(device)
+    encoder_guide = build_encoder_guide(preset, device) if kind in ("encoder", "hybrid") else None
+    if kind == "langevin":
+        guide = LangevinGuide(model, num_steps=learn.num_steps, step_size=learn.step_size)
+    elif kind == "hybrid":
+        guide = HybridGuide(model, encoder_guide, num_steps=preset.guide.hybrid_steps, step_size=learn.step_size)
+    else:
+        guide = encoder_guide
+    return Recipe(model, guide, SVITrainer(model, guide, learn.optim, loss), encoder_guide, preset)
+
+
+def train_recipe(
+    recipe: Recipe,
+    x: torch.Tensor,
+    *,
+    mask: Optional[torch.Tensor] = None,
+    seed: int = 0,
+    checkpoint_path: Optional[str | Path] = None,
+    resume: bool = False,
+    config: Optional[dict] = None,
+    config_keys: Sequence[str] = (),
+    progress: bool = True,
+    skip_nonfinite: bool = False,
+) -> History:
+    """Learn ``recipe`` from images x (N, C, H, W) for the preset's epochs and batch size by
+    :func:`~pyro_lfbm.train.svi.fit` (the epoch loop with checkpoints, resume and non-finite guards).
+
+    :param mask: optional per-image masks (N, C, H, W), 1 = observed, passed to ``model(x, mask)``.
+    :param seed: fixes the batch order of every epoch.
+    :param config: saved with the checkpoint; on resume the entries ``config_keys`` must match.
+    """
+    learn = recipe.preset.learn
+    clear_cache = getattr(recipe.model.prior, "clear_cache", None)
+    return fit(
+        recipe.model, recipe.guide, x, epochs=learn.epochs, batch_size=learn.batch_size, mask=mask, optim=learn.optim,
+        seed=seed, checkpoint_path=checkpoint_path, resume=resume, config=config, config_keys=tuple(config_keys),
+        loss=recipe.trainer.loss, progress=progress, skip_nonfinite=skip_nonfinite,
+        after_step=(lambda _step: clear_cache()) if clear_cache is not None else None,
+    )
+
+
 def with_epochs(preset: Preset, epochs: Optional[int]) -> Preset:
-    """The preset with ``learn.epochs`` replaced (``None`` keeps it)."""
-    if epochs is None:
-        return preset
-    if epochs < 1:
-        raise ValueError(f"epochs must be at least 1, got {epochs}")
-    return Preset(preset.model, replace(preset.learn, epochs=epochs))
+    """The preset with ``learn.epochs`` replaced (``None`` keeps it); :meth:`Preset.with_epochs`."""
+    return preset.with_epochs(epochs)
 
 
 def run_tag(preset: Preset, data: dict) -> str:
@@ -56,7 +155,9 @@ def fit_preset(
     progress: bool = True,
     skip_nonfinite: bool = False,
 ) -> Tuple[LatentModel, History]:
-    """Build ``preset.model`` (seeded by ``seed``) and fit it to images x (N, C, H, W) in [-1, 1].
+    """Build ``preset`` (seeded by ``seed``) and fit it to images x (N, C, H, W) in [-1, 1].
+
+    Runs in :func:`isolated`: the caller's RNG state and Pyro param store are left as they were.
 
     :param mask: optional fixed per-image masks (N, C, H, W), 1 = observed. The model then sees
         only x̃ = x ⊙ m (holes zeroed before training, so nothing leaks) and its masked likelihood
@@ -69,11 +170,6 @@ def fit_preset(
     :returns: (model in train mode, :class:`~pyro_lfbm.train.svi.History`).
     """
     data = dict(data or {}, n=int(x.shape[0]), masked=mask is not None)
-    learn = preset.learn
-    pyro.clear_param_store()
-    torch.manual_seed(seed)
-    model = preset.model.build().to(device)
-    guide = LangevinGuide(model, num_steps=learn.num_steps, step_size=learn.step_size, noise=True)
     if mask is not None:
         if mask.shape != x.shape:
             raise ValueError(f"mask shape {tuple(mask.shape)} must equal the image shape {tuple(x.shape)}")
@@ -82,12 +178,9 @@ def fit_preset(
     path = None
     if checkpoint_dir is not None:
         path = Path(checkpoint_dir) / f"{run_tag(preset, data)}-seed{seed}.pt"
-    config = {**preset.to_dict(), "data": data}
-    after_step = getattr(model.prior, "clear_cache", None)
-    history = fit(
-        model, guide, x, epochs=learn.epochs, batch_size=learn.batch_size, mask=mask, optim=learn.optim, seed=seed,
-        checkpoint_path=path, resume=resume, config=json.loads(json.dumps(config, default=str)),
-        config_keys=CONFIG_KEYS, progress=progress, skip_nonfinite=skip_nonfinite,
-        after_step=(lambda _step: after_step()) if after_step is not None else None,
-    )
-    return model, history
+    config = json.loads(json.dumps({**preset.to_dict(), "data": data}, default=str))
+    with isolated(seed):
+        recipe = build(preset, device=device)
+        history = train_recipe(recipe, x, mask=mask, seed=seed, checkpoint_path=path, resume=resume, config=config,
+                               config_keys=CONFIG_KEYS, progress=progress, skip_nonfinite=skip_nonfinite)
+    return recipe.model, history

@@ -4,8 +4,8 @@
 * :func:`test_reconstruction_mse`: protocols.md B3: z₀ ~ N(0, I), ``num_steps`` noise-free
   Langevin steps on log p(x, z), MSE per pixel of g(z) against x **in [-1, 1] units** (the paper's).
 * :func:`synthesis_metrics`: both, plus the classifier Fréchet distance of the samples to real
-  training images (:func:`pyro_lfbm.fid.sample_frechet_distance`; not the Inception FID) and the
-  Inception FID when :func:`pyro_lfbm.fid.inception_status` allows it.
+  training images (:func:`pyro_lfbm.metrics.fid.sample_frechet_distance`; not the Inception FID) and the
+  Inception FID when :func:`pyro_lfbm.metrics.fid.inception_status` allows it.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Dict, Optional
 
 import torch
 
-from pyro_lfbm.evaluation import eval_mode
-from pyro_lfbm.fid import ClassifierFeatures, frechet_distance, inception_fid, inception_status
-from pyro_lfbm.recovery import reconstruct, region_mse
+from pyro_lfbm.infer.modes import eval_mode
+from pyro_lfbm.metrics.fid import ClassifierFeatures, frechet_distance, inception_fid, inception_status
+from pyro_lfbm.tasks.recovery import reconstruct, region_mse
 
 __all__ = ["sample_images", "synthesis_metrics", "test_reconstruction_mse"]
 

@@ -17,7 +17,7 @@ from typing import Dict, Tuple
 
 import torch
 
-from pyro_lfbm.recovery import reconstruct, region_mse
+from pyro_lfbm.tasks.recovery import reconstruct, region_mse
 
 __all__ = ["complete", "hole_mask", "inpaint", "inpainting_errors", "paper_hole"]
 

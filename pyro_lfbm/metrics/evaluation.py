@@ -22,41 +22,28 @@ and restores its mode afterwards. Results are CPU tensors.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, Iterator, Optional
+from typing import Callable, Dict, Iterable, Optional
 
 import pyro.distributions as dist
 import torch
 from tqdm.auto import tqdm
 
 from pyro_lfbm._context import posterior_inference
+from pyro_lfbm.infer.dataset import batched_log_joint_terms as log_joint_terms
 from pyro_lfbm.infer.langevin import short_run_langevin
+from pyro_lfbm.infer.modes import eval_mode
 
 __all__ = [
     "GaussianProposal",
-    "eval_mode",
     "inference_row",
     "iwae_log_px",
     "langevin_trajectory",
     "log_joint_terms",
     "reconstruction_mse",
 ]
-
-
-@contextlib.contextmanager
-def eval_mode(*modules: torch.nn.Module) -> Iterator[None]:
-    """Put ``modules`` in ``eval()`` mode for the block and restore their modes afterwards."""
-    modes = [m.training for m in modules]
-    for m in modules:
-        m.eval()
-    try:
-        yield
-    finally:
-        for m, mode in zip(modules, modes):
-            m.train(mode)
 
 
 def _device(model) -> torch.device:
@@ -80,19 +67,6 @@ def reconstruction_mse(model, x: torch.Tensor, z: torch.Tensor, *, batch_size: i
             xb, zb = x[s : s + batch_size].to(device), z[s : s + batch_size].to(device)
             out.append((model.generator(zb) - xb).pow(2).flatten(1).mean(1).cpu())
     return torch.cat(out)
-
-
-@torch.no_grad()
-def log_joint_terms(model, x: torch.Tensor, z: torch.Tensor, *, batch_size: int = 500) -> Dict[str, torch.Tensor]:
-    """``{"prior": log p_α(z), "likelihood": log p_β(x | z)}``, each (N,)."""
-    _check_pairs(x, z)
-    device, parts = _device(model), {"prior": [], "likelihood": []}
-    with eval_mode(model), posterior_inference():
-        for s in range(0, x.shape[0], batch_size):
-            xb, zb = x[s : s + batch_size].to(device), z[s : s + batch_size].to(device)
-            for key, value in model.log_joint_terms(xb, zb).items():
-                parts[key].append(value.cpu())
-    return {k: torch.cat(v) for k, v in parts.items()}
 
 
 @dataclass

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from pyro_lfbm.cli import UsageError, refuse_finished_run, run_record, staged_output, write_json
+from pyro_lfbm.harness.cli import UsageError, refuse_finished_run, run_record, staged_output, write_json
 from pyro_lfbm.data import dataset_info
-from pyro_lfbm.fid import ClassifierFeatures
-from pyro_lfbm.panels import save_grid
-from pyro_lfbm.synthesis import synthesis_metrics
-from pyro_lfbm.task_cli import check_task_arguments, load_split, task_preset, trained_model
+from pyro_lfbm.metrics.fid import ClassifierFeatures
+from pyro_lfbm.harness.panels import save_grid
+from pyro_lfbm.tasks.synthesis import synthesis_metrics
+from pyro_lfbm.harness.task_cli import check_task_arguments, load_split, task_preset, trained_model
 
 __all__ = ["flow_below_gaussian", "run_synthesis", "seed_summary"]
 
@@ -103,7 +103,7 @@ def _write_readme(path: Path, table: pd.DataFrame, record: dict, priors) -> None
         "128-d feature space of a small CNN classifier trained once on this data set and cached outside the repository "
         f"(test accuracy {clf.get('test_accuracy', 'n/a')}, {clf.get('train_images', '?')} training images, "
         f"{clf.get('epochs', '?')} epochs). **This is not the Inception FID**; its values are comparable only with this "
-        "classifier (`pyro_lfbm.fid`, CLASSIFIER_VERSION 1). Lower is better.",
+        "classifier (`pyro_lfbm.metrics.fid`, CLASSIFIER_VERSION 1). Lower is better.",
         f"* `inception_fid`: the standard FID (pytorch-fid); here: {inception}.",
         "* `recon_mse_pm1`: test reconstruction error, per pixel in [-1, 1] units (the paper's), of g(z) after "
         "`test_steps` noise-free Langevin steps of 0.1 from z0 ~ N(0, I).",

@@ -8,11 +8,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from pyro_lfbm.cli import UsageError, refuse_finished_run, run_record, staged_output, write_json
+from pyro_lfbm.harness.cli import UsageError, refuse_finished_run, run_record, staged_output, write_json
 from pyro_lfbm.data import dataset_info
-from pyro_lfbm.inpainting import hole_mask, inpaint, inpainting_errors, paper_hole
-from pyro_lfbm.panels import save_panel
-from pyro_lfbm.task_cli import check_task_arguments, load_split, task_preset, trained_model
+from pyro_lfbm.tasks.inpainting import hole_mask, inpaint, inpainting_errors, paper_hole
+from pyro_lfbm.harness.panels import save_panel
+from pyro_lfbm.harness.task_cli import check_task_arguments, load_split, task_preset, trained_model
 
 __all__ = ["parse_hole", "run_inpainting"]
 

@@ -1,4 +1,5 @@
-"""One run of the anomaly-detection experiment: split, train (or load), score, measure.
+"""One run of the anomaly-detection experiment from the command line's settings: the checked
+preset, the split, :func:`pyro_lfbm.tasks.anomaly.run_anomaly`, and the run's files.
 
 Shared by ``experiments/anomaly.py`` (one run) and ``experiments/anomaly_table.py`` (the grid of
 held-out digits × priors × seeds).
@@ -6,24 +7,18 @@ held-out digits × priors × seeds).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import pandas as pd
-import pyro
 import torch
 
-from pyro_lfbm.anomaly import DECISION_FUNCTIONS, anomaly_metrics, anomaly_scores
-from pyro_lfbm.train.checkpoint import CheckpointError, check_config_compatible, load_checkpoint
-from pyro_lfbm.cli import UsageError, run_record, staged_output, write_json
 from pyro_lfbm.data import heldout_digit_split
-from pyro_lfbm.infer import LangevinGuide
-from pyro_lfbm.plots import plot_precision_recall, plot_score_histograms, save_ranked_grid
-from pyro_lfbm.train.presets import Preset, get_preset
-from pyro_lfbm.train.loop import trainer_state
-from pyro_lfbm.train.svi import fit
+from pyro_lfbm.harness.cli import UsageError, run_record, staged_output, write_json
+from pyro_lfbm.harness.plots import plot_precision_recall, plot_score_histograms, save_ranked_grid
+from pyro_lfbm.tasks.anomaly import AnomalyResult, run_anomaly as run_anomaly_task
+from pyro_lfbm.train.presets import get_preset
 
 
 @dataclass
@@ -48,16 +43,6 @@ class AnomalyRunConfig:
     lr: Optional[float] = None
     model_overrides: Optional[Dict] = None
     skip_nonfinite: bool = False
-
-
-@dataclass
-class AnomalyRunResult:
-    rows: List[Dict]  # one per decision function
-    scores: Dict[str, torch.Tensor]
-    is_anomaly: torch.Tensor
-    test_x: torch.Tensor
-    history: List[Dict]
-    config: Dict
 
 
 CONFIG_KEYS = ("model",)
@@ -88,15 +73,15 @@ def anomaly_preset(cfg: AnomalyRunConfig):
         preset = get_preset(cfg.preset, cfg.prior)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    learn = preset.learn
+    model, learn = preset.model, preset.learn
     if cfg.sigma is not None:
         if not cfg.sigma > 0:
             raise UsageError(f"--sigma must be positive, got {cfg.sigma}")
-        preset.model.sigma = cfg.sigma
+        model = replace(model, sigma=cfg.sigma)
     for key, value in (cfg.model_overrides or {}).items():
-        if not hasattr(preset.model, key):
+        if not hasattr(model, key):
             raise UsageError(f"--set {key}=...: the model config has no field {key!r}")
-        setattr(preset.model, key, value)
+        model = replace(model, **{key: value})
     if cfg.lr is not None:
         if not cfg.lr > 0:
             raise UsageError(f"--lr must be positive, got {cfg.lr}")
@@ -118,7 +103,7 @@ def anomaly_preset(cfg: AnomalyRunConfig):
         raise UsageError(f"--batchnorm must be eval, train or both, got {cfg.batchnorm!r}")
     if not 0 <= cfg.heldout <= 9:
         raise UsageError(f"--heldout must be a digit 0-9, got {cfg.heldout}")
-    preset = Preset(preset.model, learn)
+    preset = replace(preset, model=model, learn=learn)
     try:
         preset.check()
     except ValueError as err:
@@ -138,74 +123,35 @@ def anomaly_preset(cfg: AnomalyRunConfig):
     return preset
 
 
-def run_anomaly(cfg: AnomalyRunConfig) -> AnomalyRunResult:
+def run_config_dict(cfg: AnomalyRunConfig, preset) -> Dict:
+    """What a run's checkpoint and ``run.json`` record: the model and learning settings and the run's options."""
+    config = {"model": preset.to_dict()["model"], "learn": preset.to_dict()["learn"], "run": vars(cfg).copy()}
+    for key in ("epochs", "test_steps", "test_batch_size"):
+        config["learn"][key] = getattr(preset.learn, key)
+    return config
+
+
+def run_anomaly(cfg: AnomalyRunConfig) -> AnomalyResult:
     """Train LFBM (or ABP / LEBM) on the normal images of the held-out-digit split and score its test set."""
     preset = anomaly_preset(cfg)
-    learn = preset.learn
     try:
         split = heldout_digit_split(cfg.data_root, heldout=cfg.heldout, seed=cfg.seed)
     except ValueError as err:
         raise UsageError(str(err)) from None
     if cfg.limit_train or cfg.limit_test:
         split = split.subset(cfg.limit_train, cfg.limit_test, seed=cfg.seed)
-    config = {"model": preset.to_dict()["model"], "learn": preset.to_dict()["learn"], "run": vars(cfg).copy()}
-    for key in ("epochs", "test_steps", "test_batch_size"):
-        config["learn"][key] = getattr(learn, key)
-
-    pyro.clear_param_store()
-    torch.manual_seed(cfg.seed)
-    device = torch.device(cfg.device)
-    model = preset.model.build().to(device)
-    history: List[Dict] = []
-    train_seconds = 0.0
-    epochs_trained = learn.epochs
-    if cfg.eval_only:
-        ckpt = load_checkpoint(cfg.eval_only)
-        check_config_compatible(ckpt.get("config", {}), config, CONFIG_KEYS)
-        if not ckpt.get("epoch", 0):
-            raise CheckpointError(f"{cfg.eval_only} has not finished one epoch of training (it was interrupted in the first); "
-                                  "finish the run with --resume before scoring it")
-        try:
-            model.load_state_dict(trainer_state(ckpt)["model"])
-        except RuntimeError:
-            raise CheckpointError(f"{cfg.eval_only} does not fit this model; pass the --preset and --prior it was trained with") from None
-        history = list(ckpt.get("history", []))
-        train_seconds = sum(row["seconds"] for row in history)
-        epochs_trained = int(ckpt["epoch"])
-    else:
-        checkpoint_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
-        guide = LangevinGuide(model, num_steps=learn.num_steps, step_size=learn.step_size)
-        result = fit(
-            model, guide, split.train_x, epochs=learn.epochs, batch_size=learn.batch_size, optim=learn.optim,
-            seed=cfg.seed, checkpoint_path=checkpoint_dir / checkpoint_name(cfg) if checkpoint_dir else None,
-            resume=cfg.resume, config=config, config_keys=CONFIG_KEYS, progress=cfg.progress,
-            skip_nonfinite=cfg.skip_nonfinite,
-        )
-        history = result.epochs
-        train_seconds = result.train_seconds
-
-    rows, all_scores = [], {}
-    modes = ("eval", "train") if cfg.batchnorm == "both" else (cfg.batchnorm,)
-    for mode in modes:
-        started = time.perf_counter()
-        scores, _ = anomaly_scores(
-            model, split.test_x, num_steps=learn.test_steps, step_size=learn.test_step_size,
-            batch_size=learn.test_batch_size, batchnorm=mode, seed=cfg.seed, progress=cfg.progress,
-        )
-        test_seconds = time.perf_counter() - started
-        for name in DECISION_FUNCTIONS:
-            metrics = anomaly_metrics(split.test_is_anomaly, scores[name])
-            rows.append({
-                "heldout": cfg.heldout, "prior": cfg.prior, "score": name, "seed": cfg.seed, **metrics,
-                "preset": cfg.preset, "epochs": epochs_trained, "test_steps": learn.test_steps, "batchnorm": mode,
-                "n_train": int(split.train_x.shape[0]), "n_test": int(split.test_x.shape[0]),
-                "train_seconds": round(train_seconds, 1), "test_seconds": round(test_seconds, 1),
-            })
-        all_scores.setdefault("main", scores)  # figures use the first mode
-    return AnomalyRunResult(rows, all_scores["main"], split.test_is_anomaly, split.test_x, history, config)
+    config = run_config_dict(cfg, preset)
+    checkpoint_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
+    return run_anomaly_task(
+        preset, split, seed=cfg.seed, batchnorm=("eval", "train") if cfg.batchnorm == "both" else (cfg.batchnorm,),
+        device=torch.device(cfg.device), resume=cfg.resume, trained_checkpoint=cfg.eval_only,
+        checkpoint_path=checkpoint_dir / checkpoint_name(cfg) if checkpoint_dir and not cfg.eval_only else None,
+        config=config, config_keys=CONFIG_KEYS, preset_name=cfg.preset, progress=cfg.progress,
+        skip_nonfinite=cfg.skip_nonfinite,
+    )
 
 
-def save_anomaly_run(result: AnomalyRunResult, cfg: AnomalyRunConfig, out: Path) -> None:
+def save_anomaly_run(result: AnomalyResult, cfg: AnomalyRunConfig, out: Path) -> None:
     """Write one run's files (:data:`RUN_FILES`) into ``out``, all at once or not at all.
 
     metrics.csv has one row per BatchNorm mode and decision function; scores.pt holds the test

@@ -13,12 +13,12 @@ from typing import Callable, Dict, List, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from pyro_lfbm.cli import UsageError, command_line, make_dirs, resolve_device, run_record, staged_output
+from pyro_lfbm.harness.cli import UsageError, command_line, make_dirs, resolve_device, run_record, staged_output
 
-from pyro_lfbm.masks import MaskSetting
+from pyro_lfbm.data.masks import MaskSetting
 from pyro_lfbm.train.presets import Preset
-from pyro_lfbm.recovery import run_recovery
-from pyro_lfbm.recovery_report import (
+from pyro_lfbm.tasks.recovery import run_recovery
+from pyro_lfbm.harness.recovery_report import (
     PRIOR_ORDER,
     encode_images,
     load_runs,
@@ -50,7 +50,7 @@ def recovery_record(
     progress: bool = True,
     **eval_kwargs,
 ) -> Dict:
-    """Run :func:`~pyro_lfbm.recovery.run_recovery` on training images x (N, C, H, W) and return its record."""
+    """Run :func:`~pyro_lfbm.tasks.recovery.run_recovery` on training images x (N, C, H, W) and return its record."""
     result = run_recovery(preset, x, setting, seed=seed, data={"dataset": dataset, "split": "train"}, device=device,
                           checkpoint_dir=checkpoint_dir, progress=progress, **eval_kwargs)
     return {
@@ -90,7 +90,7 @@ def write_recovery_report(out: Path, records: List[Dict], originals: Callable[[s
     README.md (ending with ``notes``, markdown) into ``out``.
 
     :param originals: ``dataset -> the first training images (PREVIEW, C, H, W)`` for the figures.
-    :param record: :func:`pyro_lfbm.cli.run_record` of the invocation that writes the report.
+    :param record: :func:`pyro_lfbm.harness.cli.run_record` of the invocation that writes the report.
     :returns: the figure file names.
     """
     out = Path(out)
@@ -124,7 +124,7 @@ def write_recovery_report(out: Path, records: List[Dict], originals: Callable[[s
         "20 noisy Langevin steps of 0.1) and x̂ = g(z). MSE in [0, 1] pixel units, pooled over the training images:",
         "`mse_hole` on the occluded pixels (the recovery error), `mse_all` on all pixels.",
         "",
-        "Masks (`pyro_lfbm/masks.py`): salt-pepper-p = union of random 8x8 holes whose count makes the expected "
+        "Masks (`pyro_lfbm/data/masks.py`): salt-pepper-p = union of random 8x8 holes whose count makes the expected "
         "coverage p % (on 64x64 this is the paper's table 24/48/90; on 28x28 it is 4/9/19 holes); single-s = one "
         "square hole of side s on 64x64, scaled by 28/64 (9/13/18 px on 28x28). The measured coverage of every run is in runs.csv.",
         "",
@@ -174,7 +174,7 @@ def write_recovery_report(out: Path, records: List[Dict], originals: Callable[[s
 
 def add_recovery_arguments(parser: argparse.ArgumentParser) -> None:
     """--eval-steps, --eval-step-size, --eval-noise/--no-eval-noise (the recovery inference)."""
-    from pyro_lfbm.cli import positive_float, positive_int
+    from pyro_lfbm.harness.cli import positive_float, positive_int
 
     parser.add_argument("--eval-steps", type=positive_int, default=None, help="recovery Langevin steps (default: the training K, 20)")
     parser.add_argument("--eval-step-size", type=positive_float, default=None,
@@ -209,7 +209,7 @@ def run_recovery_grid(args: argparse.Namespace, *, datasets: Sequence[str], sett
     rewritten after each run. With ``skip_done``, a job that another live process has claimed
     (``runs/<key>.running`` holding its pid) is skipped too, so several grids can share the work. Returns every record under ``<out>/runs``.
     """
-    from pyro_lfbm.task_cli import check_task_arguments, checkpoint_dir, load_split, task_preset
+    from pyro_lfbm.harness.task_cli import check_task_arguments, checkpoint_dir, load_split, task_preset
 
     try:
         parsed = [MaskSetting.parse(s) for s in settings]

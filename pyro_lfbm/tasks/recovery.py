@@ -1,6 +1,6 @@
 """Unsupervised recovery: learn from occluded images, then recover them (protocols.md B1).
 
-Each training image x_i (1, 28, 28) keeps one fixed mask m_i (:mod:`pyro_lfbm.masks`); the model
+Each training image x_i (1, 28, 28) keeps one fixed mask m_i (:mod:`pyro_lfbm.data.masks`); the model
 only ever sees x̃_i = x_i ⊙ m_i and its masked likelihood (in the Langevin inference and in the
 parameter update). Recovery infers z from the masked image alone and returns x̂ = g(z).
 Errors are measured in [0, 1] pixel units ((v + 1) / 2), pooled over all images:
@@ -21,10 +21,10 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-from pyro_lfbm.evaluation import eval_mode
+from pyro_lfbm.infer.modes import eval_mode
 from pyro_lfbm.train.recipe import fit_preset
 from pyro_lfbm.infer import infer_dataset
-from pyro_lfbm.masks import MaskSetting, coverage_stats
+from pyro_lfbm.data.masks import MaskSetting, coverage_stats
 from pyro_lfbm.train.presets import Preset
 
 __all__ = ["RecoveryResult", "reconstruct", "recovery_errors", "region_mse", "run_recovery", "to_unit"]

@@ -1,7 +1,7 @@
-"""Command-line pieces shared by the recovery, inpainting and synthesis scripts (on top of :mod:`pyro_lfbm.cli`).
+"""Command-line pieces shared by the recovery, inpainting and synthesis scripts (on top of :mod:`pyro_lfbm.harness.cli`).
 
 * :func:`add_task_arguments`: ``--dataset``, ``--n-train``, ``--n-test``, ``--fake-shape``,
-  ``--cache-dir`` (plus :func:`pyro_lfbm.cli.add_common_arguments`).
+  ``--cache-dir`` (plus :func:`pyro_lfbm.harness.cli.add_common_arguments`).
 * :func:`load_split`: the images of a split as (N, C, H, W) in [-1, 1], checked.
 * :func:`task_preset`: the named preset for a prior, its image shape set to the data's.
 * :func:`checkpoint_dir`: ``--checkpoint-dir``, else ``<cache>/checkpoints`` (outside the repository),
@@ -22,10 +22,10 @@ from typing import Optional, Tuple
 
 import torch
 
-from pyro_lfbm import cli
-from pyro_lfbm.cli import UsageError, add_common_arguments, resolve_device
+from pyro_lfbm.harness import cli
+from pyro_lfbm.harness.cli import UsageError, add_common_arguments, resolve_device
 from pyro_lfbm.data import DATASETS, dataset_info, load_images
-from pyro_lfbm.fid import default_cache_dir
+from pyro_lfbm.metrics.fid import default_cache_dir
 from pyro_lfbm.train.recipe import with_epochs
 from pyro_lfbm.train.presets import PRIORS, Preset, get_preset
 
@@ -72,7 +72,7 @@ def image_shape_of(args: argparse.Namespace) -> Tuple[int, int, int]:
 def check_task_arguments(args: argparse.Namespace, *, priors=(), batch_size: Optional[int] = None,
                          checkpoints: bool = True) -> Tuple[torch.device, Tuple[int, int, int]]:
     """Every check of the task options, before any data are read: the common ones
-    (:func:`pyro_lfbm.cli.check_common_arguments`), ``--dataset`` and ``--fake-shape``, the presets
+    (:func:`pyro_lfbm.harness.cli.check_common_arguments`), ``--dataset`` and ``--fake-shape``, the presets
     of ``priors`` (with ``--epochs``), ``--n-train`` (0 or at least one training batch: ``batch_size``,
     else the largest of the priors' presets), and the checkpoint folder (``--checkpoint-dir`` or the
     cache's, when ``checkpoints``), probed for writing.
@@ -94,7 +94,7 @@ def check_task_arguments(args: argparse.Namespace, *, priors=(), batch_size: Opt
 
 def seeded_device(args: argparse.Namespace) -> torch.device:
     """Seed torch with ``--seed`` and return the ``--device`` (threads: ``--threads``, set by
-    :func:`pyro_lfbm.cli.run_cli`)."""
+    :func:`pyro_lfbm.harness.cli.run_cli`)."""
     torch.manual_seed(args.seed)
     return resolve_device(args.device)
 

@@ -11,8 +11,8 @@ from typing import Dict
 
 import pandas as pd
 
-from pyro_lfbm.anomaly_experiment import run_folder_name
-from pyro_lfbm.cli import read_result_file
+from pyro_lfbm.harness.anomaly_experiment import run_folder_name
+from pyro_lfbm.harness.cli import read_result_file
 
 # "A Tale of Two Latent Flows", MNIST held-out-digit AUPRC (digits 1, 4, 5, 7, 9).
 PAPER_AUPRC: Dict[str, Dict[int, float]] = {

@@ -4,7 +4,7 @@ made them.
 
 How a script uses it (every script in ``experiments/`` does this)::
 
-    from pyro_lfbm import cli
+    from pyro_lfbm.harness import cli
 
     def build_parser():
         parser = cli.ArgumentParser(description=__doc__)          # parse errors: one line, exit 2

@@ -1,7 +1,7 @@
 """Records, tables and figures of the recovery experiment (one JSON per run, aggregated with pandas).
 
 A run record is a dict: ``dataset, setting, prior, seed`` + the metrics of
-:func:`pyro_lfbm.recovery.run_recovery` + ``command`` + ``preview`` (the first recovered images,
+:func:`pyro_lfbm.tasks.recovery.run_recovery` + ``command`` + ``preview`` (the first recovered images,
 uint8, zlib + base64, so that figures can be drawn from records alone).
 """
 
@@ -17,8 +17,8 @@ from typing import Dict, Iterable, List, Optional
 import pandas as pd
 import torch
 
-from pyro_lfbm.masks import MASK_SETTINGS, MaskSetting
-from pyro_lfbm.panels import save_panel
+from pyro_lfbm.data.masks import MASK_SETTINGS, MaskSetting
+from pyro_lfbm.harness.panels import save_panel
 
 __all__ = ["decode_images", "encode_images", "load_runs", "rank_counts", "run_key", "save_run", "setting_figure",
            "summary_table", "target_check"]
@@ -61,7 +61,7 @@ def load_runs(runs_dir: Path) -> List[Dict]:
 
     :raises ResultFileError: a record that is not readable JSON (one line naming the file).
     """
-    from pyro_lfbm.cli import read_result_file
+    from pyro_lfbm.harness.cli import read_result_file
 
     return [read_result_file(p, lambda path: json.loads(path.read_text()), "run record") for p in sorted(Path(runs_dir).glob("*.json"))]
 

@@ -1,0 +1,70 @@
+"""The two contexts every inference and evaluation routine needs, written once.
+
+* :func:`eval_mode` / :func:`train_mode`: put modules in ``eval()`` (BatchNorm on running
+  statistics, each example on its own) or ``train()`` mode for a block and restore each module's
+  own mode afterwards, also when the block raises.
+* :func:`frozen_parameters`: stop the parameters of a model (and extra leaf tensors, such as the
+  Pyro param sites of a function model) from requiring gradients for a block, and restore them
+  afterwards. Inside a Langevin chain only gradients with respect to the latents are wanted; with
+  frozen parameters autograd records nothing for the parameters, and parameter-only computations
+  (the flow's assembled LU weight) are done once per chain instead of once per step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import Iterable, Iterator
+
+import torch
+
+__all__ = ["eval_mode", "frozen_parameters", "module_mode", "train_mode"]
+
+
+@contextlib.contextmanager
+def module_mode(*modules: torch.nn.Module, training: bool) -> Iterator[None]:
+    """Put ``modules`` in ``train(training)`` mode for the block; restore each one's mode afterwards."""
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.train(training)
+    try:
+        yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.train(mode)
+
+
+def eval_mode(*modules: torch.nn.Module):
+    """Put ``modules`` in ``eval()`` mode for the block and restore their modes afterwards."""
+    return module_mode(*modules, training=False)
+
+
+def train_mode(*modules: torch.nn.Module):
+    """Put ``modules`` in ``train()`` mode for the block and restore their modes afterwards."""
+    return module_mode(*modules, training=True)
+
+
+@contextlib.contextmanager
+def frozen_parameters(model, extra: Iterable[torch.Tensor] = ()) -> Iterator[None]:
+    """Set ``requires_grad=False`` for the block on the parameters of ``model`` (when it is an
+    ``nn.Module``) and on the leaf tensors ``extra`` that require grad; restore them afterwards.
+
+    Only tensors that required grad are touched (and only those are switched back on), so frozen
+    parameters stay frozen and nested uses compose. Pyro's warning that ``pyro.module`` skips
+    parameters with ``requires_grad=False`` is expected here and silenced for the block.
+    """
+    candidates = list(model.parameters()) if isinstance(model, torch.nn.Module) else []
+    params, seen = [], set()
+    for p in [*candidates, *extra]:
+        if p.requires_grad and p.is_leaf and id(p) not in seen:
+            seen.add(id(p))
+            params.append(p)
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*not registered in the param store because requires_grad=False")
+            yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)

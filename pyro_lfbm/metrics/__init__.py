@@ -1,0 +1,32 @@
+"""Measuring models and inference: AUPRC / AP / AUROC and the anomaly decision functions
+(:mod:`~pyro_lfbm.metrics.anomaly`), reconstruction error, the log joint's terms and IWAE
+estimates of log p(x) (:mod:`~pyro_lfbm.metrics.evaluation`), and Fréchet distances
+(:mod:`~pyro_lfbm.metrics.fid`)."""
+
+from pyro_lfbm.metrics.anomaly import DECISION_FUNCTIONS, anomaly_metrics, anomaly_scores
+from pyro_lfbm.metrics.evaluation import (
+    GaussianProposal,
+    inference_row,
+    iwae_log_px,
+    langevin_trajectory,
+    log_joint_terms,
+    reconstruction_mse,
+)
+from pyro_lfbm.metrics.fid import ClassifierFeatures, frechet_distance, inception_fid, inception_status, sample_frechet_distance
+
+__all__ = [
+    "ClassifierFeatures",
+    "DECISION_FUNCTIONS",
+    "GaussianProposal",
+    "anomaly_metrics",
+    "anomaly_scores",
+    "frechet_distance",
+    "inception_fid",
+    "inception_status",
+    "inference_row",
+    "iwae_log_px",
+    "langevin_trajectory",
+    "log_joint_terms",
+    "reconstruction_mse",
+    "sample_frechet_distance",
+]

@@ -1,0 +1,133 @@
+"""Held-out-digit anomaly detection as one function: learn a model from the normal training images
+of an :class:`~pyro_lfbm.data.AnomalySplit` (or load a trained checkpoint), score every test image
+by the decision functions of :mod:`pyro_lfbm.metrics.anomaly`, and measure AUPRC, AP and AUROC.
+
+:func:`run_anomaly` takes every setting as an argument, prints nothing and leaves the caller's
+global state alone (the model is built and trained with its own seeded random stream and its own
+Pyro param store, :func:`pyro_lfbm.train.recipe.isolated`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from pyro_lfbm.data import AnomalySplit
+from pyro_lfbm.metrics.anomaly import DECISION_FUNCTIONS, anomaly_metrics, anomaly_scores
+from pyro_lfbm.train.checkpoint import CheckpointError, check_config_compatible, load_checkpoint
+from pyro_lfbm.train.loop import trainer_state
+from pyro_lfbm.train.presets import Preset
+from pyro_lfbm.train.recipe import build, isolated, train_recipe
+
+__all__ = ["AnomalyResult", "BATCHNORM_MODES", "load_trained_model", "run_anomaly"]
+
+#: Scoring with BatchNorm on running statistics (``"eval"``) and on test-batch statistics (``"train"``).
+BATCHNORM_MODES = ("eval", "train")
+
+
+@dataclass
+class AnomalyResult:
+    """One anomaly run.
+
+    :ivar list rows: one dict per (BatchNorm mode, decision function): heldout, prior, score, seed,
+        auprc, ap, auroc, prevalence, preset, epochs, test_steps, batchnorm, n_train, n_test,
+        train_seconds, test_seconds.
+    :ivar dict scores: the first mode's scores, ``{"joint", "recon", "prior"}`` each (N_test,).
+    :ivar torch.Tensor is_anomaly: (N_test,) 1 = held-out digit.
+    :ivar torch.Tensor test_x: (N_test, C, H, W) test images.
+    :ivar list history: per-epoch training records (of the checkpoint when one was scored).
+    :ivar model: the trained :class:`~pyro_lfbm.models.LatentModel`.
+    :ivar dict config: the configuration saved with (and checked against) the checkpoint.
+    """
+
+    rows: List[Dict]
+    scores: Dict[str, torch.Tensor]
+    is_anomaly: torch.Tensor
+    test_x: torch.Tensor
+    history: List[Dict] = field(default_factory=list)
+    model: Optional[torch.nn.Module] = None
+    config: Dict = field(default_factory=dict)
+
+
+def load_trained_model(model: torch.nn.Module, path: str | Path, config: Optional[dict] = None,
+                       config_keys: Sequence[str] = ("model",)) -> List[Dict]:
+    """Load the model state of a training checkpoint at ``path`` into ``model``; returns its history.
+
+    :raises CheckpointError: the file is not a finished checkpoint of a model of this configuration.
+    """
+    ckpt = load_checkpoint(path)
+    if config is not None:
+        check_config_compatible(ckpt.get("config", {}), config, config_keys)
+    if not ckpt.get("epoch", 0):
+        raise CheckpointError(f"{path} has not finished one epoch of training (it was interrupted in the first); "
+                              "finish the run with --resume before scoring it")
+    try:
+        model.load_state_dict(trainer_state(ckpt)["model"])
+    except RuntimeError:
+        raise CheckpointError(f"{path} does not fit this model; pass the --preset and --prior it was trained with") from None
+    return list(ckpt.get("history", []))
+
+
+def run_anomaly(
+    preset: Preset,
+    split: AnomalySplit,
+    *,
+    seed: int = 1,
+    batchnorm: Sequence[str] = BATCHNORM_MODES,
+    device: torch.device | str = "cpu",
+    checkpoint_path: Optional[str | Path] = None,
+    resume: bool = False,
+    trained_checkpoint: Optional[str | Path] = None,
+    config: Optional[dict] = None,
+    config_keys: Sequence[str] = ("model",),
+    preset_name: str = "custom",
+    progress: bool = False,
+    skip_nonfinite: bool = False,
+) -> AnomalyResult:
+    """Learn ``preset``'s model from ``split.train_x`` (or load ``trained_checkpoint``) and score ``split.test_x``.
+
+    :param seed: seeds the model's initialisation and training (and the scoring order and z₀).
+    :param batchnorm: the BatchNorm modes to score in (see :func:`~pyro_lfbm.metrics.anomaly.anomaly_scores`).
+    :param checkpoint_path: training checkpoint (written every epoch); ``resume`` continues it.
+    :param trained_checkpoint: score this finished checkpoint instead of training.
+    :param config: saved with the checkpoint; the entries ``config_keys`` must match on resume/load.
+    :param preset_name: the preset's name, recorded in the rows.
+    """
+    modes = tuple(batchnorm)
+    if not modes or any(mode not in BATCHNORM_MODES for mode in modes):
+        raise ValueError(f"batchnorm must be a sequence of {BATCHNORM_MODES}, got {batchnorm!r}")
+    learn = preset.learn
+    config = dict(config or {"model": preset.to_dict()["model"]})
+    with isolated(seed):
+        recipe = build(preset, device=device)
+        model = recipe.model
+        if trained_checkpoint is not None:
+            history = load_trained_model(model, trained_checkpoint, config, config_keys)
+            epochs_trained = len(history)
+        else:
+            history = train_recipe(recipe, split.train_x, seed=seed, checkpoint_path=checkpoint_path, resume=resume,
+                                   config=config, config_keys=config_keys, progress=progress,
+                                   skip_nonfinite=skip_nonfinite).epochs
+            epochs_trained = learn.epochs
+    train_seconds = sum(row["seconds"] for row in history)
+
+    rows, first_scores = [], None
+    for mode in modes:
+        started = time.perf_counter()
+        scores, _ = anomaly_scores(model, split.test_x, num_steps=learn.test_steps, step_size=learn.test_step_size,
+                                   batch_size=learn.test_batch_size, batchnorm=mode, seed=seed, progress=progress)
+        test_seconds = time.perf_counter() - started
+        for name in DECISION_FUNCTIONS:
+            rows.append({
+                "heldout": split.heldout, "prior": preset.model.prior, "score": name, "seed": seed,
+                **anomaly_metrics(split.test_is_anomaly, scores[name]),
+                "preset": preset_name, "epochs": epochs_trained, "test_steps": learn.test_steps, "batchnorm": mode,
+                "n_train": int(split.train_x.shape[0]), "n_test": int(split.test_x.shape[0]),
+                "train_seconds": round(train_seconds, 1), "test_seconds": round(test_seconds, 1),
+            })
+        first_scores = scores if first_scores is None else first_scores
+    return AnomalyResult(rows, first_scores, split.test_is_anomaly, split.test_x, history, model, config)
