@@ -9,59 +9,17 @@ or, with ``noise=False``, plain gradient ascent on log p(x, z) (the paper's test
 
 from __future__ import annotations
 
-from typing import Callable, Dict, NamedTuple, Optional, Tuple
+from typing import Callable, NamedTuple, Optional, Tuple
 
 import torch
 
+from pyro_lfbm.infer.mala import broadcast_step_size, mala_log_ratio
+from pyro_lfbm.infer.state import LangevinState, Latents, LogDensityFn, evaluate, value_and_grad  # noqa: F401  (re-exported)
 from pyro_lfbm.ops.langevin import langevin_move  # noqa: F401  (the one Langevin update, re-exported here)
-
-Latents = Dict[str, torch.Tensor]
-LogDensityFn = Callable[[Latents], torch.Tensor]
 
 #: A move that lowers a row's log density by more than this is divergent (Pyro's HMC/NUTS
 #: threshold on the energy error, ``_max_sliced_energy``).
 MAX_LOG_DENSITY_DROP = 1000.0
-
-
-class LangevinState(NamedTuple):
-    """Position of a batch of chains, with its per-example log density and gradient.
-
-    :ivar dict position: site name -> tensor (B, ...), detached.
-    :ivar log_density: (B,) log p(x, z) at ``position``, or None while not yet evaluated.
-    :ivar grad: site name -> ∇ log p at ``position`` (same shapes), or None while not yet evaluated.
-
-    :ivar steps: (B,) int64, the gradient evaluations spent on each row, set only by
-        :func:`short_run_langevin` with a ``tolerance`` (rows stop early there).
-
-    A step evaluates the gradient only where it is missing, so K steps from a fresh state cost
-    exactly K gradient evaluations; :func:`evaluate` fills in the final values when wanted.
-    """
-
-    position: Latents
-    log_density: Optional[torch.Tensor] = None
-    grad: Optional[Latents] = None
-    steps: Optional[torch.Tensor] = None
-
-
-def evaluate(state: LangevinState, log_density_fn: LogDensityFn) -> LangevinState:
-    """Fill in the log density and gradient at ``state.position`` (no-op when present)."""
-    if state.grad is not None and state.log_density is not None:
-        return state
-    log_density, grad = value_and_grad(log_density_fn, state.position)
-    return LangevinState(state.position, log_density, grad)
-
-
-def value_and_grad(log_density_fn: LogDensityFn, position: Latents):
-    """(log p (B,), {name: ∇_name Σ_b log p_b}) with every input detached and outputs detached.
-
-    Rows are independent chains, so the gradient of the batch sum is each row's own gradient.
-    """
-    with torch.enable_grad():
-        leaves = {name: value.detach().requires_grad_(True) for name, value in position.items()}
-        log_density = log_density_fn(leaves)
-        grads = torch.autograd.grad(log_density.sum(), list(leaves.values()), allow_unused=True)
-    grad = {name: (g if g is not None else torch.zeros_like(leaves[name])) for name, g in zip(leaves, grads)}
-    return log_density.detach(), grad
 
 
 def langevin_step(
@@ -96,31 +54,6 @@ class ChainInfo(NamedTuple):
     step_size: torch.Tensor
     acceptance_prob: Optional[torch.Tensor]
     gradient_evaluations: int
-
-
-def mala_acceptance_prob(frm: LangevinState, to: LangevinState, step_size) -> torch.Tensor:
-    """min(1, α) of the Langevin move ``frm -> to`` (both evaluated), per row (leading dimension):
-
-    .. math:: \\log\\alpha = \\log p(z') - \\log p(z) + \\log q(z \\mid z') - \\log q(z' \\mid z),
-       \\quad \\log q(a \\mid b) = -\\lVert a - b - \\tfrac{s^2}{2}\\nabla\\log p(b)\\rVert^2 / (2 s^2).
-
-    ``step_size``: a float or an (R,) tensor. Non-finite ratios give 0.
-    """
-    log_ratio = to.log_density - frm.log_density
-    for name, z_to in to.position.items():
-        s = _per_row(step_size, z_to)
-        forward = z_to - frm.position[name] - (0.5 * s**2) * frm.grad[name]
-        backward = frm.position[name] - z_to - (0.5 * s**2) * to.grad[name]
-        term = (forward.pow(2) - backward.pow(2)) / (2 * s**2)
-        log_ratio = log_ratio + (term.reshape(term.shape[0], -1).sum(1) if term.dim() > 0 else term)
-    return torch.nan_to_num(log_ratio, nan=-float("inf")).clamp(max=0.0).exp()
-
-
-def _per_row(step_size, z: torch.Tensor):
-    """A float step size as is; an (R,) tensor viewed as (R, 1, ..., 1) to broadcast against ``z`` (R, ...)."""
-    if not torch.is_tensor(step_size) or step_size.dim() == 0:
-        return step_size
-    return step_size.reshape(step_size.shape + (1,) * (z.dim() - 1))
 
 
 def run_chain(
@@ -159,7 +92,7 @@ def run_chain(
     of :func:`langevin_step`. ``callback(k, state)`` runs after move k with the unevaluated state.
 
     :param bool track_acceptance: also return the mean MALA acceptance probability of each row's
-        moves (:func:`mala_acceptance_prob`), the statistic step-size adaptation follows.
+        moves (:func:`~pyro_lfbm.infer.mala.mala_log_ratio`), the statistic step-size adaptation follows.
     :returns: ``(state, info)``: the final :class:`LangevinState` (evaluated when the final
         position was) and a :class:`ChainInfo`.
     """
@@ -203,7 +136,7 @@ def run_chain(
                 raise divergence_error(what, k, num_steps, steps, int(bad.sum()), rows, where, backoff_exhausted=True)
             state = _take_rows(bad, previous, state)
         if track_acceptance and previous is not None:
-            acc = mala_acceptance_prob(previous, state, steps).reshape(-1)
+            acc = mala_log_ratio(previous, state, steps).clamp(max=0.0).exp().reshape(-1)
             if diverged:
                 acc = torch.where(bad, torch.zeros_like(acc), acc)
             accept_sum = acc if accept_sum is None else accept_sum + acc
@@ -218,7 +151,7 @@ def run_chain(
             state = checked(state, k - 1)
         previous = state
         moved = {
-            name: langevin_move(z, state.grad[name], _per_row(steps, z), noise, generator)
+            name: langevin_move(z, state.grad[name], broadcast_step_size(steps, z, 0 if z.dim() > 0 else None), noise, generator)
             for name, z in state.position.items()
         }
         state = LangevinState(moved)

@@ -26,7 +26,8 @@ from typing import Callable, Dict, NamedTuple, Optional, Tuple, Union
 
 import torch
 
-from pyro_lfbm.infer.langevin import LangevinState, evaluate, langevin_move, value_and_grad
+from pyro_lfbm.infer.state import LangevinState, evaluate, value_and_grad
+from pyro_lfbm.ops.langevin import langevin_move
 
 Latents = Dict[str, torch.Tensor]
 LogDensityFn = Callable[[Latents], torch.Tensor]
@@ -96,7 +97,7 @@ def mala_step(
         )
 
     position = {
-        name: langevin_move(z, state.grad[name], _per_row(step_size, z, dims[name]), noise=True, generator=generator)
+        name: langevin_move(z, state.grad[name], broadcast_step_size(step_size, z, dims[name]), noise=True, generator=generator)
         for name, z in state.position.items()
     }
     log_density, grad = value_and_grad(log_density_fn, position)
@@ -168,14 +169,14 @@ def mala_log_ratio(frm: LangevinState, to: LangevinState, step_size: StepSize, *
     log_ratio = to.log_density - current
     for name, z_to in to.position.items():
         dim = dims[name]
-        s = _per_row(step_size, z_to, dim)
+        s = broadcast_step_size(step_size, z_to, dim)
         forward = z_to - frm.position[name] - (0.5 * s**2) * frm.grad[name]  # z' given z
         backward = frm.position[name] - z_to - (0.5 * s**2) * to.grad[name]  # z given z'
         log_ratio = log_ratio + _reduce((forward * forward - backward * backward) / (2 * s**2), dim)
     return torch.nan_to_num(log_ratio, nan=-float("inf"))
 
 
-def _per_row(step_size: StepSize, z: torch.Tensor, dim: Optional[int]) -> StepSize:
+def broadcast_step_size(step_size: StepSize, z: torch.Tensor, dim: Optional[int]) -> StepSize:
     """A float (or 0-d) step size as is; a (B,) tensor shaped to broadcast along ``z``'s row dim ``dim``."""
     if not torch.is_tensor(step_size) or step_size.dim() == 0:
         return step_size
