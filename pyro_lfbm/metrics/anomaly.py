@@ -10,7 +10,7 @@ precision and AUROC.
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ def anomaly_scores(
     batchnorm: str = "eval",
     seed: Optional[int] = 0,
     progress: bool = True,
+    inference: Optional[Callable[..., InferenceResult]] = None,
 ) -> tuple[Dict[str, torch.Tensor], InferenceResult]:
     """Scores (higher = more anomalous) of every image in ``x`` (N, C, H, W).
 
@@ -39,6 +40,9 @@ def anomaly_scores(
         (it never calls ``eval()``), which makes a score depend on the other images in its batch.
     :param seed: seeds z₀ and the batch order so that scores are reproducible (None leaves the
         RNG alone).
+    :param inference: the batched inference, with the signature of
+        :func:`~pyro_lfbm.infer.dataset.infer_dataset` (the default; data-parallel runs pass
+        :func:`pyro_lfbm.train.distributed.sharded_inference`, which splits each batch over the processes).
 
     Images are scored in a random order, never in the order of ``x``: with ``batchnorm="train"``
     a batch made only of anomalies (a test set sorted by class) would be normalised by anomaly
@@ -54,7 +58,7 @@ def anomaly_scores(
             if seed is not None:
                 torch.manual_seed(seed)
             order = torch.randperm(x.shape[0])
-            result = infer_dataset(
+            result = (inference or infer_dataset)(
                 model, x[order], num_steps=num_steps, step_size=step_size, noise=False, batch_size=batch_size,
                 progress=progress, desc="scoring",
             )

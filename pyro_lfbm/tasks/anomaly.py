@@ -18,6 +18,7 @@ import torch
 
 from pyro_lfbm.data import AnomalySplit
 from pyro_lfbm.metrics.anomaly import DECISION_FUNCTIONS, anomaly_metrics, anomaly_scores
+from pyro_lfbm.train.distributed import sharded_inference
 from pyro_lfbm.train.checkpoint import CheckpointError, check_config_compatible, load_checkpoint
 from pyro_lfbm.train.loop import trainer_state
 from pyro_lfbm.train.presets import Preset
@@ -119,7 +120,8 @@ def run_anomaly(
     for mode in modes:
         started = time.perf_counter()
         scores, _ = anomaly_scores(model, split.test_x, num_steps=learn.test_steps, step_size=learn.test_step_size,
-                                   batch_size=learn.test_batch_size, batchnorm=mode, seed=seed, progress=progress)
+                                   batch_size=learn.test_batch_size, batchnorm=mode, seed=seed, progress=progress,
+                                   inference=sharded_inference)  # infer_dataset itself in one process
         test_seconds = time.perf_counter() - started
         for name in DECISION_FUNCTIONS:
             rows.append({
