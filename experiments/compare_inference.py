@@ -48,15 +48,16 @@ from pyro_lfbm.train.checkpoint import load_checkpoint, save_checkpoint  # noqa:
 from pyro_lfbm.harness.cli import UsageError, add_common_arguments, read_result_file, run_record, staged_output, write_json  # noqa: E402
 from pyro_lfbm.data import heldout_digit_split  # noqa: E402
 from pyro_lfbm.metrics.evaluation import GaussianProposal, inference_row, langevin_trajectory, log_joint_terms, reconstruction_mse  # noqa: E402
-from pyro_lfbm.infer import LangevinGuide  # noqa: E402
 from pyro_lfbm.infer.baselines import fit_autonormal, mala_reference  # noqa: E402
-from pyro_lfbm.infer.encoder_guide import EncoderGuide, encode_dataset, fit_encoder  # noqa: E402
-from pyro_lfbm.infer.hybrid import HybridGuide  # noqa: E402
-from pyro_lfbm.nets import make_encoder  # noqa: E402
+from pyro_lfbm.infer.encoder_guide import encode_dataset  # noqa: E402
+from pyro_lfbm.train.encoder import fit_encoder  # noqa: E402
 from pyro_lfbm.train.presets import get_preset  # noqa: E402
-from pyro_lfbm.train.svi import fit  # noqa: E402
+from pyro_lfbm.train.recipe import build, build_encoder_guide, train_recipe  # noqa: E402
 
 VARIANTS = ("LFBM-MCMC", "LFBM-VAE", "LFBM-hybrid", "VAE")
+#: (prior, training guide) of each variant: presets of the one recipe, pyro_lfbm.train.build.
+VARIANT_RECIPES = {"LFBM-MCMC": ("flow", "langevin"), "LFBM-VAE": ("flow", "encoder"),
+                   "LFBM-hybrid": ("flow", "hybrid"), "VAE": ("gaussian", "encoder")}
 CURVE_STEPS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 400)
 
 
@@ -102,39 +103,26 @@ def checkpoint_tag(dataset: str, variant: str, preset_name: str, n_train: int) -
 # ----------------------------------------------------------------------------- training
 
 
-def build_variant(variant: str, preset, device, args):
-    """(model, training guide, encoder guide or None) of one training variant."""
-    prior = "gaussian" if variant == "VAE" else "flow"
-    cfg = replace(preset.model, prior=prior)
-    model = cfg.build().to(device)
-    encoder_guide = make_encoder_guide(cfg).to(device)
-    if variant == "LFBM-MCMC":
-        guide = LangevinGuide(model, num_steps=preset.learn.num_steps, step_size=preset.learn.step_size)
-        return model, guide, encoder_guide  # encoder fitted post hoc
-    if variant == "LFBM-hybrid":
-        guide = HybridGuide(model, encoder_guide, num_steps=args.hybrid_train_steps, step_size=preset.learn.step_size)
-        return model, guide, encoder_guide
-    return model, encoder_guide, encoder_guide
-
-
-def make_encoder_guide(cfg) -> EncoderGuide:
-    kwargs = {}
-    if tuple(cfg.image_shape) == (1, 28, 28):
-        kwargs = dict(hidden_dim=cfg.generator_hidden, channels=cfg.generator_channels, batch_norm=cfg.batch_norm)
-    return EncoderGuide(make_encoder(tuple(cfg.image_shape), cfg.latent_dim, **kwargs))
+def variant_preset(variant: str, preset, args):
+    """The preset of one training variant, derived from the (flow) preset of the run."""
+    prior, guide = VARIANT_RECIPES[variant]
+    preset = preset.with_prior(prior)
+    return preset.with_guide(guide, hybrid_steps=args.hybrid_train_steps) if guide == "hybrid" else preset.with_guide(guide)
 
 
 def train_variant(variant, dataset, preset, train_x, device, args, ckpt_dir: Path):
     pyro.clear_param_store()
     torch.manual_seed(args.seed)
-    model, guide, encoder_guide = build_variant(variant, preset, device, args)
+    recipe = build(variant_preset(variant, preset, args), device=device)
+    model = recipe.model
+    # LFBM-MCMC's encoder is fitted post hoc (built here, as before, right after the model)
+    encoder_guide = recipe.encoder_guide or build_encoder_guide(recipe.preset, device)
     tag = checkpoint_tag(dataset, variant, args.preset, train_x.shape[0])
     config = {**preset.to_dict(), "variant": variant, "train_size": int(train_x.shape[0]), "heldout": args.heldout}
     started = time.perf_counter()
-    history = fit(model, guide, train_x, epochs=preset.learn.epochs, batch_size=preset.learn.batch_size,
-                  optim=preset.learn.optim, seed=args.seed, checkpoint_path=ckpt_dir / f"{tag}.pt",
-                  resume=args.resume, config=config, config_keys=("model", "variant", "train_size"),
-                  progress=not args.no_progress, skip_nonfinite=args.skip_nonfinite)
+    history = train_recipe(recipe, train_x, seed=args.seed, checkpoint_path=ckpt_dir / f"{tag}.pt", resume=args.resume,
+                           config=config, config_keys=("model", "variant", "train_size"), progress=not args.no_progress,
+                           skip_nonfinite=args.skip_nonfinite)
     train_seconds = history.train_seconds
     if variant == "LFBM-MCMC":  # post-hoc amortized inference network for the frozen model
         path = ckpt_dir / f"{tag}-posthoc-encoder.pt"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -22,7 +23,8 @@ import torch
 
 from pyro_lfbm.harness import cli
 from pyro_lfbm.harness.cli import UsageError, run_record, staged_output, write_json
-from pyro_lfbm.models.coopflow import CoopFlowTrainer, coopflow_preset, evaluate_coopflow
+from pyro_lfbm.metrics.generation import evaluate_coopflow
+from pyro_lfbm.train.coopflow import CoopFlowTrainer, coopflow_preset
 from pyro_lfbm.train.loop import fit_steps
 from pyro_lfbm.harness.task_cli import add_task_arguments, check_task_arguments, load_split, seeded_device
 
@@ -43,12 +45,9 @@ def prepare(args: argparse.Namespace):
         cfg = coopflow_preset(args.preset, shape)
     except ValueError as err:  # unknown data set / preset, or the paper preset on 28x28 images: one line
         raise UsageError(str(err)) from err
-    if args.epochs is not None:
-        cfg.epochs = args.epochs
-    if args.langevin_steps is not None:
-        cfg.num_steps = args.langevin_steps
-    if args.step_size is not None:
-        cfg.step_size = args.step_size
+    cfg = replace(cfg, epochs=cfg.epochs if args.epochs is None else args.epochs,
+                  num_steps=cfg.num_steps if args.langevin_steps is None else args.langevin_steps,
+                  step_size=cfg.step_size if args.step_size is None else args.step_size)
     if args.n_train and args.n_train < cfg.batch_size:
         raise UsageError(f"--n-train {args.n_train} is less than one training batch ({cfg.batch_size} images in the "
                          f"{args.preset} preset); pass at least {cfg.batch_size}, or 0 for all")

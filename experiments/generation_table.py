@@ -33,9 +33,9 @@ import torch
 from pyro_lfbm.harness import cli
 from pyro_lfbm.harness.cli import UsageError, add_common_arguments, read_result_file, run_record, staged_output, write_json
 from pyro_lfbm.data import load_images
-from pyro_lfbm.infer import LangevinGuide, infer_dataset
+from pyro_lfbm.infer import infer_dataset
 from pyro_lfbm.train.presets import get_preset
-from pyro_lfbm.train.svi import fit
+from pyro_lfbm.train.recipe import build, train_recipe
 
 #: model name -> the prior of a :class:`~pyro_lfbm.models.LatentModel` trained by short-run Langevin.
 LATENT_MODELS = {"lfbm-mcmc": "flow", "abp": "gaussian", "lebm": "ebm"}
@@ -57,16 +57,9 @@ def save_run(out: Path, samples: torch.Tensor, metrics: dict, extra_files: dict 
 
 def _train_latent_model(name: str, args, x_train, x_test, device) -> tuple[torch.Tensor, dict]:
     """Train LFBM-MCMC / ABP / LEBM with SVI + LangevinGuide; returns (samples, metrics)."""
-    pyro.clear_param_store()
-    torch.manual_seed(args.seed)
-    preset = get_preset(args.preset, LATENT_MODELS[name])
-    epochs = args.epochs if args.epochs is not None else preset.learn.epochs
-    model = preset.model.build().to(device)
-    guide = LangevinGuide(model, num_steps=preset.learn.num_steps, step_size=preset.learn.step_size)
-    ckpt = _checkpoint_dir(args) / f"{args.dataset}-{name}.pt"
-    history = fit(model, guide, x_train, epochs=epochs, batch_size=preset.learn.batch_size, optim=preset.learn.optim,
-                  seed=args.seed, checkpoint_path=ckpt, resume=args.resume, config=preset.to_dict(),
-                  config_keys=("model",), progress=not args.no_progress, skip_nonfinite=args.skip_nonfinite)
+    preset = get_preset(args.preset, LATENT_MODELS[name]).with_epochs(args.epochs)
+    model, history = _train(preset, _checkpoint_dir(args) / f"{args.dataset}-{name}.pt", args, x_train, device)
+    epochs = preset.learn.epochs
     model.eval()
     started = time.perf_counter()
     result = infer_dataset(model, x_test.to(device), num_steps=preset.learn.test_steps,
@@ -92,22 +85,10 @@ def _train_lfbm_vae(args, x_train, x_test, device) -> tuple[torch.Tensor, dict]:
     """LFBM-VAE: the LFBM model (same generator and flow prior as LFBM-MCMC) learned with the amortized
     encoder guide of :mod:`pyro_lfbm.infer.encoder_guide` (reparametrized ELBO); the encoder mirrors
     the generator. Reconstruction: G(μ_φ(x))."""
-    from pyro_lfbm.infer.encoder_guide import EncoderGuide
-    from pyro_lfbm.nets import make_encoder
-
-    pyro.clear_param_store()
-    torch.manual_seed(args.seed)
-    preset = get_preset(args.preset, "flow")
-    epochs = args.epochs if args.epochs is not None else preset.learn.epochs
-    model = preset.model.build().to(device)
-    m = preset.model
-    kwargs = dict(hidden_dim=m.generator_hidden, channels=m.generator_channels, batch_norm=m.batch_norm) \
-        if tuple(m.image_shape) == (1, 28, 28) else {}
-    guide = EncoderGuide(make_encoder(tuple(m.image_shape), m.latent_dim, **kwargs)).to(device)
-    ckpt = _checkpoint_dir(args) / f"{args.dataset}-lfbm-vae.pt"
-    history = fit(model, guide, x_train, epochs=epochs, batch_size=preset.learn.batch_size, optim=preset.learn.optim,
-                  seed=args.seed, checkpoint_path=ckpt, resume=args.resume, config=preset.to_dict(),
-                  config_keys=("model",), progress=not args.no_progress, skip_nonfinite=args.skip_nonfinite)
+    preset = get_preset(args.preset, "flow", "encoder").with_epochs(args.epochs)
+    model, history, guide = _train(preset, _checkpoint_dir(args) / f"{args.dataset}-lfbm-vae.pt", args, x_train, device,
+                                   with_guide=True)
+    epochs = preset.learn.epochs
     model.eval()
     guide.eval()
     started = time.perf_counter()
@@ -124,6 +105,18 @@ def _train_lfbm_vae(args, x_train, x_test, device) -> tuple[torch.Tensor, dict]:
         "final_loss": history.epochs[-1]["loss"], "history": history.epochs,
     }
     return samples, metrics
+
+
+def _train(preset, ckpt: Path, args, x_train, device, with_guide: bool = False):
+    """Build ``preset`` by the one recipe (seeded by --seed, in a fresh param store) and train it;
+    returns (model, history) or, with ``with_guide``, (model, history, guide)."""
+    pyro.clear_param_store()
+    torch.manual_seed(args.seed)
+    recipe = build(preset, device=device)
+    history = train_recipe(recipe, x_train, seed=args.seed, checkpoint_path=ckpt, resume=args.resume,
+                           config=preset.to_dict(), config_keys=("model",), progress=not args.no_progress,
+                           skip_nonfinite=args.skip_nonfinite)
+    return (recipe.model, history, recipe.guide) if with_guide else (recipe.model, history)
 
 
 def _checkpoint_dir(args) -> Path:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -22,7 +23,8 @@ import torch
 
 from pyro_lfbm.harness import cli
 from pyro_lfbm.harness.cli import UsageError, run_record, staged_output, write_json
-from pyro_lfbm.models.glf import GLFTrainer, evaluate_glf, glf_preset
+from pyro_lfbm.metrics.generation import evaluate_glf
+from pyro_lfbm.train.glf import GLFTrainer, glf_preset
 from pyro_lfbm.train.loop import fit_steps
 from pyro_lfbm.harness.task_cli import add_task_arguments, check_task_arguments, load_split, seeded_device
 
@@ -42,9 +44,7 @@ def prepare(args: argparse.Namespace):
         cfg = glf_preset(args.preset, shape)
     except ValueError as err:  # unknown data set / split / preset: one line
         raise UsageError(str(err)) from err
-    if args.epochs is not None:
-        cfg.epochs = args.epochs
-    cfg.stop_gradient = not args.no_stop_gradient
+    cfg = replace(cfg, epochs=cfg.epochs if args.epochs is None else args.epochs, stop_gradient=not args.no_stop_gradient)
     if args.n_train and args.n_train < cfg.batch_size:
         raise UsageError(f"--n-train {args.n_train} is less than one training batch ({cfg.batch_size} images in the "
                          f"{args.preset} preset); pass at least {cfg.batch_size}, or 0 for all")

@@ -1,11 +1,13 @@
 """Tests of CoopFlow (:mod:`pyro_lfbm.models.coopflow`) and its energy networks."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
-from pyro_lfbm.models.coopflow import CoopFlow, CoopFlowTrainer, coopflow_preset
+from pyro_lfbm.models.coopflow import CoopFlow
+from pyro_lfbm.train.coopflow import CoopFlowTrainer, coopflow_preset
 from pyro_lfbm.nets.energy import ConvEnergy, ResEnergy32, make_energy
 from pyro_lfbm.train.loop import fit_steps
 
@@ -19,8 +21,7 @@ def blobs(n=60, seed=0):
 def tiny(**optim):
     torch.manual_seed(0)
     cfg = coopflow_preset("tiny")
-    for k, v in optim.items():
-        setattr(cfg.optim, k, v)
+    cfg = replace(cfg, optim=replace(cfg.optim, **optim))
     model = cfg.build()
     return cfg, model, CoopFlowTrainer(model, cfg.optim)
 

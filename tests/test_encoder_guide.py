@@ -8,7 +8,8 @@ from pyro.infer import SVI, Predictive, Trace_ELBO
 from pyro_lfbm.metrics.evaluation import langevin_trajectory
 from pyro_lfbm.infer import short_run_langevin
 from pyro_lfbm.infer.baselines import fit_autonormal, mala_reference
-from pyro_lfbm.infer.encoder_guide import EncoderGuide, encode_dataset, fit_encoder
+from pyro_lfbm.infer.encoder_guide import EncoderGuide, encode_dataset
+from pyro_lfbm.train.encoder import fit_encoder
 from pyro_lfbm.infer.hybrid import HybridGuide, hybrid_infer_dataset
 from pyro_lfbm.nets import MNISTEncoder
 from pyro_lfbm.train.presets import get_preset

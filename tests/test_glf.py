@@ -1,11 +1,13 @@
 """Tests of Generative Latent Flow (:mod:`pyro_lfbm.models.glf`)."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
-from pyro_lfbm.models.glf import GLF, GLFTrainer, glf_preset
+from pyro_lfbm.models.glf import GLF
+from pyro_lfbm.train.glf import GLFTrainer, glf_preset
 from pyro_lfbm.train.loop import fit_steps
 
 
@@ -18,8 +20,7 @@ def blobs(n=200, seed=0):
 
 def tiny(stop_gradient=True):
     torch.manual_seed(0)
-    cfg = glf_preset("tiny")
-    cfg.stop_gradient = stop_gradient
+    cfg = replace(glf_preset("tiny"), stop_gradient=stop_gradient)
     return cfg, cfg.build()
 
 
@@ -49,7 +50,7 @@ def test_without_stop_gradient_the_flow_term_reaches_the_encoder():
 
 def test_a_short_run_lowers_both_losses(tmp_path):
     cfg, model = tiny()
-    cfg.lr = 3e-3
+    cfg = replace(cfg, lr=3e-3)
     trainer = GLFTrainer(model, cfg)
     x = blobs(200)
     history = fit_steps(trainer, x, epochs=6, batch_size=20, seed=0, progress=False,

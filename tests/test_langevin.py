@@ -200,7 +200,7 @@ def test_energy_prior_negatives_follow_the_one_langevin_move_in_the_prior_dtype(
 
 
 def test_coopflow_revision_is_the_clipped_official_update():
-    from pyro_lfbm.models.coopflow import coopflow_preset
+    from pyro_lfbm.train.coopflow import coopflow_preset
 
     torch.manual_seed(0)
     model = coopflow_preset("tiny").build()

@@ -230,7 +230,7 @@ def test_kill_9_during_a_save_leaves_a_temporary_that_the_next_start_removes(tmp
 
 
 def glf_trainer():
-    from pyro_lfbm.models.glf import GLFTrainer, glf_preset
+    from pyro_lfbm.train.glf import GLFTrainer, glf_preset
 
     torch.manual_seed(0)
     cfg = glf_preset("tiny")
@@ -239,7 +239,7 @@ def glf_trainer():
 
 
 def coopflow_trainer():
-    from pyro_lfbm.models.coopflow import CoopFlowTrainer, coopflow_preset
+    from pyro_lfbm.train.coopflow import CoopFlowTrainer, coopflow_preset
 
     torch.manual_seed(0)
     cfg = coopflow_preset("tiny")

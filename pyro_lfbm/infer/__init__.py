@@ -3,7 +3,7 @@ and hybrid guides, and per-image baselines (AutoNormal, MALA)."""
 
 from pyro_lfbm.infer.baselines import AutoNormalFit, MALAReference, fit_autonormal, mala_reference
 from pyro_lfbm.infer.dataset import InferenceResult, infer_dataset
-from pyro_lfbm.infer.encoder_guide import EncoderGuide, encode_dataset, fit_encoder
+from pyro_lfbm.infer.encoder_guide import EncoderGuide, encode_dataset
 from pyro_lfbm.infer.guide import LangevinGuide
 from pyro_lfbm.infer.hybrid import HybridGuide, hybrid_infer_dataset
 from pyro_lfbm.infer.kernel import LangevinKernel
@@ -39,7 +39,6 @@ __all__ = [
     "encode_dataset",
     "evaluate",
     "fit_autonormal",
-    "fit_encoder",
     "find_latent_sites",
     "hybrid_infer_dataset",
     "infer_dataset",

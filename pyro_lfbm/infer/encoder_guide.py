@@ -8,21 +8,20 @@ plain VAE. The guide mirrors the model's structure: the same ``pyro.plate("data"
     svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
     svi.step(x)                      # joint step on prior, generator and encoder (reparametrized ELBO)
 
-trains the prior, the generator and the encoder together. :func:`fit_encoder` instead fits the
-encoder alone to a *frozen* model (a post-hoc inference network for a model that was learned by
-short-run Langevin), and :func:`encode_dataset` is amortized inference over a whole data set.
+trains the prior, the generator and the encoder together (:func:`pyro_lfbm.train.fit_encoder`
+instead fits the encoder alone to a *frozen* model: a post-hoc inference network for a model that
+was learned by short-run Langevin), and :func:`encode_dataset` is amortized inference over a whole
+data set.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro import poutine
-from pyro.infer import SVI, Trace_ELBO
 from pyro.nn import PyroModule
 from torch import nn
 from tqdm.auto import tqdm
@@ -108,55 +107,3 @@ def encode_dataset(
         terms = batched_log_joint_terms(model, x, z, batch_size=batch_size)
         log_joint = terms["prior"] + terms["likelihood"]
     return InferenceResult(z=z, log_joint=log_joint, log_joint_terms=terms, gradient_evaluations=0, seconds=seconds)
-
-
-def fit_encoder(
-    model,
-    guide: EncoderGuide,
-    x: torch.Tensor,
-    *,
-    epochs: int,
-    batch_size: int = 100,
-    lr: float = 1e-3,
-    seed: int = 0,
-    progress: bool = True,
-) -> List[float]:
-    """Fit the encoder of ``guide`` to a frozen ``model`` by SVI (Trace_ELBO), model parameters fixed.
-
-    The model's parameters are hidden from the trace with ``poutine.block(hide_types=["param"])``,
-    so SVI's optimizer only ever sees the guide's parameters, and the model is put in ``eval()``
-    mode for the duration (its BatchNorm statistics are not updated). This is the post-hoc
-    inference network of a model learned by short-run Langevin (LFBM-MCMC).
-
-    :param x: training images (N, C, H, W), N ≥ batch_size.
-    :returns: the mean loss per example (negative ELBO) of every epoch.
-    """
-    if epochs < 1:
-        raise ValueError(f"epochs must be at least 1, got {epochs}")
-    if x.shape[0] < batch_size:
-        raise ValueError(f"need at least batch_size={batch_size} images, got {x.shape[0]}")
-    frozen = poutine.block(model, hide_types=["param"])
-    svi = SVI(frozen, guide, pyro.optim.Adam({"lr": lr}), Trace_ELBO())
-    device = next(iter(guide.parameters())).device
-    was_training = model.training
-    model.eval()
-    guide.train()
-    requires = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    losses = []
-    try:
-        num_batches = x.shape[0] // batch_size
-        for epoch in range(epochs):
-            order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-            total = 0.0
-            bar = tqdm(range(num_batches), desc=f"encoder epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
-            for b in bar:
-                xb = x[order[b * batch_size : (b + 1) * batch_size]].to(device)
-                total += svi.step(xb) / batch_size
-            losses.append(total / num_batches)
-    finally:
-        for p, r in zip(model.parameters(), requires):
-            p.requires_grad_(r)
-        model.train(was_training)
-    return losses

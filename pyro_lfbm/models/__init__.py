@@ -1,20 +1,10 @@
-from pyro_lfbm.models.latent_model import LatentModel
-from pyro_lfbm.models.coopflow import CoopFlow, CoopFlowConfig, CoopFlowOptim, CoopFlowTrainer, coopflow_preset, evaluate_coopflow
-from pyro_lfbm.models.glf import GLF, GLFConfig, GLFTrainer, evaluate_glf, glf_preset
-from pyro_lfbm.models.image_flow import ImageFlow
+"""The models: :class:`LatentModel` (p_α(z) p_β(x | z) as a Pyro model: LFBM, ABP, LEBM), :class:`GLF`
+(Generative Latent Flow), :class:`CoopFlow` and its image flow :class:`ImageFlow`. Their trainers,
+configurations and presets are in :mod:`pyro_lfbm.train`; their metrics in :mod:`pyro_lfbm.metrics`."""
 
-__all__ = [
-    "CoopFlow",
-    "CoopFlowConfig",
-    "CoopFlowOptim",
-    "CoopFlowTrainer",
-    "GLF",
-    "GLFConfig",
-    "GLFTrainer",
-    "ImageFlow",
-    "LatentModel",
-    "coopflow_preset",
-    "evaluate_coopflow",
-    "evaluate_glf",
-    "glf_preset",
-]
+from pyro_lfbm.models.coopflow import CoopFlow
+from pyro_lfbm.models.glf import GLF
+from pyro_lfbm.models.image_flow import ImageFlow
+from pyro_lfbm.models.latent_model import LatentModel
+
+__all__ = ["CoopFlow", "GLF", "ImageFlow", "LatentModel"]

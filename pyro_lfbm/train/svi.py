@@ -75,13 +75,15 @@ class SVITrainer:
         self.scheduler.step()
 
     def state_dict(self) -> dict:
+        model = self.model.state_dict() if isinstance(self.model, torch.nn.Module) else None
         guide = self.guide.state_dict() if isinstance(self.guide, torch.nn.Module) else None
         # states set but not yet taken up by a parameter (right after a resume) are part of the state too
         optim = {**getattr(self.scheduler, "_state_waiting_to_be_consumed", {}), **self.scheduler.get_state()}
-        return {"model": self.model.state_dict(), "guide": guide, "optim": optim}
+        return {"model": model, "guide": guide, "optim": optim}
 
     def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
+        if isinstance(self.model, torch.nn.Module):
+            self.model.load_state_dict(state["model"])
         if isinstance(self.guide, torch.nn.Module) and state.get("guide") is not None:
             self.guide.load_state_dict(state["guide"])
         # Fresh Adam/scheduler objects: Pyro hands a saved state only to an optimizer it creates.
