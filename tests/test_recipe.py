@@ -1,0 +1,89 @@
+"""The one training recipe (pyro_lfbm.train.recipe): every guide kind equals the hand-written SVI
+setup it stands for, and the recipe leaves the caller's RNG and param store alone."""
+
+from dataclasses import FrozenInstanceError, replace
+
+import pyro
+import pytest
+import torch
+from pyro.infer import SVI, Trace_ELBO
+
+from pyro_lfbm.infer import EncoderGuide, HybridGuide, LangevinGuide
+from pyro_lfbm.nets import make_encoder
+from pyro_lfbm.train import build, fit_preset, get_preset, isolated, run_tag, train_recipe
+from pyro_lfbm.train.svi import SVITrainer
+
+
+def blobs(n=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.tanh(torch.nn.functional.interpolate(torch.randn(n, 1, 7, 7, generator=g), size=28, mode="bilinear"))
+
+
+def hand_written(kind, preset, x, seed=3):
+    """The SVI run each preset kind stands for, written out: model, guide, Adam with decay, 2 batches."""
+    pyro.clear_param_store()
+    torch.manual_seed(seed)
+    model = preset.model.build()
+    m, learn = preset.model, preset.learn
+    encoder = None
+    if kind in ("encoder", "hybrid"):
+        encoder = EncoderGuide(make_encoder(m.image_shape, m.latent_dim, hidden_dim=m.generator_hidden,
+                                            channels=m.generator_channels, batch_norm=m.batch_norm))
+    guide = {"langevin": lambda: LangevinGuide(model, num_steps=learn.num_steps, step_size=learn.step_size),
+             "encoder": lambda: encoder,
+             "hybrid": lambda: HybridGuide(model, encoder, num_steps=preset.guide.hybrid_steps,
+                                           step_size=learn.step_size)}[kind]()
+    svi = SVI(model, guide, learn.optim.build(), Trace_ELBO())
+    order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed * 100_003))
+    for b in range(x.shape[0] // learn.batch_size):
+        svi.step(x[order[b * learn.batch_size:(b + 1) * learn.batch_size]])
+    return model, guide
+
+
+@pytest.mark.parametrize("prior, kind", [("flow", "langevin"), ("gaussian", "langevin"), ("flow", "encoder"),
+                                         ("gaussian", "encoder"), ("flow", "hybrid")])
+def test_each_preset_kind_is_its_hand_written_svi_run(prior, kind):
+    preset = get_preset("tiny", prior, kind)
+    preset = replace(preset, learn=replace(preset.learn, batch_size=20, epochs=1, num_steps=2))
+    x = blobs(40)
+    expected, _ = hand_written(kind, preset, x)
+    with isolated(seed=3):
+        recipe = build(preset)
+        model, guide, trainer = recipe
+        assert isinstance(trainer, SVITrainer) and trainer.model is model and trainer.guide is guide
+        assert type(guide) is {"langevin": LangevinGuide, "encoder": EncoderGuide, "hybrid": HybridGuide}[kind]
+        assert (recipe.encoder_guide is None) == (kind == "langevin")
+        history = train_recipe(recipe, x, seed=3, progress=False)
+    assert len(history.epochs) == 1
+    for (name, got), (_, want) in zip(model.state_dict().items(), expected.state_dict().items()):
+        assert torch.equal(got, want), name
+
+
+def test_the_recipe_leaves_the_callers_rng_and_param_store_alone(tmp_path):
+    pyro.param("mine", torch.ones(2))
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    preset = get_preset("tiny", "flow")
+    preset = replace(preset, learn=replace(preset.learn, batch_size=20))
+    model, history = fit_preset(preset, blobs(40), seed=1, checkpoint_dir=tmp_path, progress=False)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert list(pyro.get_param_store().keys()) == ["mine"]
+    # the same seed gives the same model, whatever the caller's RNG state
+    torch.manual_seed(999)
+    again, _ = fit_preset(preset, blobs(40), seed=1, checkpoint_dir=None, progress=False)
+    for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_presets_are_frozen_and_langevin_presets_keep_their_checkpoint_names():
+    preset = get_preset("tiny", "flow")
+    with pytest.raises(FrozenInstanceError):
+        preset.model.latent_dim = 4
+    assert "guide" not in preset.to_dict()                   # configs and run tags of Langevin runs unchanged
+    vae = get_preset("tiny", "flow", "encoder")
+    assert vae.to_dict()["guide"]["kind"] == "encoder" and run_tag(vae, {}) != run_tag(preset, {})
+    assert preset.with_epochs(3).learn.epochs == 3 and preset.with_epochs(None) is preset
+    with pytest.raises(ValueError, match="unknown guide"):
+        get_preset("tiny", "flow", "amortised")
+    with pytest.raises(ValueError, match="hybrid_steps"):
+        preset.with_guide("hybrid", hybrid_steps=-1)
