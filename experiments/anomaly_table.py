@@ -29,7 +29,8 @@ from pyro_lfbm.harness.anomaly_experiment import (
     run_folder_name,
     save_anomaly_run,
 )
-from pyro_lfbm.harness.anomaly_report import PAPER_AUPRC, append_rows, has_run, read_table, run_claim, write_report
+from pyro_lfbm.harness.anomaly_report import PAPER_AUPRC, append_rows, has_run, read_table, write_report
+from pyro_lfbm.harness.locking import run_claim
 from pyro_lfbm.harness.cli import UsageError, run_record
 from pyro_lfbm.train.presets import PRIORS
 

@@ -198,7 +198,7 @@ def test_side_by_side_runners_keep_each_others_rows(tmp_path):
 
 
 def test_a_run_claimed_by_another_runner_is_skipped_and_the_claim_dies_with_its_holder(tmp_path):
-    from pyro_lfbm.harness.anomaly_report import run_claim
+    from pyro_lfbm.harness.locking import run_claim
 
     claim = tmp_path / "checkpoints" / "lfbm-flow-heldout7-seed1-tiny.pt.claim"  # the default --checkpoint-dir
     with run_claim(claim) as mine:
@@ -214,7 +214,7 @@ def test_a_run_claimed_by_another_runner_is_skipped_and_the_claim_dies_with_its_
     with run_claim(claim) as after:
         assert after
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import time; from pyro_lfbm.harness.anomaly_report import run_claim\n"
+        "import time; from pyro_lfbm.harness.locking import run_claim\n"
         f"with run_claim({str(claim)!r}) as mine:\n    print(mine, flush=True); time.sleep(60)")],
         stdout=subprocess.PIPE, text=True)
     try:

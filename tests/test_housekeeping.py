@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from pyro_lfbm.harness.anomaly_report import append_rows, run_claim
+from pyro_lfbm.harness.anomaly_report import append_rows
+from pyro_lfbm.harness.locking import run_claim
 from pyro_lfbm.train.checkpoint import CheckpointError
 from pyro_lfbm.data import DataError, load_images
 
@@ -87,3 +88,36 @@ def test_resuming_a_checkpoint_with_more_epochs_than_asked_is_refused(tmp_path):
     model, history = run(tmp_path, epochs=2, resume=True)  # a finished run is loaded, not trained again
     assert [row["epoch"] for row in history.epochs] == [1, 2]
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_one_formatter_and_one_prior_label_map_for_every_report():
+    import statistics
+
+    from pyro_lfbm.harness.formatting import mean_std, prior_label
+
+    values = [0.25, 0.5, 1.0]
+    assert mean_std(values) == f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f} (3)"
+    assert mean_std([0.5, float("nan")]) == "0.500 (1)" and mean_std([]) == "–"
+    assert mean_std([12345.6, 12345.7], ".4g", ".2g") == "12350 ± 0.071 (2)"  # no exponent notation
+    assert [prior_label(p) for p in ("flow", "ebm", "gaussian")] == ["flow (LFBM)", "energy (LEBM)", "Gaussian (ABP)"]
+    assert prior_label("ebm", model=False) == "energy" and prior_label("other") == "other"
+
+
+def test_a_blocking_lock_waits_for_its_holder_and_is_removed(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from pyro_lfbm.harness.locking import locked
+
+    lock = tmp_path / "table.csv.lock"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import time; from pyro_lfbm.harness.locking import locked\n"
+        f"with locked({str(lock)!r}):\n    print('held', flush=True); time.sleep(1.0)")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    started = time.perf_counter()
+    with locked(lock):
+        waited = time.perf_counter() - started
+        assert lock.exists()
+    holder.wait(timeout=30)
+    assert waited > 0.3 and not lock.exists()

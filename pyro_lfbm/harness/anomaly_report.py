@@ -1,11 +1,9 @@
-"""The anomaly table's README: measured mean ± std over seeds beside the paper's AUPRC rows."""
+"""The anomaly table: its rows on disk (appended under a lock by side-by-side runners) and its README,
+measured mean ± std over seeds beside the paper's AUPRC rows."""
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict
 
@@ -13,6 +11,11 @@ import pandas as pd
 
 from pyro_lfbm.harness.anomaly_experiment import run_folder_name
 from pyro_lfbm.harness.cli import read_result_file
+from pyro_lfbm.harness.formatting import mean_std
+from pyro_lfbm.harness.locking import locked
+
+__all__ = ["PAPER_AUPRC", "append_rows", "has_run", "paired_differences", "read_table", "run_table", "summary_table",
+           "target_table", "write_report"]
 
 # "A Tale of Two Latent Flows", MNIST held-out-digit AUPRC (digits 1, 4, 5, 7, 9).
 PAPER_AUPRC: Dict[str, Dict[int, float]] = {
@@ -20,73 +23,6 @@ PAPER_AUPRC: Dict[str, Dict[int, float]] = {
     "LEBM": {1: 0.336, 4: 0.630, 5: 0.619, 7: 0.463, 9: 0.413},
     "ABP": {1: 0.095, 4: 0.138, 5: 0.147, 7: 0.138, 9: 0.102},
 }
-PRIOR_TO_ROW = {"flow": "LFBM", "ebm": "LEBM", "gaussian": "ABP"}
-
-
-def _open_locked(path: Path, blocking: bool):
-    """Open ``path`` (created if missing) and take an exclusive ``flock`` on it.
-
-    The lock files are removed on release, so a runner may lock a file that the previous holder has
-    just unlinked; the lock only counts when ``path`` still names the locked file (else open again).
-    :returns: the open file, or ``None`` when ``blocking`` is false and another process holds it.
-    """
-    while True:
-        handle = open(path, "a")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            return None
-        try:
-            same = os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            return handle
-        handle.close()  # the holder removed it while we waited: lock the new one
-
-
-def _release(handle, path: Path) -> None:
-    try:
-        os.unlink(path)  # while still holding the lock: no one can take the old file after this
-    except FileNotFoundError:
-        pass
-    finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
-
-
-@contextmanager
-def _locked(table_path: Path):
-    """An exclusive lock beside ``table_path`` (``table.csv.lock``, removed on release), so that
-    table runners started side by side do not overwrite each other's rows."""
-    lock_path = table_path.with_name(table_path.name + ".lock")
-    handle = _open_locked(lock_path, blocking=True)
-    try:
-        yield
-    finally:
-        _release(handle, lock_path)
-
-
-@contextmanager
-def run_claim(claim_path: Path):
-    """Claim one run for this process while the block runs; yields False if another process holds it.
-
-    The claim is a non-blocking ``flock`` on ``claim_path``: it is released (and the file removed)
-    when the block ends, and released by the system when the process dies, so a killed runner never
-    leaves a stale claim behind. Side-by-side table runners use it to skip a run that another runner
-    is still training, instead of training it twice into one checkpoint.
-    """
-    claim_path = Path(claim_path)
-    claim_path.parent.mkdir(parents=True, exist_ok=True)
-    handle = _open_locked(claim_path, blocking=False)
-    if handle is None:
-        yield False
-        return
-    try:
-        yield True
-    finally:
-        _release(handle, claim_path)
 
 
 def read_table(table_path: Path) -> pd.DataFrame:
@@ -115,7 +51,7 @@ def has_run(table: pd.DataFrame, heldout: int, prior: str, seed: int, preset: st
 def append_rows(table_path: Path, rows: pd.DataFrame) -> pd.DataFrame:
     """Add one run's rows to the table on disk (re-read under a lock, written atomically); returns the new table."""
     table_path = Path(table_path)
-    with _locked(table_path):
+    with locked(table_path.with_name(table_path.name + ".lock")):
         table = pd.concat([read_table(table_path), rows], ignore_index=True)
         tmp = table_path.with_suffix(".csv.tmp")
         table.to_csv(tmp, index=False)
@@ -126,11 +62,7 @@ def append_rows(table_path: Path, rows: pd.DataFrame) -> pd.DataFrame:
 def summary_table(table: pd.DataFrame, metric: str = "auprc") -> pd.DataFrame:
     """Rows (prior, BatchNorm mode, score), columns held-out digits, cells "mean ± std (n)" over seeds."""
     keys = ["prior", "batchnorm", "score"] if "batchnorm" in table else ["prior", "score"]
-    grouped = table.groupby(keys + ["heldout"])[metric].agg(["mean", "std", "count"]).reset_index()
-    grouped["cell"] = [
-        f"{m:.3f} ({n})" if n < 2 else f"{m:.3f} ± {s:.3f} ({n})"
-        for m, s, n in zip(grouped["mean"], grouped["std"], grouped["count"])
-    ]
+    grouped = table.groupby(keys + ["heldout"])[metric].agg(mean_std).reset_index(name="cell")
     return grouped.pivot(index=keys, columns="heldout", values="cell").fillna("–").reset_index()
 
 

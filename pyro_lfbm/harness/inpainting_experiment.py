@@ -9,15 +9,13 @@ import pandas as pd
 import torch
 
 from pyro_lfbm.harness.cli import UsageError, refuse_finished_run, run_record, staged_output, write_json
+from pyro_lfbm.harness.formatting import prior_label
 from pyro_lfbm.data import dataset_info
 from pyro_lfbm.tasks.inpainting import hole_mask, inpaint, inpainting_errors, paper_hole
 from pyro_lfbm.harness.panels import save_panel
 from pyro_lfbm.harness.task_cli import check_task_arguments, load_split, task_preset, trained_model
 
 __all__ = ["parse_hole", "run_inpainting"]
-
-LABELS = {"flow": "flow", "ebm": "energy", "gaussian": "Gaussian"}
-
 
 def parse_hole(text, image_shape) -> tuple:
     """``"TOP,LEFT,SIDE"`` (or None: the paper's hole scaled to ``image_shape``) -> (top, left, side)."""
@@ -73,7 +71,7 @@ def run_inpainting(args: argparse.Namespace) -> pd.DataFrame:
             panel[f"#{i} original"] = x_test[i : i + 1]
             panel[f"#{i} occluded"] = x_test[i : i + 1] * mask[0]
             for prior, comp in shown.items():
-                panel[f"#{i} {LABELS.get(prior, prior)}"] = comp[i]
+                panel[f"#{i} {prior_label(prior, model=False)}"] = comp[i]
         save_panel(panel, stage / "panel.png",
                    title=f"{info.name}: {side}x{side} hole, {args.completions} completions per prior (different chain starts)")
         write_json(stage / "run.json", record)

@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import fcntl
 import json
-import os
 from pathlib import Path
 from typing import Callable, Dict, List, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from pyro_lfbm.harness.cli import UsageError, command_line, make_dirs, resolve_device, run_record, staged_output
+from pyro_lfbm.harness.cli import UsageError, command_line, make_dirs, positive_float, positive_int, resolve_device, run_record, staged_output
+from pyro_lfbm.harness.formatting import PRIOR_ORDER
+from pyro_lfbm.harness.locking import locked, run_claim
+from pyro_lfbm.harness.task_cli import check_task_arguments, checkpoint_dir, load_split, task_preset
 
 from pyro_lfbm.data.masks import MaskSetting
 from pyro_lfbm.train.presets import Preset
 from pyro_lfbm.tasks.recovery import run_recovery
 from pyro_lfbm.harness.recovery_report import (
-    PRIOR_ORDER,
     encode_images,
     load_runs,
     long_table,
@@ -174,30 +174,11 @@ def write_recovery_report(out: Path, records: List[Dict], originals: Callable[[s
 
 def add_recovery_arguments(parser: argparse.ArgumentParser) -> None:
     """--eval-steps, --eval-step-size, --eval-noise/--no-eval-noise (the recovery inference)."""
-    from pyro_lfbm.harness.cli import positive_float, positive_int
-
     parser.add_argument("--eval-steps", type=positive_int, default=None, help="recovery Langevin steps (default: the training K, 20)")
     parser.add_argument("--eval-step-size", type=positive_float, default=None,
                         help="recovery step size (default: the training s, 0.1)")
     parser.add_argument("--eval-noise", action=argparse.BooleanOptionalAction, default=True,
                         help="Langevin noise in the recovery chain (paper code: yes)")
-
-
-def _claimed_elsewhere(claim: Path) -> bool:
-    """True when another live process is running this job (grids started side by side share the work)."""
-    try:
-        pid = int(claim.read_text())
-    except (OSError, ValueError):
-        return False
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def run_recovery_grid(args: argparse.Namespace, *, datasets: Sequence[str], settings: Sequence[str],
@@ -206,10 +187,14 @@ def run_recovery_grid(args: argparse.Namespace, *, datasets: Sequence[str], sett
     """Run every (dataset, setting, seed, prior) not yet recorded under ``<out>/runs``, then write the report.
 
     Records are saved one by one (an interrupted grid keeps its finished runs); the report is
-    rewritten after each run. With ``skip_done``, a job that another live process has claimed
-    (``runs/<key>.running`` holding its pid) is skipped too, so several grids can share the work. Returns every record under ``<out>/runs``.
+    rewritten after each run, one runner at a time. Every run is claimed while it trains
+    (:func:`~pyro_lfbm.harness.locking.run_claim` on ``runs/<key>.running``); with ``skip_done``, a
+    finished run and a run that another live runner has claimed are skipped, so several grids can
+    share the work. ``args`` is not modified. Returns every record under ``<out>/runs``.
     """
-    from pyro_lfbm.harness.task_cli import check_task_arguments, checkpoint_dir, load_split, task_preset
+
+    def for_dataset(dataset: str) -> argparse.Namespace:
+        return argparse.Namespace(**{**vars(args), "dataset": dataset})
 
     try:
         parsed = [MaskSetting.parse(s) for s in settings]
@@ -217,8 +202,7 @@ def run_recovery_grid(args: argparse.Namespace, *, datasets: Sequence[str], sett
         raise UsageError(str(err)) from None
     if not report_only:
         for dataset in dict.fromkeys(datasets):  # every data set and prior checked before any work
-            args.dataset = dataset
-            check_task_arguments(args, priors=priors)
+            check_task_arguments(for_dataset(dataset), priors=priors)
     else:
         check_task_arguments(args, checkpoints=False)
     overwrite = getattr(args, "overwrite", True)  # recovery_table has no --overwrite: its --redo means run again
@@ -238,22 +222,17 @@ def run_recovery_grid(args: argparse.Namespace, *, datasets: Sequence[str], sett
 
     def train_images(dataset: str) -> torch.Tensor:
         if dataset not in cache:
-            args.dataset = dataset
-            cache[dataset] = load_split(args, "train", args.n_train)
+            cache[dataset] = load_split(for_dataset(dataset), "train", args.n_train)
         return cache[dataset]
 
     def report() -> List[Dict]:
         make_dirs(runs_dir)
-        lock = os.open(runs_dir, os.O_RDONLY)  # grids running side by side write the report one at a time
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with locked(runs_dir / ".report.lock"):  # grids running side by side write the report one at a time
             records = load_runs(runs_dir)
             if records:
                 with staged_output(out) as stage:
                     notes = (out / "NOTES.md").read_text() if (out / "NOTES.md").is_file() else ""
                     write_recovery_report(stage, records, lambda d: train_images(d)[:PREVIEW], run_record(), notes)
-        finally:
-            os.close(lock)
         return records
 
     if report_only:
@@ -261,12 +240,12 @@ def run_recovery_grid(args: argparse.Namespace, *, datasets: Sequence[str], sett
     jobs = [(d, s, seed, p) for d in datasets for s in parsed for seed in seeds for p in priors]
     for dataset, setting, seed, prior in tqdm(jobs, desc="recovery runs", disable=args.no_progress or len(jobs) < 2):
         key = run_key(dataset, setting.name, prior, seed)
-        if skip_done and ((runs_dir / f"{key}.json").exists() or _claimed_elsewhere(runs_dir / f"{key}.running")):
+        if skip_done and (runs_dir / f"{key}.json").exists():
             continue
-        claim = runs_dir / f"{key}.running"
         make_dirs(runs_dir)
-        claim.write_text(str(os.getpid()))
-        try:
+        with run_claim(runs_dir / f"{key}.running") as claimed:
+            if skip_done and not claimed:  # another runner is training it
+                continue
             x = train_images(dataset)
             preset = task_preset(args, prior, tuple(x.shape[1:]))
             rec = recovery_record(
@@ -276,8 +255,6 @@ def run_recovery_grid(args: argparse.Namespace, *, datasets: Sequence[str], sett
                 skip_nonfinite=getattr(args, "skip_nonfinite", False),
             )
             save_run(runs_dir, rec)
-        finally:
-            claim.unlink(missing_ok=True)
         shown = {k: rec[k] for k in ("mse_hole", "mse_all", "coverage", "train_seconds")}
         print(f"{key}: " + json.dumps({k: round(v, 5) for k, v in shown.items()}), flush=True)
         report()

@@ -18,13 +18,13 @@ import pandas as pd
 import torch
 
 from pyro_lfbm.data.masks import MASK_SETTINGS, MaskSetting
+from pyro_lfbm.harness.cli import read_result_file
+from pyro_lfbm.harness.formatting import PRIOR_ORDER, mean_std, prior_label
 from pyro_lfbm.harness.panels import save_panel
 
 __all__ = ["decode_images", "encode_images", "load_runs", "rank_counts", "run_key", "save_run", "setting_figure",
            "summary_table", "target_check"]
 
-PRIOR_ORDER = ("flow", "ebm", "gaussian")
-PRIOR_LABELS = {"flow": "flow (LFBM)", "ebm": "energy (LEBM)", "gaussian": "Gaussian (ABP)"}
 SETTING_ORDER = tuple(MaskSetting(*s).name for s in MASK_SETTINGS)
 
 
@@ -61,8 +61,6 @@ def load_runs(runs_dir: Path) -> List[Dict]:
 
     :raises ResultFileError: a record that is not readable JSON (one line naming the file).
     """
-    from pyro_lfbm.harness.cli import read_result_file
-
     return [read_result_file(p, lambda path: json.loads(path.read_text()), "run record") for p in sorted(Path(runs_dir).glob("*.json"))]
 
 
@@ -82,24 +80,17 @@ def long_table(records: Iterable[Dict]) -> pd.DataFrame:
     return df.sort_values(["dataset", "setting", "prior", "seed"]).reset_index(drop=True)
 
 
-def summary_table(records: Iterable[Dict], metric: str = "mse_hole", scale: float = 1.0) -> pd.DataFrame:
-    """Rows: priors; columns: (dataset, setting); cells "mean ± std (n seeds)" of ``metric`` × ``scale``."""
+def summary_table(records: Iterable[Dict], metric: str = "mse_hole") -> pd.DataFrame:
+    """Rows: priors; columns: (dataset, setting); cells "mean ± std (n seeds)" of ``metric``."""
     df = _frame(records)
     if df.empty:
         return df
-    g = df.groupby(["prior", "dataset", "setting"])[metric].agg(["mean", "std", "count"]).reset_index()
-
-    def cell(row):
-        std = "" if row["count"] < 2 else f" ± {row['std'] * scale:.1f}" if scale != 1 else f" ± {row['std']:.4f}"
-        mean = f"{row['mean'] * scale:.1f}" if scale != 1 else f"{row['mean']:.4f}"
-        return f"{mean}{std} (n={int(row['count'])})"
-
-    g["cell"] = g.apply(cell, axis=1)
+    g = df.groupby(["prior", "dataset", "setting"])[metric].agg(lambda v: mean_std(v, ".4f")).reset_index(name="cell")
     table = g.pivot(index="prior", columns=["dataset", "setting"], values="cell")
     order = [(d, s) for d in sorted(df["dataset"].unique()) for s in SETTING_ORDER if (d, s) in table.columns]
     order += [c for c in table.columns if c not in order]
     table = table[order].reindex([p for p in PRIOR_ORDER if p in table.index])
-    table.index = [PRIOR_LABELS.get(p, p) for p in table.index]
+    table.index = [prior_label(p) for p in table.index]
     return table
 
 
@@ -117,7 +108,7 @@ def rank_counts(records: Iterable[Dict], metric: str = "mse_hole") -> pd.DataFra
     table = pd.DataFrame({f"rank {k}": (ranks == k).sum() for k in range(1, wide.shape[1] + 1)})
     table["pairs"] = len(wide)
     table = table.reindex([p for p in PRIOR_ORDER if p in table.index] + [p for p in table.index if p not in PRIOR_ORDER])
-    table.index = [PRIOR_LABELS.get(p, p) for p in table.index]
+    table.index = [prior_label(p) for p in table.index]
     return table
 
 
@@ -153,5 +144,5 @@ def setting_figure(records: Iterable[Dict], originals: torch.Tensor, mask: torch
     rows = {"original": originals, "occluded": originals * mask}
     for prior in PRIOR_ORDER:
         if prior in by_prior and by_prior[prior].get("preview"):
-            rows[PRIOR_LABELS[prior]] = decode_images(by_prior[prior]["preview"])[:n]
+            rows[prior_label(prior)] = decode_images(by_prior[prior]["preview"])[:n]
     save_panel(rows, path, title=title)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from pyro_lfbm.harness.cli import UsageError, refuse_finished_run, run_record, staged_output, write_json
+from pyro_lfbm.harness.formatting import mean_std, prior_label
 from pyro_lfbm.data import dataset_info
 from pyro_lfbm.metrics.fid import ClassifierFeatures
 from pyro_lfbm.harness.panels import save_grid
@@ -15,9 +16,6 @@ from pyro_lfbm.tasks.synthesis import synthesis_metrics
 from pyro_lfbm.harness.task_cli import check_task_arguments, load_split, task_preset, trained_model
 
 __all__ = ["flow_below_gaussian", "run_synthesis", "seed_summary"]
-
-LABELS = {"flow": "flow (LFBM)", "ebm": "energy (LEBM)", "gaussian": "Gaussian (ABP)"}
-
 
 def run_synthesis(args: argparse.Namespace) -> pd.DataFrame:
     """Write ``<out>/<dataset>/``: table.csv, README.md, samples-<prior>.png; returns the table."""
@@ -68,15 +66,10 @@ def run_synthesis(args: argparse.Namespace) -> pd.DataFrame:
 def seed_summary(table: pd.DataFrame) -> pd.DataFrame:
     """Per prior: classifier FD and test reconstruction MSE as "mean ± std (n seeds)"."""
     def cell(values: pd.Series) -> str:
-        values = values.dropna()
-        if values.empty:
-            return "–"
-        if len(values) < 2:
-            return f"{values.mean():.4g} ({len(values)})"
-        return f"{values.mean():.4g} ± {float(f'{values.std():.2g}'):g} ({len(values)})"  # no exponent notation
+        return mean_std(values, ".4g", ".2g")
 
     grouped = table.groupby("prior", sort=False)
-    return pd.DataFrame({"prior": [LABELS.get(p, p) for p in grouped.groups],
+    return pd.DataFrame({"prior": [prior_label(p) for p in grouped.groups],
                          "classifier_fd": list(grouped.classifier_fd.apply(cell)),
                          "recon_mse_pm1": list(grouped.recon_mse_pm1.apply(cell))})
 
@@ -120,7 +113,7 @@ def _write_readme(path: Path, table: pd.DataFrame, record: dict, priors) -> None
         "",
         f"Command: `{record['command']}` ({record['finished']}, {record['machine']}).",
         "",
-        *[f"![{LABELS.get(p, p)} samples](samples-{p}.png)  {LABELS.get(p, p)}" for p in priors],
+        *[f"![{prior_label(p)} samples](samples-{p}.png)  {prior_label(p)}" for p in priors],
         "",
     ]
     path.write_text("\n".join(lines))
