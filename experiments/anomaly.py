@@ -9,8 +9,12 @@ reference runs committed under results/anomaly/runs/ are only written with --out
 
 Every option is checked before the data are read; a finished run in --out is only replaced with
 --overwrite. Exit codes: 2 bad input (one line), 3 training became NaN/inf (one line; lower --lr,
-or --skip-nonfinite), 130 Ctrl-C (the checkpoint is written at the next batch; --resume continues
-exactly).
+or --skip-nonfinite), 4 another process of a torchrun job stopped (--resume continues), 130 Ctrl-C
+(the checkpoint is written at the next batch; --resume continues exactly).
+
+Data-parallel over several processes (each process takes its share of every batch; rank 0 writes):
+
+    torchrun --standalone --nproc_per_node 2 experiments/anomaly.py --heldout 7
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from pyro_lfbm.harness import cli
+from pyro_lfbm.train import distributed
 from pyro_lfbm.harness.anomaly_experiment import (
     RUN_FILES,
     AnomalyRunConfig,
@@ -82,6 +87,8 @@ def main(args: argparse.Namespace) -> pd.DataFrame:
     cfg = run_config(args)
     out = Path(args.out) / run_folder_name(cfg.heldout, cfg.prior, cfg.seed)
     result = run_anomaly(cfg)
+    if not distributed.is_main():  # torchrun: rank 0 alone writes the run's files and prints
+        return None
     table = pd.DataFrame(result.rows)
     save_anomaly_run(result, cfg, out)
     print(table[["batchnorm", "score", "auprc", "ap", "auroc", "train_seconds", "test_seconds"]].to_string(index=False))
@@ -93,4 +100,4 @@ def main(args: argparse.Namespace) -> pd.DataFrame:
 
 
 if __name__ == "__main__":
-    cli.run_cli(main, build_parser().parse_args())
+    cli.run_cli(main, build_parser().parse_args(), data_parallel=True)

@@ -95,9 +95,7 @@ def run(args: argparse.Namespace) -> Dict:
 
 
 def main(args: argparse.Namespace) -> None:
-    torch.set_num_threads(1)
-    with distributed.process_group("cpu"):
-        result = run(args)
+    result = run(args)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     torch.save(result, Path(args.out) / f"rank{result['rank']}.pt")
 
@@ -121,12 +119,12 @@ def launch(world_size: int, argv: Sequence[str], env: Optional[Dict[str, str]] =
 
 
 if __name__ == "__main__":
+    torch.set_num_threads(1)
     arguments = build_parser().parse_args()
-    if arguments.cli:
-        from pyro_lfbm.train.distributed import process_group  # noqa: F401  (run_cli opens the group)
+    if arguments.cli:  # the scripts' error wrapper opens the process group
         from pyro_lfbm.harness import cli
 
-        cli.run_cli(lambda a: (torch.save(run(a), Path(a.out) / f"rank{distributed.current().rank if distributed.current() else 0}.pt")),
-                    arguments, distributed=True)
+        cli.run_cli(main, arguments, data_parallel=True)
     else:
-        main(arguments)
+        with distributed.process_group("cpu"):
+            main(arguments)

@@ -117,6 +117,25 @@ def test_fit_steps_refuses_a_one_process_trainer_under_torchrun(monkeypatch):
         fit_steps(OneProcessTrainer(), torch.zeros(4, 1, 2, 2), epochs=1, batch_size=2, progress=False)
 
 
+def test_one_process_scripts_refuse_torchrun_with_one_line(monkeypatch, capsys):
+    import argparse
+
+    from pyro_lfbm.harness import cli
+
+    ran = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank, expected in (("0", 1), ("1", 0)):  # rank 0 says it once, rank 1 stays silent
+        monkeypatch.setenv("RANK", rank)
+        with pytest.raises(SystemExit) as exit_info:
+            cli.run_cli(ran.append, argparse.Namespace(threads=0))
+        assert exit_info.value.code == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == expected
+        if expected:
+            assert lines[0].startswith("error: ") and "runs in one process only" in lines[0] and "not torchrun" in lines[0]
+    assert not ran
+
+
 # --------------------------------------------------------------------------- two processes
 
 
@@ -162,3 +181,48 @@ def test_two_processes_train_and_score_as_one(tmp_path):
     moved = max((reference["model"][k] - reference["initial"][k]).abs().max().item()
                 for k, v in reference["initial"].items() if v.is_floating_point())
     assert moved > 1e-5
+
+
+def test_a_killed_process_ends_the_job_with_one_line_and_torchrun_resumes_it(tmp_path):
+    """SIGKILL one of two processes mid-run: the other stops within seconds with one line (exit 4);
+    torchrun then resumes both from rank 0's last checkpoint and ends where an uninterrupted
+    one-process run ends."""
+    import subprocess
+    import time
+
+    checkpoint = tmp_path / "ck.pt"
+    args = ["--out", str(tmp_path / "run"), "--epochs", "30", "--checkpoint", str(checkpoint), "--cli"]
+    procs = worker.launch(2, ["tests/distributed_worker.py", *args], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + LAUNCH_TIMEOUT
+        while not checkpoint.exists():  # written by rank 0 after the first epoch
+            assert procs[0].poll() is None and time.monotonic() < deadline, "the run ended before the first checkpoint"
+            time.sleep(0.05)
+        procs[1].kill()
+        killed = time.monotonic()
+        _, stderr = procs[0].communicate(timeout=60)
+        stopped_after = time.monotonic() - killed
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.communicate()
+    assert procs[0].returncode == 4
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: process 0 of 2 lost the others"), stderr
+    assert "--resume" in lines[0] and stopped_after < 30
+    saved = torch.load(checkpoint, weights_only=False)
+    done = saved["epoch"]
+    assert 1 <= done < 30 and not (tmp_path / "run").exists()  # stopped mid-run; no results written
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "tests/distributed_worker.py", *args, "--resume"],
+        cwd=worker.ROOT, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    final = torch.load(tmp_path / "run" / "rank0.pt", weights_only=False)
+    assert len(final["history"]) == 30
+    assert final["history"][:done] == saved["history"][:done]  # the epochs before the kill were not run again
+    reference = worker.run(worker.build_parser().parse_args(["--out", "-", "--epochs", "30"]))
+    _assert_close_states(final["model"], reference["model"], 1e-9)

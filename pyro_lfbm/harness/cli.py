@@ -50,6 +50,7 @@ from typing import Callable, Iterator, List, Optional, Sequence
 
 import torch
 
+from pyro_lfbm.train import distributed
 from pyro_lfbm.train.checkpoint import CheckpointError
 from pyro_lfbm.data import DataError
 
@@ -354,7 +355,7 @@ def _first_line(err: BaseException) -> str:
     return lines[0] if lines else type(err).__name__
 
 
-def run_cli(main: Callable[[argparse.Namespace], object], args: argparse.Namespace) -> None:
+def run_cli(main: Callable[[argparse.Namespace], object], args: argparse.Namespace, *, data_parallel: bool = False) -> None:
     """Run ``main(args)``, the one error wrapper of every script (API stable).
 
     - threads: ``torch.set_num_threads(args.threads)`` when ``args.threads`` is a positive number
@@ -364,7 +365,14 @@ def run_cli(main: Callable[[argparse.Namespace], object], args: argparse.Namespa
     - :class:`FloatingPointError` (the training loop's non-finite guard, a Langevin divergence) and
       the "found invalid values" ``ValueError`` of Pyro's / torch's validation: one line, exit code 3;
     - :class:`OSError` (disk full, permissions): one line, exit code 1;
-    - :class:`KeyboardInterrupt`: one line saying how to continue, exit code 130.
+    - :class:`KeyboardInterrupt`: one line saying how to continue, exit code 130;
+    - started by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment): with ``data_parallel`` the
+      script runs inside :func:`pyro_lfbm.train.distributed.process_group` (training and scoring
+      data-parallel; the script lets rank 0 alone write and print results), without it the script
+      refuses (one line, exit code 2). A process group that cannot be joined, or that fails because
+      another process died or hung (:class:`~pyro_lfbm.train.distributed.DistributedError`): one
+      line, exit code 4. Processes of rank > 0 stay silent on the errors every process meets alike
+      (usage, data, checkpoint, Ctrl-C); their other errors start with ``error: process <r> of <n>``.
 
     On any failure the empty folders this run created are removed again. Other exceptions (bugs)
     keep their traceback.
@@ -373,9 +381,16 @@ def run_cli(main: Callable[[argparse.Namespace], object], args: argparse.Namespa
     if threads:
         torch.set_num_threads(threads)
     _CREATED.clear()
-    code, message = 0, None
+    code, message, world = 0, None, None
     try:
-        main(args)
+        world = distributed.launch_environment()
+        if world is not None and world.size > 1 and not data_parallel:
+            raise UsageError(f"{Path(sys.argv[0]).name} runs in one process only, but was started as process {world.rank} "
+                             f"of {world.size}; start it with python, not torchrun (data-parallel scripts: experiments/anomaly.py)")
+        with distributed.process_group(_group_device(args)):
+            main(args)
+    except distributed.DistributedError as err:
+        code, message = 4, f"error: {_first_line(err)}"
     except (UsageError, DataError, CheckpointError) as err:
         code, message = 2, f"error: {_first_line(err)}"
     except FloatingPointError as err:
@@ -399,8 +414,21 @@ def run_cli(main: Callable[[argparse.Namespace], object], args: argparse.Namespa
         _CREATED.clear()
         return
     remove_created_dirs()
+    if world is not None and world.size > 1 and world.rank > 0:
+        if code in (2, 130):  # every process meets these alike: rank 0 says it once
+            raise SystemExit(code)
+        if message.startswith("error: ") and not message.startswith("error: process "):
+            message = f"error: process {world.rank} of {world.size}: {message[len('error: '):]}"
     print(message, file=sys.stderr)
     raise SystemExit(code)
+
+
+def _group_device(args: argparse.Namespace) -> torch.device:
+    """The device whose backend the process group uses (gloo for CPU, nccl for CUDA)."""
+    name = getattr(args, "device", "cpu") or "cpu"
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 def command_line() -> str:

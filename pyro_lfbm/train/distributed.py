@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -83,7 +84,25 @@ TIMEOUT_ENV = "PYRO_LFBM_DIST_TIMEOUT"
 
 
 class DistributedError(RuntimeError):
-    """The process group cannot be set up, or the processes disagree (one line)."""
+    """The process group cannot be set up, or it failed (another process stopped or hung): one line."""
+
+
+#: Words of the errors that gloo / NCCL / the c10d store raise when a collective fails.
+_COLLECTIVE_FAILURE = ("gloo", "Gloo", "NCCL", "nccl", "Connection", "connection", "Timed out", "timed out",
+                       "ProcessGroup", "c10d", "Socket", "socket", "peer")
+
+
+def _collective_failure(err: BaseException) -> Optional[str]:
+    """The first line of ``err`` without gloo's ``[file:line]`` prefix, when it is a failed collective."""
+    if isinstance(err, DistributedError):
+        return None
+    dist_error = getattr(dist, "DistError", ())
+    text = str(err).strip()
+    if not (isinstance(err, dist_error) or any(word in text for word in _COLLECTIVE_FAILURE)):
+        return None
+    line = re.sub(r"^(\[[^\]]*\]\s*)+", "", text.splitlines()[0] if text else type(err).__name__)
+    line = line.split(". This is typically")[0].rstrip(". ")
+    return line[:200]
 
 
 @dataclass(frozen=True)
@@ -177,7 +196,8 @@ def process_group(device: torch.device | str = "cpu", timeout: Optional[float] =
     the :class:`World`. A group that is already initialised is used as it is and left alone.
 
     :raises DistributedError: one line when the group cannot be set up (a missing
-        ``MASTER_ADDR``, CUDA asked for without a GPU for this local rank, ...).
+        ``MASTER_ADDR``, CUDA asked for without a GPU for this local rank, ...), or when a collective
+        inside the block fails (another process died, hung past the timeout or cannot be reached).
     """
     env = launch_environment()
     if env is None or env.size == 1:
@@ -202,6 +222,15 @@ def process_group(device: torch.device | str = "cpu", timeout: Optional[float] =
                                "start the script with torchrun (see the README, 'More than one process or machine')") from None
     try:
         yield current()
+    except RuntimeError as err:
+        detail = _collective_failure(err)
+        if detail is None:
+            raise
+        raise DistributedError(
+            f"process {env.rank} of {env.size} lost the others ({detail}): another process stopped, hung past the "
+            f"{seconds:g} s timeout ({TIMEOUT_ENV}) or cannot be reached; the checkpoint keeps the last finished "
+            "epoch or interrupted batch: start the same command again with --resume"
+        ) from None
     finally:
         dist.destroy_process_group()
 
