@@ -17,6 +17,7 @@ import torch
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score
 
 from pyro_lfbm.infer.dataset import InferenceResult, infer_dataset
+from pyro_lfbm.infer.modes import module_mode
 
 DECISION_FUNCTIONS = ("joint", "recon", "prior")
 
@@ -51,19 +52,14 @@ def anomaly_scores(
     """
     if batchnorm not in ("eval", "train"):
         raise ValueError(f"batchnorm must be 'eval' or 'train', got {batchnorm!r}")
-    was_training = model.training
-    model.train(batchnorm == "train")
-    try:
-        with torch.random.fork_rng():
-            if seed is not None:
-                torch.manual_seed(seed)
-            order = torch.randperm(x.shape[0])
-            result = (inference or infer_dataset)(
-                model, x[order], num_steps=num_steps, step_size=step_size, noise=False, batch_size=batch_size,
-                progress=progress, desc="scoring",
-            )
-    finally:
-        model.train(was_training)
+    with module_mode(model, training=batchnorm == "train"), torch.random.fork_rng():
+        if seed is not None:
+            torch.manual_seed(seed)
+        order = torch.randperm(x.shape[0])
+        result = (inference or infer_dataset)(
+            model, x[order], num_steps=num_steps, step_size=step_size, noise=False, batch_size=batch_size,
+            progress=progress, desc="scoring",
+        )
     restore = torch.argsort(order)
     result.z, result.log_joint = result.z[restore], result.log_joint[restore]
     result.log_joint_terms = {k: v[restore] for k, v in result.log_joint_terms.items()}

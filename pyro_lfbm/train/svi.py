@@ -17,6 +17,7 @@ import torch
 import pyro
 from pyro.infer import SVI, Trace_ELBO
 
+from pyro_lfbm.infer.modes import eval_mode
 from pyro_lfbm.train import distributed
 from pyro_lfbm.train.loop import History, check_training_data, fit_steps
 
@@ -172,13 +173,9 @@ def check_param_store(model, *args, **kwargs) -> None:
     if not isinstance(model, torch.nn.Module):
         return
     own = {id(p) for p in model.parameters()}
-    was_training = model.training
-    model.eval()  # no BatchNorm statistics updates; fork_rng: no random numbers consumed
-    try:
-        with torch.no_grad(), torch.random.fork_rng(), pyro.poutine.block():
-            trace = pyro.poutine.trace(model, param_only=True).get_trace(*args, **kwargs)
-    finally:
-        model.train(was_training)
+    # eval(): no BatchNorm statistics updates; fork_rng: no random numbers consumed
+    with eval_mode(model), torch.no_grad(), torch.random.fork_rng(), pyro.poutine.block():
+        trace = pyro.poutine.trace(model, param_only=True).get_trace(*args, **kwargs)
     for name, site in trace.nodes.items():
         if site["type"] == "param" and id(site["value"].unconstrained()) not in own:
             raise RuntimeError(
