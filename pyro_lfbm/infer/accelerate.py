@@ -41,7 +41,8 @@ import pyro
 import torch
 
 from pyro_lfbm._context import posterior_inference
-from pyro_lfbm.infer.guide import LangevinGuide, frozen_parameters
+from pyro_lfbm.infer.guide import LangevinGuide
+from pyro_lfbm.infer.modes import frozen_parameters
 from pyro_lfbm.infer.langevin import langevin_move
 from pyro_lfbm.priors.flow import FlowPrior, flow_forward
 from pyro_lfbm.priors.gaussian import GaussianPrior, standard_normal_log_prob

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from pyro_lfbm.infer.kernel import LangevinKernel
 from pyro_lfbm.infer.mala import MALA_OPTIMAL_ACCEPT_PROB
+from pyro_lfbm.infer.modes import eval_mode, frozen_parameters
 
 
 @dataclass
@@ -37,36 +38,6 @@ class AutoNormalFit:
     losses: list
     gradient_evaluations: int
     seconds: float
-
-
-class _EvalMode:
-    """Context: the model runs in ``eval()`` mode (its previous mode is restored afterwards)."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.model = model
-
-    def __enter__(self):
-        self.mode = self.model.training
-        self.model.eval()
-
-    def __exit__(self, *exc):
-        self.model.train(self.mode)
-
-
-class _FrozenParameters:
-    """Context: the model's parameters stop requiring gradients (and are restored afterwards)."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.params = list(model.parameters())
-
-    def __enter__(self):
-        self.flags = [p.requires_grad for p in self.params]
-        for p in self.params:
-            p.requires_grad_(False)
-
-    def __exit__(self, *exc):
-        for p, flag in zip(self.params, self.flags):
-            p.requires_grad_(flag)
 
 
 def fit_autonormal(
@@ -103,7 +74,7 @@ def fit_autonormal(
     device = next(iter(model.parameters())).device
     x = x.to(device)
     losses = []
-    with _EvalMode(model), _FrozenParameters(model):
+    with eval_mode(model), frozen_parameters(model):
         started = time.perf_counter()
         for _ in tqdm(range(num_steps), desc="AutoNormal", disable=not progress, leave=False):
             losses.append(svi.step(x) / x.shape[0])
@@ -162,7 +133,7 @@ def mala_reference(
         init = torch.randn(x.shape[0], model.latent_dim)
     init = init.to(device)
     evaluations, started = 0, time.perf_counter()
-    with _EvalMode(model), _FrozenParameters(model):
+    with eval_mode(model), frozen_parameters(model):
         adapt = step_sizes is None
         if not adapt:
             chosen = step_sizes[-1]

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
-import warnings
-from typing import Callable, Dict, Iterable, Iterator, Optional, Tuple, Union
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 import pyro
@@ -16,6 +14,7 @@ from pyro.poutine.util import site_is_subsample
 
 from pyro_lfbm._context import posterior_inference
 from pyro_lfbm.infer.divergence import check_on_divergence
+from pyro_lfbm.infer.modes import frozen_parameters
 from pyro_lfbm.infer.langevin import ChainInfo, LangevinState, run_chain, short_run_langevin
 from pyro_lfbm.infer.persistent import PersistentChains
 from pyro_lfbm.infer.trace_log_joint import LatentSites, find_latent_sites, log_joint_terms
@@ -36,34 +35,6 @@ TARGET_ACCEPT_PROB = 0.8
 #: statistic, and γ = 0.05 makes log s oscillate by ±1 between calls; γ = 0.2 settles within
 #: ~30 calls on the tests' linear-Gaussian model.
 ADAPT_GAMMA = 0.2
-
-
-@contextlib.contextmanager
-def frozen_parameters(model, extra: Iterable[torch.Tensor] = ()) -> Iterator[None]:
-    """While a chain runs, set ``requires_grad=False`` on the parameters of ``model`` (when it is
-    an ``nn.Module``) and on the leaf tensors ``extra`` (a model's Pyro param sites) that require
-    grad, and restore them afterwards.
-
-    Only gradients with respect to the latents are wanted inside the chain; with frozen
-    parameters autograd neither records nor keeps anything for parameter gradients, and
-    parameter-only computations (the flow's assembled LU weight) are computed once per chain.
-    """
-    candidates = list(model.parameters()) if isinstance(model, torch.nn.Module) else []
-    params, seen = [], set()
-    for p in [*candidates, *extra]:
-        if p.requires_grad and p.is_leaf and id(p) not in seen:
-            seen.add(id(p))
-            params.append(p)
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        with warnings.catch_warnings():
-            # pyro.module skips (and, in train mode, warns about) frozen parameters: expected here
-            warnings.filterwarnings("ignore", message=".*not registered in the param store because requires_grad=False")
-            yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
 
 
 def validate_first_call_only(fn: Callable[[Latents], torch.Tensor]) -> Callable[[Latents], torch.Tensor]:
