@@ -183,21 +183,42 @@ def test_two_processes_train_and_score_as_one(tmp_path):
     assert moved > 1e-5
 
 
+def _torchrun(args, **popen):
+    import subprocess
+
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "tests/distributed_worker.py", *args], cwd=worker.ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+
+
+def _wait_for(condition, procs, what):
+    import time
+
+    deadline = time.monotonic() + LAUNCH_TIMEOUT
+    while not condition():
+        assert all(p.poll() is None for p in procs) and time.monotonic() < deadline, f"the run ended before {what}"
+        time.sleep(0.05)
+
+
+def _epoch(path: Path) -> int:
+    return torch.load(path, weights_only=False)["epoch"] if path.exists() else 0
+
+
 def test_a_killed_process_ends_the_job_with_one_line_and_torchrun_resumes_it(tmp_path):
-    """SIGKILL one of two processes mid-run: the other stops within seconds with one line (exit 4);
-    torchrun then resumes both from rank 0's last checkpoint and ends where an uninterrupted
+    """SIGKILL one of two processes mid-run: the other stops within seconds with one line (exit 4).
+    torchrun resumes both from rank 0's checkpoint; Ctrl-C to torchrun stops them at the same batch
+    with one notice and one line, rank 0 saving; a second resume ends where an uninterrupted
     one-process run ends."""
+    import signal
     import subprocess
     import time
 
     checkpoint = tmp_path / "ck.pt"
-    args = ["--out", str(tmp_path / "run"), "--epochs", "30", "--checkpoint", str(checkpoint), "--cli"]
+    epochs = 40
+    args = ["--out", str(tmp_path / "run"), "--epochs", str(epochs), "--checkpoint", str(checkpoint), "--cli"]
     procs = worker.launch(2, ["tests/distributed_worker.py", *args], stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + LAUNCH_TIMEOUT
-        while not checkpoint.exists():  # written by rank 0 after the first epoch
-            assert procs[0].poll() is None and time.monotonic() < deadline, "the run ended before the first checkpoint"
-            time.sleep(0.05)
+        _wait_for(checkpoint.exists, procs, "the first checkpoint")  # written by rank 0 after an epoch
         procs[1].kill()
         killed = time.monotonic()
         _, stderr = procs[0].communicate(timeout=60)
@@ -211,18 +232,29 @@ def test_a_killed_process_ends_the_job_with_one_line_and_torchrun_resumes_it(tmp
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: process 0 of 2 lost the others"), stderr
     assert "--resume" in lines[0] and stopped_after < 30
-    saved = torch.load(checkpoint, weights_only=False)
-    done = saved["epoch"]
-    assert 1 <= done < 30 and not (tmp_path / "run").exists()  # stopped mid-run; no results written
+    first = torch.load(checkpoint, weights_only=False)
+    assert 1 <= first["epoch"] < epochs and not (tmp_path / "run").exists()  # stopped mid-run, no results
 
-    resumed = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "tests/distributed_worker.py", *args, "--resume"],
-        cwd=worker.ROOT, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT,
-    )
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    job = _torchrun([*args, "--resume"])
+    try:
+        _wait_for(lambda: _epoch(checkpoint) > first["epoch"], [job], "a later checkpoint")
+        job.send_signal(signal.SIGINT)  # Ctrl-C: torchrun passes it on to both processes
+        _, stderr = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.communicate()
+    assert job.returncode != 0
+    ours = [line for line in stderr.splitlines() if line.startswith(("Ctrl-C:", "interrupted:", "error:"))]
+    assert [line.split(":")[0] for line in ours] == ["Ctrl-C", "interrupted"], stderr[-3000:]
+    second = torch.load(checkpoint, weights_only=False)
+    assert (second["epoch"], second["batch"]) > (first["epoch"], first["batch"]) and second["epoch"] < epochs
+    assert second["history"][: first["epoch"]] == first["history"]  # epochs before the kill were not run again
+
+    job = _torchrun([*args, "--resume"])
+    _, stderr = job.communicate(timeout=LAUNCH_TIMEOUT)
+    assert job.returncode == 0, stderr[-3000:]
     final = torch.load(tmp_path / "run" / "rank0.pt", weights_only=False)
-    assert len(final["history"]) == 30
-    assert final["history"][:done] == saved["history"][:done]  # the epochs before the kill were not run again
-    reference = worker.run(worker.build_parser().parse_args(["--out", "-", "--epochs", "30"]))
+    assert len(final["history"]) == epochs and final["history"][: second["epoch"]] == second["history"]
+    reference = worker.run(worker.build_parser().parse_args(["--out", "-", "--epochs", str(epochs)]))
     _assert_close_states(final["model"], reference["model"], 1e-9)
