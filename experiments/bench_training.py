@@ -7,7 +7,8 @@ the 50,165 training images of the held-out-7 split: 5,010 iterations — then sc
 images twice (BatchNorm on running and on batch statistics), each time 100 noise-free Langevin
 steps per batch of 500. This script times, interleaved (a, b, c, a, b, c, ...):
 
-- one training iteration (images/s) of the library (``LangevinGuide``), of the same step with
+- one training iteration (images/s) of the library (``LangevinGuide``), of the library with the
+  official ``nn.ConvTranspose2d`` modules in place of its faster layers, of the same step with
   :class:`~pyro_lfbm.infer.accelerate.FusedLangevinGuide` (fused, and compiled), and of the
   anchor-style loop (:class:`benchmarks.AnchorTrainer`, the official code's step, official modules);
 - one scoring batch (500 images, ``--score-steps`` steps) in both BatchNorm modes, library and
@@ -41,7 +42,7 @@ import pandas as pd  # noqa: E402
 import pyro  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks import AnchorTrainer, cpu_description, load_average  # noqa: E402
+from benchmarks import AnchorTrainer, cpu_description, load_average, reference_generator  # noqa: E402
 from pyro_lfbm.harness import cli  # noqa: E402
 from pyro_lfbm.infer import LangevinGuide  # noqa: E402
 from pyro_lfbm.infer.accelerate import CompiledLangevin, FusedLangevinGuide, compile_times  # noqa: E402
@@ -49,7 +50,7 @@ from pyro_lfbm.train.presets import get_preset  # noqa: E402
 from pyro_lfbm.priors import FlowPrior  # noqa: E402
 from pyro_lfbm.train.svi import SVITrainer  # noqa: E402
 
-TRAINERS = ("library", "fused", "compiled", "anchor")
+TRAINERS = ("library", "library_official_modules", "fused", "compiled", "anchor")
 #: the held-out-7 split of the main command: training and test images (seed 1)
 N_TRAIN, N_TEST = 50165, 19835
 
@@ -78,7 +79,9 @@ def make_trainers(model, preset, args) -> Dict[str, object]:
                 continue
             trainers[name] = AnchorTrainer(m, num_steps=learn.num_steps, step_size=learn.step_size, lr=learn.optim.lr)
             continue
-        if name == "library":
+        if name == "library_official_modules":  # the library before its faster layers
+            m.generator = reference_generator(m.generator)
+        if name.startswith("library"):
             guide = LangevinGuide(m, num_steps=learn.num_steps, step_size=learn.step_size)
         else:
             guide = FusedLangevinGuide(m, num_steps=learn.num_steps, step_size=learn.step_size, compile=name == "compiled",
@@ -128,8 +131,12 @@ def time_scoring(model, test_x, args) -> Dict[str, dict]:
         t = time.perf_counter()
         compiled.run(x, z0, 1)
         first = time.perf_counter() - t
+        official = copy.deepcopy(m)
+        official.generator = reference_generator(m.generator)
+        guide_official = LangevinGuide(official, num_steps=args.score_steps, step_size=0.1, noise=False)
         runners = {"library": lambda: guide.infer(x), "setup": lambda: zero.infer(x),
-                   "compiled": lambda: compiled.run(x, z0, args.score_steps)}
+                   "compiled": lambda: compiled.run(x, z0, args.score_steps),
+                   "library_official_modules": lambda: guide_official.infer(x)}
         times = {k: [] for k in runners}
         for _ in range(args.score_repeats):
             for k, run in runners.items():
@@ -140,6 +147,7 @@ def time_scoring(model, test_x, args) -> Dict[str, dict]:
         out[mode] = {
             "setup_s": med["setup"],
             "library_step_s": (med["library"] - med["setup"]) / args.score_steps,
+            "library_official_modules_step_s": (med["library_official_modules"] - med["setup"]) / args.score_steps,
             "compiled_step_s": med["compiled"] / args.score_steps,
             "compiled_first_s": first,
         }
@@ -186,6 +194,8 @@ def main(args):
     for mode, s in scoring.items():
         rows.append(dict(part=f"scoring step (batch {args.score_batch}, BatchNorm {mode})", method="library",
                          seconds=s["library_step_s"], first_call_s=float("nan")))
+        rows.append(dict(part=f"scoring step (batch {args.score_batch}, BatchNorm {mode})", method="library_official_modules",
+                         seconds=s["library_official_modules_step_s"], first_call_s=float("nan")))
         rows.append(dict(part=f"scoring step (batch {args.score_batch}, BatchNorm {mode})", method="compiled",
                          seconds=s["compiled_step_s"], first_call_s=s["compiled_first_s"]))
         rows.append(dict(part=f"scoring batch setup (site discovery, BatchNorm {mode})", method="library", seconds=s["setup_s"]))
@@ -195,10 +205,10 @@ def main(args):
     scale = 500 / args.score_batch  # per-step costs scale about linearly with the batch (measured at --score-batch)
     scoring_500 = {m: {k: (v * scale if k.endswith("step_s") or k == "setup_s" else v) for k, v in s.items()}
                    for m, s in scoring.items()}
-    for name in ("library", "fused", "compiled"):
+    for name in ("library", "library_official_modules", "fused", "compiled"):
         if name not in training:
             continue
-        key = "compiled" if name == "compiled" else "library"
+        key = {"compiled": "compiled", "library_official_modules": "library_official_modules"}.get(name, "library")
         e = estimate(statistics.median(training[name]["times"]), scoring_500, n_train, n_test, key)
         warmup = sum(t["seconds"] for t in compile_times()) if name == "compiled" else 0.0
         estimates.append(dict(method=name, **e, compile_warmup_s=warmup, total_min=(e["total_s"] + warmup) / 60))

@@ -49,9 +49,9 @@ def test_training_benchmark_smoke_writes_its_estimate(tmp_path):
     bench = _load("bench_training")
     bench.main(bench.parse_args(["--smoke", "--out", str(tmp_path)]))
     table = pd.read_csv(tmp_path / "training_cost.csv")
-    assert {"library", "fused", "compiled", "anchor"} <= set(table.method)
+    assert {"library", "library_official_modules", "fused", "compiled", "anchor"} <= set(table.method)
     assert (table.seconds > 0).all()
     estimate = pd.read_csv(tmp_path / "main_command_estimate.csv")
-    assert set(estimate.method) == {"library", "fused", "compiled"}
+    assert set(estimate.method) == {"library", "library_official_modules", "fused", "compiled"}
     assert (estimate.iterations == 5010).all()  # 10 epochs of the held-out-7 split's 50,165 images in batches of 100
     assert (estimate.total_s > estimate.train_s).all()
