@@ -403,8 +403,8 @@ class SyncBatchNorm(nn.SyncBatchNorm):
     """``torch.nn.SyncBatchNorm`` that also runs on the CPU (gloo).
 
     In training mode with more than one process, the batch mean and (biased) variance are those of
-    the union of every process's batch, computed by two all-reduces of per-channel sums whose
-    backward passes all-reduce the gradients, so each process gets the gradient of the global
+    the union of every process's batch, computed from one all-reduce of per-channel sums whose
+    backward pass all-reduces the gradients, so each process gets the gradient of the global
     loss; the running statistics are updated with the global statistics (unbiased variance over
     the global count), the same on every process. CUDA tensors use ``torch.nn.SyncBatchNorm``'s
     own kernels. In evaluation mode, in one process, or inside :func:`local_batchnorm`, it is
@@ -421,13 +421,24 @@ class SyncBatchNorm(nn.SyncBatchNorm):
         if self.process_group is not None:
             raise DistributedError("the CPU SyncBatchNorm synchronises over the default process group only")
         dims = [0] + list(range(2, input.dim()))
-        shape = [1, input.shape[1]] + [1] * (input.dim() - 2)
-        count = input.numel() // input.shape[1]
-        sums = _SumAcrossProcesses.apply(torch.cat([input.sum(dims), input.new_tensor([float(count)])]))
+        channels = input.shape[1]
+        shape = [1, channels] + [1] * (input.dim() - 2)
+        count = input.numel() // channels
+        # One all-reduce (and one in the backward pass) per call: the per-channel sums of x - c and
+        # (x - c)² and the count, shifted by c = the running mean (the same on every process, and
+        # close to the batch mean, so the variance E[(x-c)²] - E[x-c]² loses no precision).
+        if self.running_mean is not None:
+            shift = self.running_mean.detach().clone()
+        else:
+            shift = input.new_zeros(channels)
+        shifted = input - shift.view(shape)
+        sums = _SumAcrossProcesses.apply(torch.cat([shifted.sum(dims), (shifted * shifted).sum(dims),
+                                                    input.new_tensor([float(count)])]))
         n = sums[-1].detach()
-        mean = sums[:-1] / n
-        centred = input - mean.view(shape)
-        var = _SumAcrossProcesses.apply((centred * centred).sum(dims)) / n
+        offset = sums[:channels] / n
+        var = (sums[channels : 2 * channels] / n - offset * offset).clamp_min(0.0)
+        mean = shift + offset
+        centred = shifted - offset.view(shape)
         out = centred * torch.rsqrt(var + self.eps).view(shape)
         if self.weight is not None:
             out = out * self.weight.view(shape)
