@@ -106,15 +106,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(world_size: int, argv: Sequence[str], env: Optional[Dict[str, str]] = None, **popen) -> List[subprocess.Popen]:
-    """Start ``python argv`` as ``world_size`` processes with the environment torchrun gives its workers."""
+def launch(world_size: int, argv: Sequence[str], env: Optional[Dict[str, str]] = None, cwd: Path = ROOT,
+           **popen) -> List[subprocess.Popen]:
+    """Start ``python argv`` as ``world_size`` processes (in ``cwd``) with the environment torchrun gives its workers."""
     port = str(free_port())
     procs = []
     for rank in range(world_size):
         child = dict(os.environ, **(env or {}))
         child.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size),
                      MASTER_ADDR="127.0.0.1", MASTER_PORT=port, OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen([sys.executable, *argv], env=child, cwd=ROOT, **popen))
+        procs.append(subprocess.Popen([sys.executable, *argv], env=child, cwd=cwd, **popen))
     return procs
 
 
