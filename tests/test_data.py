@@ -1,4 +1,4 @@
-"""Tests for pyro_lfbm.data: data root, loaders, and the held-out-digit split (protocols.md A1)."""
+"""Tests for pyro_lfbm.data: data root, loaders, and the held-out-digit split (Zenati / MEG protocol)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ needs_mnist = pytest.mark.skipif(
     bool(_absent), reason=f"real MNIST files absent (set PYRO_LFBM_DATA): missing {', '.join(_absent)}"
 )
 
-# Per-digit totals over all 70,000 MNIST images (protocols.md A1).
+# Per-digit totals over all 70,000 MNIST images (train and test).
 MNIST_DIGIT_TOTALS = [6903, 7877, 6990, 7141, 6824, 6313, 6876, 7293, 6825, 6958]
 
 

@@ -12,7 +12,10 @@ through :mod:`torchvision.datasets` in its standard layout under the data root
     <root>/SVHN/{train,test,extra}_32x32.mat
     <root>/celeba/{img_align_celeba/,list_eval_partition.txt,...}
 
-The anomaly split follows protocols.md A1 (Zenati/MEG variant, ``mnist_ad``).
+The anomaly split is the held-out-digit protocol of Zenati et al. (2018;
+``github.com/houssamzenati/Efficient-GAN-Anomaly-Detection``, ``data/mnist.py``) and MEG (Kumar et al.
+2019; ``github.com/ritheshkumar95/energy_based_generative_models``, ``data/mnist_anomaly.py``), the
+``mnist_ad`` data set of the official LFBM code (``github.com/jianwen-xie/Latent-Space-Normalizing-Flow``).
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ DATASETS: dict[str, DatasetInfo] = {
 
 _ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "cifar-10": "cifar10"}
 
-#: CelebA crop box of protocols.md B1: (top, left, height, width), then resize to 64x64.
+#: CelebA crop box of the official LFBM code's ``celeba_crop``: (top, left, height, width), then resize to 64x64.
 CELEBA_CROP = (45, 25, 128, 128)
 
 
@@ -375,7 +378,7 @@ def stratified_subset(labels: Tensor, n: int, seed: int = 0) -> Tensor:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class AnomalySplit:
-    """Held-out-class anomaly-detection split (protocols.md A1).
+    """Held-out-class anomaly-detection split (the Zenati / MEG protocol, see the module docstring).
 
     :ivar train_x: float32 ``(N_train, 1, 28, 28)`` in ``[-1, 1]``; normal images only,
         in shuffled order.
@@ -462,7 +465,7 @@ def heldout_digit_split(
     limit_train: int | None = None,
     limit_test: int | None = None,
 ) -> AnomalySplit:
-    """Held-out-digit anomaly split, Zenati/MEG protocol (protocols.md A1-A2).
+    """Held-out-digit anomaly split, the Zenati / MEG protocol (see the module docstring).
 
     Pool all 70,000 images (train then test), drop class ``heldout``, shuffle
     the normal images with ``torch.Generator().manual_seed(seed)``; train =

@@ -1,4 +1,5 @@
-"""Occlusion masks for learning from incomplete images (protocols.md B1).
+"""Occlusion masks for learning from incomplete images (the ``--incomplete_train`` masks of the official
+LFBM code, ``github.com/jianwen-xie/Latent-Space-Normalizing-Flow``, ``train.py`` at commit ``16b1b67``).
 
 A mask is a float tensor of shape (N, C, H, W) with 1 = observed and 0 = hole, equal across
 channels; :class:`~pyro_lfbm.models.LatentModel` drops the hole pixels from its likelihood when

@@ -1,6 +1,6 @@
 """CoopFlow (Xie, Zhu, Li & Li, ICLR 2022): an image flow and a data-space EBM learned cooperatively.
 
-Each iteration (the official ``main_*.py`` of ``jianwen-xie/CoopFlow``):
+Each iteration (the official ``main_*.py`` of ``github.com/AlvinZhuyx/CoopFlow``):
 
 1. draw images from the normalizing flow, :math:`\\hat x_0 = f^{-1}(\\epsilon)`;
 2. *revise* them by a short-run, noise-free Langevin flow toward the EBM

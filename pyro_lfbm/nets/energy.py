@@ -68,7 +68,8 @@ class _ResDown(nn.Module):
 
 
 class ResEnergy32(_ImageScore):
-    """The CoopFlow ``EBM_res`` layout for 32×32 images (protocols D):
+    """The CoopFlow ``EBM_res`` layout for 32×32 images (the official code, ``github.com/AlvinZhuyx/CoopFlow``,
+    ``models/ebm/ebm.py``):
 
     ``Conv3×3(C→nf)`` + SiLU, three residual down-blocks nf→2nf→4nf→8nf (32→16→8→4),
     ``Conv4×4(8nf→100)``, output summed. ``nf=128`` is the paper's width (26.4 M parameters here; the paper reports 17.1 M, so its blocks differ in detail).

@@ -1,4 +1,5 @@
-"""Supervised inpainting: complete test images with a fixed hole, several completions each (protocols.md B2).
+"""Supervised inpainting: complete test images with a fixed hole, several completions each (the ``incomplete``
+test task of the official LFBM code, ``github.com/jianwen-xie/Latent-Space-Normalizing-Flow``, ``train.py`` at commit ``16b1b67``).
 
 A model trained on complete images infers z from the observed pixels of a test image (masked
 likelihood + prior), from K different chain starts z₀ ~ p_α(z) (the paper: flow samples, 10 per

@@ -1,4 +1,5 @@
-"""Unsupervised recovery: learn from occluded images, then recover them (protocols.md B1).
+"""Unsupervised recovery: learn from occluded images, then recover them (the ``--incomplete_train``
+task of the official LFBM code, ``github.com/jianwen-xie/Latent-Space-Normalizing-Flow``, ``train.py`` at commit ``16b1b67``).
 
 Each training image x_i (1, 28, 28) keeps one fixed mask m_i (:mod:`pyro_lfbm.data.masks`); the model
 only ever sees x̃_i = x_i ⊙ m_i and its masked likelihood (in the Langevin inference and in the

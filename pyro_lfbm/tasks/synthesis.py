@@ -1,8 +1,9 @@
 """Synthesis and reconstruction: samples x = g(z), z ~ p_α, their Fréchet distance, and test reconstruction MSE.
 
 * :func:`sample_images`: N samples (N, C, H, W) in [-1, 1], generator in ``eval()`` mode.
-* :func:`test_reconstruction_mse`: protocols.md B3: z₀ ~ N(0, I), ``num_steps`` noise-free
-  Langevin steps on log p(x, z), MSE per pixel of g(z) against x **in [-1, 1] units** (the paper's).
+* :func:`test_reconstruction_mse`: as the official LFBM code's ``--testing_reconstruct`` test
+  (``github.com/jianwen-xie/Latent-Space-Normalizing-Flow``, ``train.py``): z₀ ~ N(0, I), ``num_steps`` noise-free Langevin
+  steps on log p(x, z), MSE per pixel of g(z) against x **in [-1, 1] units** (the paper's).
 * :func:`synthesis_metrics`: both, plus the classifier Fréchet distance of the samples to real
   training images (:func:`pyro_lfbm.metrics.fid.sample_frechet_distance`; not the Inception FID) and the
   Inception FID when :func:`pyro_lfbm.metrics.fid.inception_status` allows it.
