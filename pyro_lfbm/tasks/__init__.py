@@ -1,5 +1,6 @@
 """The paper's tasks as functions with explicit arguments that return results (no command line,
-no printing, no global state): anomaly detection (:mod:`~pyro_lfbm.tasks.anomaly`), recovery from
+no printing, no global state: every model is trained with its own seeded random stream and its own
+Pyro param store, :func:`pyro_lfbm.train.isolated`; progress bars only when asked for): anomaly detection (:mod:`~pyro_lfbm.tasks.anomaly`), recovery from
 occluded training images (:mod:`~pyro_lfbm.tasks.recovery`), inpainting
 (:mod:`~pyro_lfbm.tasks.inpainting`) and synthesis (:mod:`~pyro_lfbm.tasks.synthesis`)."""
 

@@ -66,7 +66,7 @@ def inpaint(
     start: str = "prior",
     seed: int = 0,
     batch_size: int = 500,
-    progress: bool = True,
+    progress: bool = False,
 ) -> torch.Tensor:
     """K completions of each image of x (N, C, H, W) with mask (N or 1, C, H, W); returns (N, K, C, H, W).
 

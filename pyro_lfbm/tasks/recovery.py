@@ -73,7 +73,7 @@ def reconstruct(
     init: Optional[Callable] = None,
     seed: Optional[int] = 0,
     batch_size: int = 500,
-    progress: bool = True,
+    progress: bool = False,
     desc: str = "inference",
 ) -> torch.Tensor:
     """x̂ = g(z) with z inferred by Langevin on log p(x, z) under ``mask``; images (N, C, H, W) in [-1, 1].
@@ -131,7 +131,7 @@ def run_recovery(
     device: torch.device | str = "cpu",
     checkpoint_dir=None,
     resume: bool = True,
-    progress: bool = True,
+    progress: bool = False,
     skip_nonfinite: bool = False,
 ) -> RecoveryResult:
     """Mask the training images x (N, C, H, W), learn from them, recover them and measure the errors.

@@ -38,7 +38,7 @@ def sample_images(model, num_samples: int, *, seed: Optional[int] = 0, batch_siz
 
 
 def test_reconstruction_mse(model, x: torch.Tensor, *, num_steps: int, step_size: float = 0.1, seed: int = 0,
-                            batch_size: int = 500, progress: bool = True) -> float:
+                            batch_size: int = 500, progress: bool = False) -> float:
     """Per-pixel MSE in [-1, 1] units of g(z) against test images x (N, C, H, W) after noise-free Langevin."""
     x_hat = reconstruct(model, x, None, num_steps=num_steps, step_size=step_size, noise=False, seed=seed,
                         batch_size=batch_size, progress=progress, desc="reconstruction")
@@ -56,7 +56,7 @@ def synthesis_metrics(
     step_size: float = 0.1,
     seed: int = 0,
     batch_size: int = 500,
-    progress: bool = True,
+    progress: bool = False,
 ) -> Dict[str, object]:
     """Samples' classifier FD against ``train_x`` (and Inception FID if possible), test reconstruction MSE.
 
