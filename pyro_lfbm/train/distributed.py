@@ -42,7 +42,7 @@ import datetime
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -69,7 +69,6 @@ __all__ = [
     "is_main",
     "launch_environment",
     "local_batchnorm",
-    "main_process_only",
     "process_group",
     "shard_rows",
     "sharded_inference",
@@ -495,6 +494,11 @@ class DataParallelSVI:
     holds the state a one-process run has. Everything else (``end_epoch``, ``state_dict``, ...) is
     the wrapped trainer's.
 
+    Only the draws that go through :func:`~pyro_lfbm.ops.langevin.standard_normal` (the Langevin
+    chains' z₀ and noise, an energy prior's negatives) are split by rows. Other random draws of the
+    model or guide (an encoder guide's reparameterised sample, dropout) come from generators in
+    the same state on every process, so they repeat across processes: this is meant for Langevin guides.
+
     :raises ValueError: a guide with ``step_size="auto"`` (each process would adapt its step size to
         its own rows).
     """
@@ -617,15 +621,3 @@ def sharded_inference(model, x: torch.Tensor, *, batch_size: int = 500, mask: Op
     return InferenceResult(z=torch.cat(zs), log_joint=torch.cat(lps), log_joint_terms={k: torch.cat(v) for k, v in terms.items()},
                            gradient_evaluations=evaluations, seconds=time.perf_counter() - started)
 
-
-def main_process_only(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Decorate a function that writes or prints: it runs on rank 0 only (returns None elsewhere)."""
-
-    def wrapped(*args, **kwargs):
-        if is_main():
-            return fn(*args, **kwargs)
-        return None
-
-    wrapped.__name__ = getattr(fn, "__name__", "wrapped")
-    wrapped.__doc__ = fn.__doc__
-    return wrapped

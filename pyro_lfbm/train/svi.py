@@ -154,7 +154,9 @@ def fit(
     check_param_store(model, *((probe,) if mask is None else (probe, mask[:batch_size].to(device))))
     trainer = SVITrainer(model, guide, optim, loss)
     if distributed.current() is not None:  # launched by torchrun: data-parallel over the processes
-        distributed.convert_sync_batchnorm(model)
+        for module in (model, guide):
+            if isinstance(module, torch.nn.Module):
+                distributed.convert_sync_batchnorm(module)
         trainer = distributed.DataParallelSVI(trainer)
     return fit_steps(
         trainer, x, epochs=epochs, batch_size=batch_size, mask=mask, seed=seed,
