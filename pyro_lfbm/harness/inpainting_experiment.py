@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from pyro_lfbm.harness.cli import UsageError, refuse_finished_run, run_record, staged_output, write_json
 from pyro_lfbm.harness.formatting import prior_label
