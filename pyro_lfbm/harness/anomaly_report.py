@@ -167,7 +167,7 @@ def write_report(table: pd.DataFrame, path: Path, record: dict) -> None:
         "the seed also fixes the data split. Decision functions: `joint` = −log p(x, z) (the paper's),",
         "`recon` = −log p(x | z), `prior` = −log p(z), all at z inferred by test-time Langevin.",
         "",
-        *([f"See `NOTES.md` for what decides the score.", ""] if (path.parent / "NOTES.md").exists() else []),
+        *(["See `NOTES.md` for what decides the score.", ""] if (path.parent / "NOTES.md").exists() else []),
         *[f"Another table, run differently: `{other.relative_to(path.parent)}`." for other in sorted(path.parent.glob("*/README.md"))],
         "",
         "## Measured AUPRC",

@@ -26,7 +26,7 @@ from pyro_lfbm.harness import cli
 from pyro_lfbm.harness.cli import UsageError, add_common_arguments, resolve_device
 from pyro_lfbm.data import DATASETS, dataset_info, load_images
 from pyro_lfbm.metrics.fid import default_cache_dir
-from pyro_lfbm.train.recipe import with_epochs
+from pyro_lfbm.train.recipe import fit_preset, with_epochs
 from pyro_lfbm.train.presets import PRIORS, Preset, get_preset
 
 __all__ = ["add_task_arguments", "check_task_arguments", "checkpoint_dir", "load_split", "parse_shape", "task_preset",
@@ -137,8 +137,6 @@ def trained_model(args: argparse.Namespace, prior: str, x_train: torch.Tensor):
 
     :returns: (model, :class:`~pyro_lfbm.train.svi.History`).
     """
-    from pyro_lfbm.train.recipe import fit_preset
-
     preset = task_preset(args, prior, tuple(x_train.shape[1:]))
     return fit_preset(preset, x_train, None, seed=args.seed, data={"dataset": dataset_info(args.dataset).name, "split": "train"},
                       device=resolve_device(args.device), checkpoint_dir=checkpoint_dir(args), progress=not args.no_progress,

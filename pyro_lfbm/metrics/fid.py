@@ -40,6 +40,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from pyro_lfbm.data import dataset_info, load_images
+
 #: Environment variable naming the cache folder for trained feature networks.
 CACHE_ENV = "PYRO_LFBM_CACHE"
 #: Bump when the classifier's architecture or training changes (cached files are then retrained).
@@ -179,8 +181,6 @@ class ClassifierFeatures(nn.Module):
     def cache_path(cls, dataset: str, cache_dir: Optional[str | os.PathLike] = None, limit: Optional[int] = None,
                    fake_shape: Optional[Tuple[int, int, int]] = None) -> Path:
         """Where the classifier for ``dataset`` is cached: ``<cache>/classifier-<dataset>[-<limit>]-v<version>.pt``."""
-        from pyro_lfbm.data import dataset_info
-
         name = dataset_info(dataset).name
         if name == "fake" and fake_shape is not None:
             name += "-" + "x".join(str(int(v)) for v in fake_shape)
@@ -210,8 +210,6 @@ class ClassifierFeatures(nn.Module):
         :param fake_shape: (C, H, W) of ``dataset="fake"`` images (default (3, 32, 32)).
         :returns: the classifier in eval mode, with :attr:`info` filled (test accuracy etc.).
         """
-        from pyro_lfbm.data import dataset_info, load_images
-
         info = dataset_info(dataset)
         if info.num_classes < 2:
             raise ValueError(f"{info.name} has no class labels; the classifier FD needs a labelled data set (mnist, fashion-mnist, ...)")
