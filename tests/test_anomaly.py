@@ -226,3 +226,32 @@ def test_a_run_claimed_by_another_runner_is_skipped_and_the_claim_dies_with_its_
         holder.wait()
     with run_claim(claim) as after_kill:  # no stale claim left by a killed runner
         assert after_kill
+
+
+def test_the_anomaly_task_takes_explicit_arguments_and_leaves_global_state_alone(tmp_path):
+    import pyro
+
+    from pyro_lfbm.data import AnomalySplit
+    from pyro_lfbm.tasks.anomaly import run_anomaly
+
+    g = torch.Generator().manual_seed(0)
+    blobs = torch.tanh(2 * torch.nn.functional.interpolate(torch.randn(90, 1, 7, 7, generator=g), size=28, mode="bilinear"))
+    is_anomaly = (torch.arange(40) % 4 == 0).long()
+    split = AnomalySplit(train_x=blobs[:50], train_digits=torch.zeros(50, dtype=torch.long), test_x=blobs[50:],
+                         test_is_anomaly=is_anomaly, test_digits=is_anomaly * 7, heldout=7, seed=1)
+    preset = get_preset("tiny", "flow")
+    pyro.param("callers", torch.ones(1))
+    torch.manual_seed(5)
+    rng = torch.get_rng_state()
+    result = run_anomaly(preset, split, seed=1, checkpoint_path=tmp_path / "c.pt", preset_name="tiny")
+    assert torch.equal(torch.get_rng_state(), rng) and list(pyro.get_param_store().keys()) == ["callers"]
+    assert [(r["batchnorm"], r["score"]) for r in result.rows] == [(m, s) for m in ("eval", "train")
+                                                                   for s in ("joint", "recon", "prior")]
+    first = result.rows[0]
+    assert first["auprc"] == pytest.approx(anomaly_metrics(is_anomaly, result.scores["joint"])["auprc"])
+    # the scored checkpoint gives the trained model's scores again, in another process state
+    torch.manual_seed(123)
+    again = run_anomaly(preset, split, seed=1, trained_checkpoint=tmp_path / "c.pt", batchnorm=("eval",))
+    assert torch.equal(again.scores["joint"], result.scores["joint"]) and again.history == result.history
+    with pytest.raises(ValueError, match="batchnorm"):
+        run_anomaly(preset, split, batchnorm=("running",))

@@ -4,7 +4,7 @@ by the decision functions of :mod:`pyro_lfbm.metrics.anomaly`, and measure AUPRC
 
 :func:`run_anomaly` takes every setting as an argument, prints nothing and leaves the caller's
 global state alone (the model is built and trained with its own seeded random stream and its own
-Pyro param store, :func:`pyro_lfbm.train.recipe.isolated`).
+Pyro param store, :func:`pyro_lfbm.train.recipe.isolated`, which the scoring runs in too).
 """
 
 from __future__ import annotations
@@ -114,22 +114,22 @@ def run_anomaly(
                                    config=config, config_keys=config_keys, progress=progress,
                                    skip_nonfinite=skip_nonfinite).epochs
             epochs_trained = learn.epochs
-    train_seconds = sum(row["seconds"] for row in history)
+        train_seconds = sum(row["seconds"] for row in history)
 
-    rows, first_scores = [], None
-    for mode in modes:
-        started = time.perf_counter()
-        scores, _ = anomaly_scores(model, split.test_x, num_steps=learn.test_steps, step_size=learn.test_step_size,
-                                   batch_size=learn.test_batch_size, batchnorm=mode, seed=seed, progress=progress,
-                                   inference=sharded_inference)  # infer_dataset itself in one process
-        test_seconds = time.perf_counter() - started
-        for name in DECISION_FUNCTIONS:
-            rows.append({
-                "heldout": split.heldout, "prior": preset.model.prior, "score": name, "seed": seed,
-                **anomaly_metrics(split.test_is_anomaly, scores[name]),
-                "preset": preset_name, "epochs": epochs_trained, "test_steps": learn.test_steps, "batchnorm": mode,
-                "n_train": int(split.train_x.shape[0]), "n_test": int(split.test_x.shape[0]),
-                "train_seconds": round(train_seconds, 1), "test_seconds": round(test_seconds, 1),
-            })
-        first_scores = scores if first_scores is None else first_scores
+        rows, first_scores = [], None
+        for mode in modes:
+            started = time.perf_counter()
+            scores, _ = anomaly_scores(model, split.test_x, num_steps=learn.test_steps, step_size=learn.test_step_size,
+                                       batch_size=learn.test_batch_size, batchnorm=mode, seed=seed, progress=progress,
+                                       inference=sharded_inference)  # infer_dataset itself in one process
+            test_seconds = time.perf_counter() - started
+            for name in DECISION_FUNCTIONS:
+                rows.append({
+                    "heldout": split.heldout, "prior": preset.model.prior, "score": name, "seed": seed,
+                    **anomaly_metrics(split.test_is_anomaly, scores[name]),
+                    "preset": preset_name, "epochs": epochs_trained, "test_steps": learn.test_steps, "batchnorm": mode,
+                    "n_train": int(split.train_x.shape[0]), "n_test": int(split.test_x.shape[0]),
+                    "train_seconds": round(train_seconds, 1), "test_seconds": round(test_seconds, 1),
+                })
+            first_scores = scores if first_scores is None else first_scores
     return AnomalyResult(rows, first_scores, split.test_is_anomaly, split.test_x, history, model, config)

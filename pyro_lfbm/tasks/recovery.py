@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
+import pyro
 import torch
 
 from pyro_lfbm.infer.modes import eval_mode
@@ -80,11 +81,12 @@ def reconstruct(
 
     The model is evaluated in ``eval()`` mode (BatchNorm running statistics: every image is
     inferred on its own); z₀ ~ N(0, I) unless ``init(x_batch, mask_batch) -> {"z": (B, D)}``.
-    ``seed`` fixes z₀ and the Langevin noise without touching the global RNG (None: leave it).
+    ``seed`` fixes z₀ and the Langevin noise without touching the global RNG (None: leave it); the
+    chains run in a Pyro param store of their own, so the caller's is left as it was.
     """
     if mask is not None:
         x = x * mask  # only observed pixels enter
-    with eval_mode(model), torch.random.fork_rng():
+    with eval_mode(model), torch.random.fork_rng(), pyro.get_param_store().scope():
         if seed is not None:
             torch.manual_seed(seed)
         result = infer_dataset(model, x, num_steps=num_steps, step_size=step_size, noise=noise, batch_size=batch_size,
