@@ -443,6 +443,7 @@ def run_record(extra: dict | None = None) -> dict:
         "command": command_line(),
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}",
+        "processes": (distributed.current().size if distributed.current() is not None else 1),  # > 1 under torchrun
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": platform.python_version(),
         "torch": torch.__version__,
