@@ -38,4 +38,4 @@ def main(args: argparse.Namespace):
 
 
 if __name__ == "__main__":
-    cli.run_cli(main, build_parser().parse_args())
+    cli.run_cli(main, build_parser().parse_args(), data_parallel=True)

@@ -386,7 +386,7 @@ def run_cli(main: Callable[[argparse.Namespace], object], args: argparse.Namespa
         world = distributed.launch_environment()
         if world is not None and world.size > 1 and not data_parallel:
             raise UsageError(f"{Path(sys.argv[0]).name} runs in one process only, but was started as process {world.rank} "
-                             f"of {world.size}; start it with python, not torchrun (data-parallel scripts: experiments/anomaly.py)")
+                             f"of {world.size}; start it with python, not torchrun (data-parallel: anomaly.py, inpainting.py, synthesis.py)")
         with distributed.process_group(_group_device(args)):
             main(args)
     except distributed.DistributedError as err:

@@ -13,6 +13,7 @@ from pyro_lfbm.data import dataset_info
 from pyro_lfbm.tasks.inpainting import hole_mask, inpaint, inpainting_errors, paper_hole
 from pyro_lfbm.harness.panels import save_panel
 from pyro_lfbm.harness.task_cli import check_task_arguments, load_split, task_preset, trained_model
+from pyro_lfbm.train import distributed
 
 __all__ = ["parse_hole", "run_inpainting"]
 
@@ -46,21 +47,26 @@ def run_inpainting(args: argparse.Namespace) -> pd.DataFrame:
     mask = hole_mask(shape, top, left, side)
     rows, shown = [], {}
     show = min(args.show, x_test.shape[0])
+    main = distributed.is_main()  # under torchrun: training is data-parallel, rank 0 alone prints and writes
     for prior in args.priors:
         model, history = trained_model(args, prior, x_train)
         learn = task_preset(args, prior, shape).learn
         steps = args.steps if args.steps is not None else learn.test_steps
         step_size = args.step_size if args.step_size is not None else learn.test_step_size
-        completions = inpaint(model, x_test, mask, num_completions=args.completions, num_steps=steps,
-                              step_size=step_size, seed=args.seed, batch_size=learn.test_batch_size,
-                              progress=not args.no_progress)
+        with distributed.local_batchnorm():  # each process completes every image, as one process does
+            completions = inpaint(model, x_test, mask, num_completions=args.completions, num_steps=steps,
+                                  step_size=step_size, seed=args.seed, batch_size=learn.test_batch_size,
+                                  progress=not args.no_progress and main)
         errors = inpainting_errors(completions, x_test, mask)
         shown[prior] = completions[:show]
         rows.append({"dataset": info.name, "prior": prior, **errors, "completions": args.completions, "steps": steps,
                      "step_size": step_size, "n_test": int(x_test.shape[0]), "hole": f"{side}x{side} at ({top}, {left})",
                      "n_train": int(x_train.shape[0]), "epochs": len(history.epochs), "seed": args.seed, "preset": args.preset})
-        print(f"{info.name} {prior}: hole MSE {errors['mse_hole']:.4f} (best of {args.completions}: {errors['mse_hole_best']:.4f})", flush=True)
+        if main:
+            print(f"{info.name} {prior}: hole MSE {errors['mse_hole']:.4f} (best of {args.completions}: {errors['mse_hole_best']:.4f})", flush=True)
     table = pd.DataFrame(rows)
+    if not main:
+        return table
     record = run_record()
     out = Path(args.out) / info.name
     with staged_output(out) as stage:

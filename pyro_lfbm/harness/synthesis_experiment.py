@@ -14,6 +14,7 @@ from pyro_lfbm.metrics.fid import ClassifierFeatures
 from pyro_lfbm.harness.panels import save_grid
 from pyro_lfbm.tasks.synthesis import synthesis_metrics
 from pyro_lfbm.harness.task_cli import check_task_arguments, load_split, task_preset, trained_model
+from pyro_lfbm.train import distributed
 
 __all__ = ["flow_below_gaussian", "run_synthesis", "seed_summary"]
 
@@ -29,8 +30,10 @@ def run_synthesis(args: argparse.Namespace) -> pd.DataFrame:
     x_train = load_split(args, "train", args.n_train)
     x_test = load_split(args, "test", args.n_test)
     classifier = None
-    if info.num_classes >= 2:
-        classifier = ClassifierFeatures.load_or_train(info.name, args.data_root, args.cache_dir, progress=not args.no_progress,
+    main = distributed.is_main()  # under torchrun: training is data-parallel, rank 0 alone prints and writes
+    if info.num_classes >= 2:  # (each process gets the same classifier; its cache file is replaced atomically)
+        classifier = ClassifierFeatures.load_or_train(info.name, args.data_root, args.cache_dir,
+                                                      progress=not args.no_progress and main,
                                                       fake_shape=tuple(x_train.shape[1:]))
     seeds = list(getattr(args, "seeds", None) or [args.seed])
     rows, grids = [], {}
@@ -40,9 +43,10 @@ def run_synthesis(args: argparse.Namespace) -> pd.DataFrame:
             model, history = trained_model(seed_args, prior, x_train)
             learn = task_preset(seed_args, prior, tuple(x_train.shape[1:])).learn
             steps = args.test_steps if args.test_steps is not None else learn.test_steps
-            m = synthesis_metrics(model, x_train, x_test, classifier=classifier, num_samples=args.num_samples,
-                                  num_steps=steps, step_size=learn.test_step_size, seed=seed,
-                                  batch_size=learn.test_batch_size, progress=not args.no_progress)
+            with distributed.local_batchnorm():  # each process measures the whole model, as one process does
+                m = synthesis_metrics(model, x_train, x_test, classifier=classifier, num_samples=args.num_samples,
+                                      num_steps=steps, step_size=learn.test_step_size, seed=seed,
+                                      batch_size=learn.test_batch_size, progress=not args.no_progress and main)
             grids.setdefault(prior, m["samples"][:100])  # the first seed's samples are shown
             rows.append({"dataset": info.name, "prior": prior, "classifier_fd": m["classifier_fd"],
                          "inception_fid": m["inception_fid"], "recon_mse_pm1": m["recon_mse"], "test_steps": steps,
@@ -50,8 +54,11 @@ def run_synthesis(args: argparse.Namespace) -> pd.DataFrame:
                          "epochs": len(history.epochs), "train_seconds": round(history.train_seconds, 1), "seed": seed,
                          "preset": args.preset})
             fd = "n/a" if m["classifier_fd"] is None else f"{m['classifier_fd']:.2f}"
-            print(f"{info.name} {prior} seed {seed}: classifier FD {fd}, test recon MSE {m['recon_mse']:.4f}", flush=True)
+            if main:
+                print(f"{info.name} {prior} seed {seed}: classifier FD {fd}, test recon MSE {m['recon_mse']:.4f}", flush=True)
     table = pd.DataFrame(rows)
+    if not main:
+        return table
     record = run_record({"classifier": classifier.info if classifier else None, "inception": rows and m["inception_note"]})
     out = Path(args.out) / info.name
     with staged_output(out) as stage:
