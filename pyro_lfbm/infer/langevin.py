@@ -13,6 +13,14 @@ from typing import Callable, NamedTuple, Optional, Tuple
 
 import torch
 
+from pyro_lfbm.infer.divergence import (
+    check_on_divergence,
+    describe_divergence,
+    diverged_rows,
+    divergence_error,
+    first_nonfinite_site,
+    nonfinite_rows,
+)
 from pyro_lfbm.infer.mala import broadcast_step_size, mala_log_ratio
 from pyro_lfbm.infer.state import LangevinState, Latents, LogDensityFn, evaluate, value_and_grad  # noqa: F401  (re-exported)
 from pyro_lfbm.ops.langevin import langevin_move  # noqa: F401  (the one Langevin update, re-exported here)
@@ -96,14 +104,6 @@ def run_chain(
     :returns: ``(state, info)``: the final :class:`LangevinState` (evaluated when the final
         position was) and a :class:`ChainInfo`.
     """
-    from pyro_lfbm.infer.divergence import (
-        check_on_divergence,
-        describe_divergence,
-        diverged_rows,
-        divergence_error,
-        nonfinite_rows,
-    )
-
     check_on_divergence(on_divergence)
     backoff = on_divergence == "backoff"
     state = LangevinState(dict(initial_position))
@@ -264,8 +264,6 @@ def _run_with_tolerance(
     restrict: Optional[Callable[[torch.Tensor], LogDensityFn]],
     evaluate_final: bool,
 ) -> LangevinState:
-    from pyro_lfbm.infer.divergence import divergence_error, first_nonfinite_site, nonfinite_rows
-
     position = {name: value.detach() for name, value in initial_position.items()}
     first = next(iter(position.values()))
     batch, device = first.shape[0], first.device
