@@ -138,6 +138,10 @@ class LangevinGuide(torch.nn.Module):
         step size and the number of rows; ``"backoff"``: a diverged row returns to its last
         finite position and its step size halves for the rest of that chain (at most
         ``max_backoffs`` times), counted in :attr:`divergences`.
+    :param float max_log_density_drop: also call a move divergent when it lowers a row's log
+        density by more than this (e.g. ``pyro_lfbm.infer.langevin.MAX_LOG_DENSITY_DROP``, 1000);
+        ``None`` (default): only non-finite values are divergences (a short-run chain from N(0, I)
+        on an image likelihood may legitimately lose more than 1000 in its first moves).
     :param global_guide: a guide for the model's global latents (see above).
     :param str data_plate: the name of the data plate when the model has several outermost plates.
     :param int persistent: the number N of training examples: keep one persistent chain per
@@ -169,6 +173,7 @@ class LangevinGuide(torch.nn.Module):
         *,
         on_divergence: str = "raise",
         max_backoffs: int = 10,
+        max_log_density_drop: Optional[float] = None,
         global_guide: Optional[Callable] = None,
         data_plate: Optional[str] = None,
         target_accept_prob: float = TARGET_ACCEPT_PROB,
@@ -204,6 +209,8 @@ class LangevinGuide(torch.nn.Module):
             raise ValueError(f"persistent must be the number of training examples (a positive integer), got {persistent!r}")
         if not (isinstance(max_backoffs, int) and max_backoffs >= 0):
             raise ValueError(f"max_backoffs must be a non-negative integer, got {max_backoffs!r}")
+        if max_log_density_drop is not None and not max_log_density_drop > 0:
+            raise ValueError(f"max_log_density_drop must be positive or None, got {max_log_density_drop!r}")
         # the model is not a child module: its parameters belong to the model, not to the guide
         object.__setattr__(self, "model", model)
         self.global_guide = global_guide
@@ -214,6 +221,7 @@ class LangevinGuide(torch.nn.Module):
         self.tolerance = tolerance
         self.on_divergence = on_divergence
         self.max_backoffs = max_backoffs
+        self.max_log_density_drop = max_log_density_drop
         self.data_plate = data_plate
         self.target_accept_prob = float(target_accept_prob)
         self.adapt_calls = adapt_calls
@@ -374,6 +382,7 @@ class LangevinGuide(torch.nn.Module):
                     # while adapting, a diverged move counts as rejected (acceptance 0) and its row goes back
                     on_divergence="backoff" if adapting else self.on_divergence,
                     max_backoffs=self.max_backoffs,
+                    max_drop=self.max_log_density_drop,
                     track_acceptance=adapting,
                     where=f"LangevinGuide chain over site(s) {list(sites.sites)}",
                 )
