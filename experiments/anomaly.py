@@ -77,9 +77,7 @@ def run_config(args: argparse.Namespace) -> AnomalyRunConfig:
     cli.refuse_finished_run(Path(args.out) / run_folder_name(cfg.heldout, cfg.prior, cfg.seed), "run.json", args.overwrite)
     if not args.eval_only:
         cli.writable_dir(checkpoint_dir, "--checkpoint-dir")
-        if args.resume:
-            cli.require_checkpoint(Path(checkpoint_dir) / checkpoint_name(cfg))
-        cli.refuse_checkpoint_overwrite(Path(checkpoint_dir) / checkpoint_name(cfg), args.resume, args.overwrite)
+        cli.check_checkpoint_choice(Path(checkpoint_dir) / checkpoint_name(cfg), args.resume, args.overwrite)
     return cfg
 
 

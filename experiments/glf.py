@@ -48,13 +48,7 @@ def prepare(args: argparse.Namespace):
     if args.n_train and args.n_train < cfg.batch_size:
         raise UsageError(f"--n-train {args.n_train} is less than one training batch ({cfg.batch_size} images in the "
                          f"{args.preset} preset); pass at least {cfg.batch_size}, or 0 for all")
-    out = Path(args.out)
-    cli.refuse_finished_run(out, "metrics.json", args.overwrite)
-    ckpt_dir = cli.writable_dir(args.checkpoint_dir or out.parent / "checkpoints", "--checkpoint-dir")
-    ckpt = ckpt_dir / f"{out.name}-glf.pt"
-    if args.resume:
-        cli.require_checkpoint(ckpt)
-    cli.refuse_checkpoint_overwrite(ckpt, args.resume, args.overwrite)
+    ckpt = cli.training_run_checkpoint(args.out, args.checkpoint_dir, "glf", args.resume, args.overwrite)
     return cfg, ckpt
 
 

@@ -99,22 +99,6 @@ def _number(text: str, kind: type, what: str):
     return value
 
 
-def positive_int(text: str) -> int:
-    """argparse ``type``: an integer >= 1."""
-    value = _number(text, int, "a whole number >= 1")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def nonnegative_int(text: str) -> int:
-    """argparse ``type``: an integer >= 0."""
-    value = _number(text, int, "a whole number >= 0")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
-
-
 def int_at_least(lowest: int) -> Callable[[str], int]:
     """argparse ``type``: an integer >= ``lowest``."""
 
@@ -126,6 +110,12 @@ def int_at_least(lowest: int) -> Callable[[str], int]:
 
     parse.__name__ = f"int_at_least_{lowest}"
     return parse
+
+
+#: argparse ``type``: an integer >= 1.
+positive_int = int_at_least(1)
+#: argparse ``type``: an integer >= 0.
+nonnegative_int = int_at_least(0)
 
 
 def positive_float(text: str) -> float:
@@ -337,6 +327,26 @@ def refuse_checkpoint_overwrite(path: str | os.PathLike[str], resume: bool, over
     if Path(path).is_file() and not resume and not overwrite:
         raise UsageError(f"{path} holds the checkpoint of an earlier run; pass --resume to continue it, or --overwrite "
                          "to train from scratch")
+
+
+def check_checkpoint_choice(path: str | os.PathLike[str], resume: bool, overwrite: bool) -> None:
+    """``--resume`` needs the checkpoint at ``path``; an existing checkpoint there needs ``--resume``
+    (continue it) or ``--overwrite`` (start over)."""
+    if resume:
+        require_checkpoint(path)
+    refuse_checkpoint_overwrite(path, resume, overwrite)
+
+
+def training_run_checkpoint(out: str | os.PathLike[str], checkpoint_dir, name: str, resume: bool, overwrite: bool) -> Path:
+    """The checkpoint path ``<checkpoint_dir>/<out's name>-<name>.pt`` of a training script whose
+    finished runs hold ``metrics.json``, after every check of :func:`refuse_finished_run`,
+    :func:`writable_dir` (default folder: ``<out>/../checkpoints``) and :func:`check_checkpoint_choice`."""
+    out = Path(out)
+    refuse_finished_run(out, "metrics.json", overwrite)
+    folder = writable_dir(checkpoint_dir or out.parent / "checkpoints", "--checkpoint-dir")
+    path = folder / f"{out.name}-{name}.pt"
+    check_checkpoint_choice(path, resume, overwrite)
+    return path
 
 
 def refuse_finished_run(folder: str | os.PathLike[str], marker: str, overwrite: bool) -> None:
