@@ -32,7 +32,6 @@ joints (B,).
 from __future__ import annotations
 
 import itertools
-import math
 import time
 import types
 from typing import Callable, Dict, List, Optional, Tuple
@@ -44,6 +43,7 @@ from pyro_lfbm._context import posterior_inference
 from pyro_lfbm.infer.guide import LangevinGuide
 from pyro_lfbm.infer.modes import frozen_parameters
 from pyro_lfbm.infer.langevin import langevin_move
+from pyro_lfbm.ops.gaussian import gaussian_log_likelihood
 from pyro_lfbm.priors.flow import FlowPrior, flow_forward
 from pyro_lfbm.priors.gaussian import GaussianPrior, standard_normal_log_prob
 
@@ -65,27 +65,6 @@ def compile_times() -> List[Dict[str, object]]:
     signature (``label``, ``shape``, ``training``, ``seconds``: the wall time of that first
     call, compilation included). Later calls with the same signature reuse the compiled code."""
     return list(_COMPILE_TIMES)
-
-
-def gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, sigma: float, mask: Optional[torch.Tensor] = None,
-                            event_dim: int = 3) -> torch.Tensor:
-    """log N(x; mean, σ²I) summed over the last ``event_dim`` dimensions, masked pixels left out.
-
-    The value of ``Normal(mean, sigma).mask(mask.bool()).to_event(event_dim).log_prob(x)``: the same
-    element-wise expression -(x - μ)²/(2σ²) - log σ - log √(2π) in the same float operations,
-    with σ as a 0-dim tensor instead of a tensor broadcast over every pixel, and no distribution
-    objects.
-
-    :param x: observations (B, C, H, W). :param mean: g(z), same shape.
-    :param mask: optional (B or 1, C, H, W) of 0/1 or bool; 0 removes a pixel.
-    :returns: (B,).
-    """
-    scale = torch.tensor(sigma, dtype=mean.dtype, device=mean.device)
-    var = scale**2
-    log_prob = -((x - mean) ** 2) / (2 * var) - scale.log() - math.log(math.sqrt(2 * math.pi))
-    if mask is not None:
-        log_prob = torch.where(mask.bool(), log_prob, log_prob.new_zeros(()))
-    return log_prob.reshape(log_prob.shape[: log_prob.dim() - event_dim] + (-1,)).sum(-1)
 
 
 def _prior_log_prob_fn(prior) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -11,6 +11,7 @@ from torch import nn
 from pyro.nn import PyroModule
 from pyro.poutine.util import is_validation_enabled
 
+from pyro_lfbm.ops.gaussian import gaussian_log_likelihood
 from pyro_lfbm.priors.base import LatentPrior
 
 
@@ -75,15 +76,22 @@ class LatentModel(PyroModule):
         """Per-example log p(x, z) = log p_α(z) + log p_β(x | z), shape (B,), without Pyro handlers.
 
         Equal to the per-example log probability of a trace of ``self(x, mask)`` with ``z``
-        conditioned; this is the fast path that :class:`~pyro_lfbm.infer.LangevinGuide` uses.
+        conditioned; this is the fast path that :class:`~pyro_lfbm.infer.LangevinGuide` uses. The
+        likelihood is computed without distribution objects
+        (:func:`~pyro_lfbm.ops.gaussian.gaussian_log_likelihood`, the same float operations as
+        ``self.likelihood(z, mask).log_prob(x)``).
         """
+        return self.prior.log_prob(z) + self._log_likelihood(x, z, mask)
+
+    def _log_likelihood(self, x: torch.Tensor, z: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """log p_β(x | z) per example (B,), after the shape checks."""
         _check_images(x, mask, getattr(self.generator, "image_shape", None))
-        return self.prior.log_prob(z) + self.likelihood(z, mask).log_prob(x)
+        mean = self.generator(z)
+        return gaussian_log_likelihood(x, mean, self.sigma, mask, event_dim=mean.dim() - (z.dim() - 1))
 
     def log_joint_terms(self, x: torch.Tensor, z: torch.Tensor, mask: Optional[torch.Tensor] = None) -> dict:
         """The two parts of the log joint, each (B,): ``{"prior": log p_α(z), "likelihood": log p_β(x|z)}``."""
-        _check_images(x, mask, getattr(self.generator, "image_shape", None))
-        return {"prior": self.prior.log_prob(z), "likelihood": self.likelihood(z, mask).log_prob(x)}
+        return {"prior": self.prior.log_prob(z), "likelihood": self._log_likelihood(x, z, mask)}
 
     @torch.no_grad()
     def sample(self, num_samples: int, noise: bool = False) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """Numerical building blocks below every other layer of the package (pure tensor code)."""
 
+from pyro_lfbm.ops.gaussian import gaussian_log_likelihood
 from pyro_lfbm.ops.langevin import langevin_move
 
-__all__ = ["langevin_move"]
+__all__ = ["gaussian_log_likelihood", "langevin_move"]
