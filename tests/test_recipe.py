@@ -11,7 +11,7 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro_lfbm.infer import EncoderGuide, HybridGuide, LangevinGuide
 from pyro_lfbm.nets import make_encoder
 from pyro_lfbm.train import build, fit_preset, get_preset, isolated, run_tag, train_recipe
-from pyro_lfbm.train.svi import SVITrainer
+from pyro_lfbm.train.svi import SVITrainer, fit
 
 
 def blobs(n=40, seed=0):
@@ -57,6 +57,25 @@ def test_each_preset_kind_is_its_hand_written_svi_run(prior, kind):
     assert len(history.epochs) == 1
     for (name, got), (_, want) in zip(model.state_dict().items(), expected.state_dict().items()):
         assert torch.equal(got, want), name
+
+
+def test_fit_drives_the_recipes_own_trainer_and_refuses_another_models():
+    preset = get_preset("tiny", "flow")
+    preset = replace(preset, learn=replace(preset.learn, batch_size=20, epochs=1, num_steps=2))
+    x = blobs(40)
+    with isolated(seed=3):
+        recipe = build(preset)
+        calls = []
+        step = recipe.trainer.step
+        recipe.trainer.step = lambda *batch: calls.append(1) or step(*batch)
+        train_recipe(recipe, x, seed=3, progress=False)
+        assert len(calls) == 2  # the trainer build() made is the one the loop stepped
+        other = build(preset)
+        with pytest.raises(ValueError, match="trainer must be an SVITrainer of this model and guide"):
+            fit(recipe.model, recipe.guide, x, epochs=1, batch_size=20, trainer=other.trainer, progress=False)
+        with pytest.raises(ValueError, match="pass optim and loss to the SVITrainer"):
+            fit(recipe.model, recipe.guide, x, epochs=1, batch_size=20, trainer=recipe.trainer, loss=Trace_ELBO(),
+                progress=False)
 
 
 def test_the_recipe_leaves_the_callers_rng_and_param_store_alone(tmp_path):

@@ -115,7 +115,8 @@ def train_recipe(
     skip_nonfinite: bool = False,
 ) -> History:
     """Learn ``recipe`` from images x (N, C, H, W) for the preset's epochs and batch size by
-    :func:`~pyro_lfbm.train.svi.fit` (the epoch loop with checkpoints, resume and non-finite guards).
+    :func:`~pyro_lfbm.train.svi.fit` driving ``recipe.trainer`` (the epoch loop with checkpoints,
+    resume and non-finite guards).
 
     :param mask: optional per-image masks (N, C, H, W), 1 = observed, passed to ``model(x, mask)``.
     :param seed: fixes the batch order of every epoch.
@@ -124,9 +125,9 @@ def train_recipe(
     learn = recipe.preset.learn
     clear_cache = getattr(recipe.model.prior, "clear_cache", None)
     return fit(
-        recipe.model, recipe.guide, x, epochs=learn.epochs, batch_size=learn.batch_size, mask=mask, optim=learn.optim,
+        recipe.model, recipe.guide, x, epochs=learn.epochs, batch_size=learn.batch_size, mask=mask, trainer=recipe.trainer,
         seed=seed, checkpoint_path=checkpoint_path, resume=resume, config=config, config_keys=tuple(config_keys),
-        loss=recipe.trainer.loss, progress=progress, skip_nonfinite=skip_nonfinite,
+        progress=progress, skip_nonfinite=skip_nonfinite,
         after_step=(lambda _step: clear_cache()) if clear_cache is not None else None,
     )
 

@@ -120,10 +120,13 @@ def fit(
     after_step: Optional[Callable[[int], None]] = None,
     after_epoch: Optional[Callable[[int, Dict[str, float]], None]] = None,
     skip_nonfinite: bool = False,
+    trainer: Optional[SVITrainer] = None,
 ) -> History:
     """Train ``model`` (a ``PyroModule``) with ``SVI(model, guide, Adam, Trace_ELBO)`` for ``epochs`` epochs.
 
-    The loop is :func:`~pyro_lfbm.train.loop.fit_steps` driving an :class:`SVITrainer`.
+    The loop is :func:`~pyro_lfbm.train.loop.fit_steps` driving an :class:`SVITrainer`: ``trainer``
+    when given (of this ``model`` and ``guide``, e.g. the one :func:`~pyro_lfbm.train.recipe.build`
+    made; ``optim`` and ``loss`` are then its own), else ``SVITrainer(model, guide, optim, loss)``.
 
     :param x: training images (N, C, H, W); each epoch visits them in a fresh order fixed by
         ``seed`` and the epoch number (so a resumed run sees the same batches), dropping the last
@@ -152,7 +155,12 @@ def fit(
     device = _device_of(model, x)
     probe = x[:batch_size].to(device)
     check_param_store(model, *((probe,) if mask is None else (probe, mask[:batch_size].to(device))))
-    trainer = SVITrainer(model, guide, optim, loss)
+    if trainer is None:
+        trainer = SVITrainer(model, guide, optim, loss)
+    elif trainer.model is not model or trainer.guide is not guide:
+        raise ValueError("trainer must be an SVITrainer of this model and guide (trainer.model, trainer.guide)")
+    elif optim is not None or loss is not None:
+        raise ValueError("pass optim and loss to the SVITrainer, not to fit, when fit is given a trainer")
     if distributed.current() is not None:  # launched by torchrun: data-parallel over the processes
         for module in (model, guide):
             if isinstance(module, torch.nn.Module):
