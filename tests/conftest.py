@@ -1,4 +1,6 @@
+import importlib.util
 import os
+from functools import lru_cache
 from pathlib import Path
 
 # One thread per process: the suite's models are small, and on a busy 2-core machine two threads
@@ -32,3 +34,13 @@ def require_mnist():
     if not (root / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
         pytest.skip(f"MNIST files not found under {root} (set PYRO_LFBM_DATA)")
     return root
+
+
+@lru_cache(maxsize=None)
+def experiment_script(name: str):
+    """The script ``experiments/<name>.py`` loaded as a module (its ``main`` and parser), once per
+    session: the scripts themselves are what these tests exercise, so they are loaded from their files."""
+    spec = importlib.util.spec_from_file_location(f"experiments_{name}", REPO / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

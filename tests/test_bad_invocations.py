@@ -5,7 +5,6 @@ their ``__main__`` does), from an empty working folder, so their default outputs
 
 from __future__ import annotations
 
-import importlib.util
 import signal
 from pathlib import Path
 
@@ -14,22 +13,13 @@ import pytest
 import torch
 
 from pyro_lfbm.harness.cli import run_cli
-from tests.conftest import REPO, data_root
+from tests.conftest import REPO, data_root, experiment_script
 
 TINY = ["--preset", "tiny", "--no-progress"]
 FAKE = ["--dataset", "fake", "--fake-shape", "1,28,28", *TINY]
 MNIST = "needs-mnist"  # marks the cases that read the real data set
 
-_modules = {}
-
-
-def script(name):
-    if name not in _modules:
-        spec = importlib.util.spec_from_file_location(f"script_{name}", REPO / "experiments" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        _modules[name] = module
-    return _modules[name]
+script = experiment_script
 
 
 def tree(root: Path) -> set:

@@ -7,20 +7,11 @@ import sys
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO
-
-
-def _load(name):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import REPO, experiment_script
 
 
 def test_step_benchmark_smoke_writes_its_table(tmp_path):
-    bench = _load("bench_langevin")
+    bench = experiment_script("bench_langevin")
     bench.main(bench.parse_args(["--smoke", "--out", str(tmp_path), "--methods", "library", "fused", "compiled",
                                  "anchor", "anchor_same", "generic", "nuts"]))
     table = pd.read_csv(tmp_path / "langevin_cpu.csv")
@@ -46,7 +37,7 @@ def test_step_benchmark_bad_arguments_end_in_one_line(tmp_path, argv, message):
 
 
 def test_training_benchmark_smoke_writes_its_estimate(tmp_path):
-    bench = _load("bench_training")
+    bench = experiment_script("bench_training")
     bench.main(bench.parse_args(["--smoke", "--out", str(tmp_path)]))
     table = pd.read_csv(tmp_path / "training_cost.csv")
     assert {"library", "library_official_modules", "fused", "compiled", "anchor"} <= set(table.method)

@@ -1,4 +1,3 @@
-import importlib.util
 import json
 
 import pandas as pd
@@ -12,7 +11,7 @@ from pyro_lfbm.data.masks import MaskSetting
 from pyro_lfbm.train.presets import get_preset
 from pyro_lfbm.tasks.recovery import recovery_errors, region_mse, run_recovery
 from pyro_lfbm.harness.recovery_report import decode_images, encode_images, rank_counts, summary_table, target_check
-from tests.conftest import REPO
+from tests.conftest import experiment_script
 
 
 def tiny_data(n, seed=0):
@@ -88,16 +87,9 @@ def test_report_tables_and_preview_round_trip():
     assert ranks.loc["Gaussian (ABP)"].tolist() == [1, 0, 2, 3]
 
 
-def _script(name):
-    spec = importlib.util.spec_from_file_location(f"experiments_{name}", REPO / "experiments" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _run(name, *argv):
     """Run an experiment script in this process, as its __main__ does; returns the exit code (0 = done)."""
-    module = _script(name)
+    module = experiment_script(name)
     try:
         run_cli(module.main, module.build_parser().parse_args(list(argv)))
     except SystemExit as exit_:
