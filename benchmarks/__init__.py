@@ -9,6 +9,7 @@ from benchmarks.anchor import AnchorFlow, AnchorTrainer, anchor_langevin, refere
 from benchmarks.measure import (
     FlopCount,
     PeakMemory,
+    add_run_arguments,
     cpu_description,
     interleaved_times,
     load_average,
@@ -18,6 +19,7 @@ from benchmarks.measure import (
 )
 
 __all__ = [
+    "add_run_arguments",
     "AnchorFlow",
     "AnchorTrainer",
     "FlopCount",

@@ -14,6 +14,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
+from pyro_lfbm.harness import cli
+
 
 def sync(device: torch.device) -> None:
     if torch.device(device).type == "cuda":
@@ -155,3 +157,12 @@ class PeakMemory:
                 self.mb = self._status("VmHWM") - self.base
             except OSError:
                 self.mb = float("nan")
+
+
+def add_run_arguments(parser, *, default_seed: int, smoke_help: str, default_out: str) -> None:
+    """The options every benchmark script shares: ``--threads``, ``--seed``, ``--smoke``, ``--tag``, ``--out``."""
+    parser.add_argument("--threads", type=cli.nonnegative_int, default=cli.DEFAULT_THREADS, help=cli.THREADS_HELP)
+    parser.add_argument("--seed", type=cli.nonnegative_int, default=default_seed)
+    parser.add_argument("--smoke", action="store_true", help=smoke_help)
+    parser.add_argument("--tag", default="", help="prefix of the output file names")
+    parser.add_argument("--out", default=default_out, help="folder of the CSV files")

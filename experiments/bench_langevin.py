@@ -49,6 +49,7 @@ import torch  # noqa: E402
 from benchmarks import (  # noqa: E402
     AnchorFlow,
     PeakMemory,
+    add_run_arguments,
     anchor_langevin,
     cpu_description,
     interleaved_times,
@@ -284,11 +285,7 @@ def build_parser():
     p.add_argument("--nuts-samples", type=cli.positive_int, default=10)
     p.add_argument("--nuts-tree-depth", type=cli.positive_int, default=6)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
-    p.add_argument("--threads", type=cli.nonnegative_int, default=cli.DEFAULT_THREADS, help=cli.THREADS_HELP)
-    p.add_argument("--seed", type=cli.nonnegative_int, default=0)
-    p.add_argument("--smoke", action="store_true", help="seconds-long run on the tiny preset (CI)")
-    p.add_argument("--tag", default="", help="prefix of the output file names")
-    p.add_argument("--out", default=str(REPO / "runs" / "bench"), help="folder of the CSV files")
+    add_run_arguments(p, default_seed=0, smoke_help="seconds-long run on the tiny preset (CI)", default_out=str(REPO / "runs" / "bench"))
     return p
 
 

@@ -42,7 +42,7 @@ import pandas as pd  # noqa: E402
 import pyro  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks import AnchorTrainer, cpu_description, load_average, reference_generator  # noqa: E402
+from benchmarks import AnchorTrainer, add_run_arguments, cpu_description, load_average, reference_generator  # noqa: E402
 from pyro_lfbm.harness import cli  # noqa: E402
 from pyro_lfbm.infer import LangevinGuide  # noqa: E402
 from pyro_lfbm.infer.accelerate import CompiledLangevin, FusedLangevinGuide, compile_times  # noqa: E402
@@ -241,11 +241,7 @@ def build_parser():
     p.add_argument("--heldout", type=cli.digit, default=7)
     p.add_argument("--data-root", default=None, help="data folder (default: $PYRO_LFBM_DATA, else ./data or ../shared/data)")
     p.add_argument("--synthetic", action="store_true", help="random images of the split's sizes instead of MNIST")
-    p.add_argument("--threads", type=cli.nonnegative_int, default=cli.DEFAULT_THREADS, help=cli.THREADS_HELP)
-    p.add_argument("--seed", type=cli.nonnegative_int, default=1)
-    p.add_argument("--smoke", action="store_true", help="seconds-long run (CI)")
-    p.add_argument("--tag", default="", help="prefix of the output file names")
-    p.add_argument("--out", default=str(REPO / "runs" / "bench"), help="folder of the CSV files")
+    add_run_arguments(p, default_seed=1, smoke_help="seconds-long run (CI)", default_out=str(REPO / "runs" / "bench"))
     return p
 
 
