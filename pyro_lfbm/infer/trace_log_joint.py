@@ -243,10 +243,6 @@ class LatentSites:
         """``{site: T(u)}``: constrained values of unconstrained latents."""
         return {name: self.sites[name].transform(u) for name, u in unconstrained.items()}
 
-    def unconstrain(self, constrained: Latents) -> Latents:
-        """``{site: T⁻¹(z)}``: unconstrained values of constrained latents."""
-        return {name: self.sites[name].transform.inv(z) for name, z in constrained.items()}
-
     def reduce_to_rows(self, t: torch.Tensor) -> torch.Tensor:
         """Sum a batch-shaped tensor (right-aligned plate dims, no event dims) over every dim but
         the row dims; returns :attr:`rows_shape` (broadcast where ``t`` lacks a row dim)."""
