@@ -32,6 +32,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -73,7 +74,7 @@ def build_model(preset: str, latent_dim: int, device: torch.device, train: bool,
     torch.manual_seed(seed)
     cfg = get_preset(preset).model
     if latent_dim:
-        cfg.latent_dim = latent_dim
+        cfg = dataclasses.replace(cfg, latent_dim=latent_dim)
     model = cfg.build().to(device)
     return model.train(train)
 

@@ -46,3 +46,9 @@ def test_training_benchmark_smoke_writes_its_estimate(tmp_path):
     assert set(estimate.method) == {"library", "library_official_modules", "fused", "compiled"}
     assert (estimate.iterations == 5010).all()  # 10 epochs of the held-out-7 split's 50,165 images in batches of 100
     assert (estimate.total_s > estimate.train_s).all()
+
+
+def test_step_benchmark_latent_dim_option_overrides_the_preset():
+    bench = experiment_script("bench_langevin")
+    model = bench.build_model("cpu", 7, bench.torch.device("cpu"), train=False)
+    assert model.latent_dim == 7 and not model.training

@@ -359,3 +359,62 @@ def test_mnist_generator_equals_the_reference_layers_and_loads_their_state_dict(
     if train:  # the BatchNorm running statistics moved the same way
         for key, value in ref.state_dict().items():
             torch.testing.assert_close(g.state_dict()[key], value, atol=1e-6, rtol=1e-5, msg=key)
+
+
+# --- native pixel order (the generator's own order, used by the fused Langevin chain) ------------
+
+
+@pytest.mark.parametrize("batch_norm", [True, False])
+@pytest.mark.parametrize("train", [False, True])
+@pytest.mark.parametrize("hidden_dim", [0, 24])
+def test_mnist_native_order_is_the_reordered_image_with_the_same_gradients_and_statistics(batch_norm, train, hidden_dim):
+    import copy
+
+    torch.manual_seed(0)
+    gen = MNISTGenerator(5, hidden_dim=hidden_dim, channels=6, batch_norm=batch_norm).train(train)
+    with torch.no_grad():  # BatchNorm statistics and affine parameters away from their initial values
+        for m in gen.modules():
+            if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2)
+                m.bias.normal_()
+    twin = copy.deepcopy(gen)
+    z = torch.randn(2, 3, 5)  # any batch shape
+    target = torch.rand(2, 3, 1, 28, 28)
+    za, zb = z.clone().requires_grad_(True), z.clone().requires_grad_(True)
+    images = gen(za)
+    native = twin(zb, native_order=True)
+    assert native.shape == (2, 3, 49, 16) and twin.native_shape == (49, 16)
+    torch.testing.assert_close(native, gen.to_native_order(images), atol=1e-6, rtol=1e-5)
+    ((images - target) ** 2).sum().backward()
+    ((native - twin.to_native_order(target)) ** 2).sum().backward()
+    torch.testing.assert_close(zb.grad, za.grad, atol=1e-5, rtol=1e-5)
+    for (name, a), b in zip(gen.named_buffers(), twin.buffers()):  # train mode moved them alike
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-6, msg=name)
+    largest = max(p.grad.abs().max() for p in gen.parameters())
+    for (name, a), b in zip(gen.named_parameters(), twin.parameters()):
+        if train and batch_norm and name in ("fc.0.bias", "fc.3.bias", "deconv.0.bias"):
+            # a bias right before a train-mode BatchNorm: its exact gradient is zero (float noise only)
+            assert a.grad.abs().max() < 1e-5 * largest and b.grad.abs().max() < 1e-5 * largest, name
+            continue
+        torch.testing.assert_close(b.grad, a.grad, atol=1e-4, rtol=1e-4, msg=name)
+
+
+def test_mnist_native_order_puts_each_pixel_in_its_cell_patch():
+    gen = MNISTGenerator(3, hidden_dim=0, channels=2)
+    image = torch.arange(28 * 28.0).view(1, 28, 28)
+    native = gen.to_native_order(image)
+    assert native.shape == (49, 16)
+    assert torch.equal(native.flatten().sort().values, image.flatten())  # a permutation
+    for i, j, a1, b1, a2, b2 in [(0, 0, 0, 0, 0, 0), (3, 5, 1, 0, 1, 1), (6, 6, 1, 1, 1, 1), (2, 4, 0, 1, 1, 0)]:
+        assert native[7 * i + j, 8 * a1 + 4 * b1 + 2 * a2 + b2] == image[0, 4 * i + 2 * a1 + a2, 4 * j + 2 * b1 + b2]
+    with pytest.raises(ValueError, match=r"\(\.\.\., 1, 28, 28\)"):
+        gen.to_native_order(torch.zeros(2, 28, 28))
+
+
+def test_other_generators_native_order_is_the_image_order():
+    gen = DCGANGenerator32(4, ngf=2, channels=3)
+    z = torch.randn(2, 4)
+    x = torch.rand(2, 3, 32, 32)
+    assert gen.to_native_order(x) is x and gen.native_shape == (3, 32, 32)
+    torch.testing.assert_close(gen(z, native_order=True), gen(z))

@@ -55,13 +55,35 @@ class ImageGenerator(nn.Module):
         """Map z of shape (N, latent_dim) to images of shape (N, C, H, W)."""
         raise NotImplementedError
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """:param z: shape (..., latent_dim). :returns: images, shape (..., C, H, W), in [-1, 1]."""
+    # The pixels in the order the generator computes them. A per-pixel likelihood summed over the
+    # image does not depend on the order of the pixels, so an inference chain may compare
+    # ``decode_native(z)`` with ``to_native_order(x)`` (reordered once per chain) and skip the
+    # generator's final pixel shuffles in every forward and backward pass. Here: the image order.
+
+    @property
+    def native_shape(self) -> tuple:
+        """Shape of one image in the generator's native pixel order (default: ``image_shape``)."""
+        return tuple(self.image_shape)
+
+    def to_native_order(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (..., C, H, W) → the same pixels in native order, (..., *native_shape)."""
+        return images
+
+    def decode_native(self, z: torch.Tensor) -> torch.Tensor:
+        """z (N, latent_dim) → ``to_native_order(decode(z))``, shape (N, *native_shape)."""
+        return self.decode(z)
+
+    def forward(self, z: torch.Tensor, *, native_order: bool = False) -> torch.Tensor:
+        """:param z: shape (..., latent_dim). :param native_order: return the pixels in the
+        generator's native order (see :meth:`to_native_order`).
+        :returns: images, shape (..., C, H, W) (or (..., *native_shape)), in [-1, 1]."""
         if z.dim() < 1 or z.shape[-1] != self.latent_dim:
             raise ValueError(f"expected z of shape (..., {self.latent_dim}), got {tuple(z.shape)}")
         batch_shape = z.shape[:-1]
-        x = self.decode(z.reshape(-1, self.latent_dim))
-        return x.reshape(*batch_shape, *self.image_shape)
+        flat = z.reshape(-1, self.latent_dim)
+        if native_order:
+            return self.decode_native(flat).reshape(*batch_shape, *self.native_shape)
+        return self.decode(flat).reshape(*batch_shape, *self.image_shape)
 
     def extra_repr(self) -> str:
         return f"latent_dim={self.latent_dim}, image_shape={self.image_shape}"
@@ -124,6 +146,44 @@ class MNISTGenerator(ImageGenerator):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         h = self.fc(z).view(-1, self.channels, 7, 7)
         return self.deconv(h)
+
+    # Native order: the two kernel-2, stride-2 upsamplings give every cell (i, j) of the 7×7 map
+    # its own 4×4 output patch, pixel (4i + 2a₁ + a₂, 4j + 2b₁ + b₂) for the sub-pixel offsets
+    # (a₁, b₁) of the first and (a₂, b₂) of the second layer. Kept in that order, both layers are
+    # plain matrix products on contiguous rows (no pixel shuffle, no channels-last copies), and
+    # BatchNorm2d sees its channels as the columns of one matrix.
+
+    @property
+    def native_shape(self) -> tuple:
+        """(49, 16): the 7×7 cells, then the 16 pixels of each cell's 4×4 patch in the order (a₁, b₁, a₂, b₂)."""
+        return (49, 16)
+
+    def to_native_order(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (..., 1, 28, 28) → (..., 49, 16), the pixel order of :meth:`decode_native`."""
+        if tuple(images.shape[-3:]) != self.image_shape:
+            raise ValueError(f"expected images of shape (..., 1, 28, 28), got {tuple(images.shape)}")
+        lead = images.shape[:-3]
+        # rows 4i + 2a1 + a2, columns 4j + 2b1 + b2  ->  (i, j, a1, b1, a2, b2)
+        cells = images.reshape(*lead, 7, 2, 2, 7, 2, 2)
+        n = len(lead)
+        order = [*range(n), n, n + 3, n + 1, n + 4, n + 2, n + 5]
+        return cells.permute(order).reshape(*lead, 49, 16)
+
+    def decode_native(self, z: torch.Tensor) -> torch.Tensor:
+        """z (N, latent_dim) → the image in native order (N, 49, 16); the same parameters,
+        BatchNorm statistics and values as :meth:`decode` (up to float rounding)."""
+        n, c = z.shape[0], self.channels
+        up1, norm, act, up2, out = self.deconv
+        cells = self.fc(z).view(n, c, 49).transpose(1, 2).reshape(n * 49, c)  # one row per 7×7 cell
+        # first upsampling: (C, C/2, 2, 2) as a (C, 2·2·C/2) matrix, columns (a1, b1, channel)
+        w1 = up1.weight.permute(0, 2, 3, 1).reshape(c, 4 * (c // 2))
+        h = torch.addmm(up1.bias.repeat(4), cells, w1) if up1.bias is not None else cells @ w1
+        h = act(norm(h.view(-1, c // 2, 1, 1))).view(n * 49, 4 * (c // 2))  # BatchNorm over the rows
+        # second upsampling, one (C/2, 2·2) block per first-layer sub-pixel: columns (a1, b1, a2, b2)
+        w2 = up2.weight.reshape(c // 2, 4)
+        w2 = torch.block_diag(w2, w2, w2, w2)
+        y = torch.addmm(up2.bias.expand(16), h, w2) if up2.bias is not None else h @ w2
+        return out(y).view(n, 49, 16)
 
 
 def _up_block(c_in: int, c_out: int, k: int, s: int, p: int, batch_norm: bool) -> list[nn.Module]:
