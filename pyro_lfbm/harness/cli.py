@@ -20,7 +20,9 @@ How a script uses it (every script in ``experiments/`` does this)::
         cli.run_cli(main, build_parser().parse_args())
 
 :func:`run_cli` is the one error wrapper (its API is stable: ``run_cli(main, args)``). It sets the
-torch thread count from ``args.threads``, runs ``main(args)``, and turns known failures into one
+torch thread count from ``args.threads`` and glibc's ``malloc`` thresholds
+(:func:`pyro_lfbm.harness.allocator.retain_freed_memory`; ``PYRO_LFBM_SYSTEM_MALLOC=1`` keeps the
+defaults), runs ``main(args)``, and turns known failures into one
 line on stderr and an exit code: 2 for usage, data and checkpoint errors, 3 when training or
 inference became non-finite (NaN/inf), 130 after Ctrl-C, 1 for a failing file system (disk full,
 permissions). When the run fails, the folders it created (:func:`make_dirs`,
@@ -50,6 +52,7 @@ from typing import Callable, Iterator, List, Optional, Sequence
 
 import torch
 
+from pyro_lfbm.harness import allocator
 from pyro_lfbm.train import distributed
 from pyro_lfbm.train.checkpoint import CheckpointError
 from pyro_lfbm.data import DataError
@@ -362,6 +365,10 @@ def run_cli(main: Callable[[argparse.Namespace], object], args: argparse.Namespa
 
     - threads: ``torch.set_num_threads(args.threads)`` when ``args.threads`` is a positive number
       (``0`` or a missing attribute leave torch's default);
+    - memory: :func:`~pyro_lfbm.harness.allocator.retain_freed_memory` (glibc keeps freed tensor
+      memory in the process instead of unmapping it, which saves hundreds of page faults per
+      Langevin step), unless ``PYRO_LFBM_SYSTEM_MALLOC`` is set (to anything but ``0``); whether it
+      was applied is ``run_record()["malloc_retained"]``;
     - :class:`UsageError`, :class:`~pyro_lfbm.data.DataError`, :class:`~pyro_lfbm.train.checkpoint.CheckpointError`:
       ``error: <message>`` on stderr, exit code 2;
     - :class:`FloatingPointError` (the training loop's non-finite guard, a Langevin divergence) and
@@ -382,6 +389,8 @@ def run_cli(main: Callable[[argparse.Namespace], object], args: argparse.Namespa
     threads = getattr(args, "threads", None)
     if threads:
         torch.set_num_threads(threads)
+    if not allocator.system_malloc_requested():
+        allocator.retain_freed_memory()
     _CREATED.clear()
     code, message, world = 0, None, None
     try:
@@ -446,6 +455,7 @@ def run_record(extra: dict | None = None) -> dict:
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}",
         "processes": (distributed.current().size if distributed.current() is not None else 1),  # > 1 under torchrun
+        "malloc_retained": allocator.freed_memory_retained(),  # glibc keeps freed memory (run_cli; see allocator)
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": platform.python_version(),
         "torch": torch.__version__,
