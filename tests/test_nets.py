@@ -384,7 +384,7 @@ def test_mnist_native_order_is_the_reordered_image_with_the_same_gradients_and_s
     za, zb = z.clone().requires_grad_(True), z.clone().requires_grad_(True)
     images = gen(za)
     native = twin(zb, native_order=True)
-    assert native.shape == (2, 3, 49, 16) and twin.native_shape == (49, 16)
+    assert native.shape == (2, 3, 16, 49) and twin.native_shape == (16, 49)
     torch.testing.assert_close(native, gen.to_native_order(images), atol=1e-6, rtol=1e-5)
     ((images - target) ** 2).sum().backward()
     ((native - twin.to_native_order(target)) ** 2).sum().backward()
@@ -404,10 +404,10 @@ def test_mnist_native_order_puts_each_pixel_in_its_cell_patch():
     gen = MNISTGenerator(3, hidden_dim=0, channels=2)
     image = torch.arange(28 * 28.0).view(1, 28, 28)
     native = gen.to_native_order(image)
-    assert native.shape == (49, 16)
+    assert native.shape == (16, 49)
     assert torch.equal(native.flatten().sort().values, image.flatten())  # a permutation
     for i, j, a1, b1, a2, b2 in [(0, 0, 0, 0, 0, 0), (3, 5, 1, 0, 1, 1), (6, 6, 1, 1, 1, 1), (2, 4, 0, 1, 1, 0)]:
-        assert native[7 * i + j, 8 * a1 + 4 * b1 + 2 * a2 + b2] == image[0, 4 * i + 2 * a1 + a2, 4 * j + 2 * b1 + b2]
+        assert native[8 * a1 + 4 * b1 + 2 * a2 + b2, 7 * i + j] == image[0, 4 * i + 2 * a1 + a2, 4 * j + 2 * b1 + b2]
     with pytest.raises(ValueError, match=r"\(\.\.\., 1, 28, 28\)"):
         gen.to_native_order(torch.zeros(2, 28, 28))
 

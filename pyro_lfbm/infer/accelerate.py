@@ -122,7 +122,7 @@ def fused_log_joint(model, native_order: bool = False) -> Callable[..., torch.Te
 
     With ``native_order=True`` the likelihood compares ``generator(z, native_order=True)`` with
     images and masks already in the generator's native pixel order
-    (``generator.to_native_order(x)``, e.g. (B, 49, 16) for
+    (``generator.to_native_order(x)``, e.g. (B, 16, 49) for
     :class:`~pyro_lfbm.nets.MNISTGenerator`): the same sum over pixels, in another order, without
     the generator's pixel shuffles.
 

@@ -149,41 +149,45 @@ class MNISTGenerator(ImageGenerator):
 
     # Native order: the two kernel-2, stride-2 upsamplings give every cell (i, j) of the 7×7 map
     # its own 4×4 output patch, pixel (4i + 2a₁ + a₂, 4j + 2b₁ + b₂) for the sub-pixel offsets
-    # (a₁, b₁) of the first and (a₂, b₂) of the second layer. Kept in that order, both layers are
-    # plain matrix products on contiguous rows (no pixel shuffle, no channels-last copies), and
-    # BatchNorm2d sees its channels as the columns of one matrix.
+    # (a₁, b₁) of the first and (a₂, b₂) of the second layer. Kept as (sub-pixel, channel) rows
+    # by 49 cell columns, each upsampling is one matrix product per image on the previous layer's
+    # output as it lies in memory (channels × cells, the layout of the fully connected part): no
+    # pixel shuffle and no transposed copy in the forward or the backward pass.
 
     @property
     def native_shape(self) -> tuple:
-        """(49, 16): the 7×7 cells, then the 16 pixels of each cell's 4×4 patch in the order (a₁, b₁, a₂, b₂)."""
-        return (49, 16)
+        """(16, 49): the 16 pixels of each cell's 4×4 patch, in the order (a₁, b₁, a₂, b₂), by the 7×7 cells."""
+        return (16, 49)
 
     def to_native_order(self, images: torch.Tensor) -> torch.Tensor:
-        """Images (..., 1, 28, 28) → (..., 49, 16), the pixel order of :meth:`decode_native`."""
+        """Images (..., 1, 28, 28) → (..., 16, 49), the pixel order of :meth:`decode_native`."""
         if tuple(images.shape[-3:]) != self.image_shape:
             raise ValueError(f"expected images of shape (..., 1, 28, 28), got {tuple(images.shape)}")
         lead = images.shape[:-3]
-        # rows 4i + 2a1 + a2, columns 4j + 2b1 + b2  ->  (i, j, a1, b1, a2, b2)
+        # rows 4i + 2a1 + a2, columns 4j + 2b1 + b2  ->  (a1, b1, a2, b2, i, j)
         cells = images.reshape(*lead, 7, 2, 2, 7, 2, 2)
         n = len(lead)
-        order = [*range(n), n, n + 3, n + 1, n + 4, n + 2, n + 5]
-        return cells.permute(order).reshape(*lead, 49, 16)
+        order = [*range(n), n + 1, n + 4, n + 2, n + 5, n, n + 3]
+        return cells.permute(order).reshape(*lead, 16, 49)
 
     def decode_native(self, z: torch.Tensor) -> torch.Tensor:
-        """z (N, latent_dim) → the image in native order (N, 49, 16); the same parameters,
+        """z (N, latent_dim) → the image in native order (N, 16, 49); the same parameters,
         BatchNorm statistics and values as :meth:`decode` (up to float rounding)."""
         n, c = z.shape[0], self.channels
         up1, norm, act, up2, out = self.deconv
-        cells = self.fc(z).view(n, c, 49).transpose(1, 2).reshape(n * 49, c)  # one row per 7×7 cell
-        # first upsampling: (C, C/2, 2, 2) as a (C, 2·2·C/2) matrix, columns (a1, b1, channel)
-        w1 = up1.weight.permute(0, 2, 3, 1).reshape(c, 4 * (c // 2))
-        h = torch.addmm(up1.bias.repeat(4), cells, w1) if up1.bias is not None else cells @ w1
-        h = act(norm(h.view(-1, c // 2, 1, 1))).view(n * 49, 4 * (c // 2))  # BatchNorm over the rows
-        # second upsampling, one (C/2, 2·2) block per first-layer sub-pixel: columns (a1, b1, a2, b2)
-        w2 = up2.weight.reshape(c // 2, 4)
-        w2 = torch.block_diag(w2, w2, w2, w2)
-        y = torch.addmm(up2.bias.expand(16), h, w2) if up2.bias is not None else h @ w2
-        return out(y).view(n, 49, 16)
+        h = self.fc(z).view(n, c, 49)  # channels × cells
+        # first upsampling: (C, C/2, 2, 2) as a (2·2·C/2, C) matrix, rows (a1, b1, channel)
+        w1 = up1.weight.permute(2, 3, 1, 0).reshape(4 * (c // 2), c)
+        h = torch.matmul(w1, h)  # (N, 2C, 49)
+        if up1.bias is not None:
+            h = h + up1.bias.repeat(4).view(-1, 1)
+        h = act(norm(h.view(n * 4, c // 2, 49, 1))).view(n, 4 * (c // 2), 49)  # BatchNorm2d per channel
+        # second upsampling, one (2·2, C/2) block per first-layer sub-pixel: rows (a1, b1, a2, b2)
+        w2 = up2.weight.reshape(c // 2, 4).t()
+        h = torch.matmul(torch.block_diag(w2, w2, w2, w2), h)  # (N, 16, 49)
+        if up2.bias is not None:
+            h = h + up2.bias
+        return out(h)
 
 
 def _up_block(c_in: int, c_out: int, k: int, s: int, p: int, batch_norm: bool) -> list[nn.Module]:
