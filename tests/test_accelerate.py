@@ -224,3 +224,39 @@ def test_native_order_chain_takes_every_mask_the_model_takes(mask_shape):
     expected_z = _eager_chain(model, x, z, 6, mask=mask)
     torch.testing.assert_close(z_image, expected_z, atol=2e-5, rtol=0)
     torch.testing.assert_close(z_native, expected_z, atol=2e-5, rtol=0)
+
+
+def test_a_chain_that_cannot_compile_warns_once_and_runs_eagerly():
+    model = _model(train=True)
+    reference = copy.deepcopy(model)
+    x, z0 = _data()
+    chain = CompiledLangevin(model, step_size=0.1, label="test-no-compiler")
+
+    def broken(*args):
+        for b in model.generator.buffers():  # a half-done call must not leave its trace
+            b.add_(1)
+        raise RuntimeError("InductorError: CppCompileError: C++ compiler not found")
+
+    chain._grad_and_value = broken
+    with pytest.warns(RuntimeWarning, match="torch.compile failed .*C\\+\\+ compiler not found.*runs eagerly"):
+        z = chain.run(x, z0, 5, generator=torch.Generator().manual_seed(7))
+    assert not chain.compiled and "compiler not found" in chain.compile_error
+    torch.testing.assert_close(z, _eager_chain(reference, x, z0, 5), atol=2e-5, rtol=0)
+    for a, b in zip(model.generator.buffers(), reference.generator.buffers()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+    # a genuine error in the inputs is still raised, not hidden by the fallback
+    with pytest.raises(ValueError, match="1, 28, 28"):
+        CompiledLangevin(model, label="test-bad-input").run(x[:, :, :20], z0, 1)
+
+
+def test_compiled_dataset_inference_is_the_eager_inference():
+    from pyro_lfbm.infer import infer_dataset
+
+    model = _model(train=False)
+    x = torch.rand(12, 1, 28, 28, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    results = {}
+    for compile in (False, True):
+        torch.manual_seed(0)
+        results[compile] = infer_dataset(model, x, num_steps=6, step_size=0.1, batch_size=5, progress=False, compile=compile)
+    torch.testing.assert_close(results[True].z, results[False].z, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(results[True].log_joint, results[False].log_joint, atol=1e-2, rtol=1e-5)

@@ -106,3 +106,19 @@ def test_presets_are_frozen_and_langevin_presets_keep_their_checkpoint_names():
         get_preset("tiny", "flow", "amortised")
     with pytest.raises(ValueError, match="hybrid_steps"):
         preset.with_guide("hybrid", hybrid_steps=-1)
+
+
+def test_build_with_a_compiled_chain_gives_the_fused_guide_for_langevin_recipes_only():
+    from pyro_lfbm.infer.accelerate import FusedLangevinGuide
+
+    with isolated(0):
+        recipe = build(get_preset("tiny", "flow"), compile_chain=True)
+    assert type(recipe.guide) is FusedLangevinGuide and recipe.trainer.guide is recipe.guide
+    assert recipe.guide.num_steps == get_preset("tiny", "flow").learn.num_steps
+    with isolated(0):
+        eager = build(get_preset("tiny", "flow"))
+    assert type(eager.guide) is LangevinGuide
+    with isolated(0):
+        encoder = build(replace(get_preset("tiny", "flow"), guide=replace(get_preset("tiny", "flow").guide, kind="encoder")),
+                        compile_chain=True)
+    assert isinstance(encoder.guide, EncoderGuide)

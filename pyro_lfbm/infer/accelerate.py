@@ -34,6 +34,7 @@ from __future__ import annotations
 import itertools
 import time
 import types
+import warnings
 from typing import Callable, Dict, List, Optional, Tuple
 
 import pyro
@@ -92,6 +93,11 @@ def _prior_log_prob_fn(prior) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 _CODE_COUNTER = itertools.count()
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0][:200] if lines else ""
 
 
 def _own_code(fn):
@@ -165,6 +171,9 @@ class CompiledLangevin:
     :param str mode: ``torch.compile`` mode; ``None`` picks ``"reduce-overhead"`` (CUDA graphs) on a
         CUDA model and the default mode on the CPU.
     :param str label: a name for :func:`compile_times`.
+    If compiling fails (no C++ compiler for inductor, an operation it cannot trace), the chain
+    warns once (``RuntimeWarning``), keeps the reason in ``compile_error`` and runs eagerly.
+
     :param bool native_order: evaluate the likelihood in the generator's native pixel order
         (:meth:`~pyro_lfbm.nets.ImageGenerator.to_native_order`; images and masks are reordered
         once per chain): the same numbers up to float rounding, fewer memory copies per step.
@@ -179,6 +188,7 @@ class CompiledLangevin:
         self.model, self.step_size, self.noise = model, float(step_size), bool(noise)
         self.compiled, self.label = bool(compile), label
         self.native_order = bool(native_order) and hasattr(model.generator, "to_native_order")
+        self.compile_error: Optional[str] = None
         self._log_joint = fused_log_joint(model, native_order=self.native_order)
         self._seen: set = set()
         if compile:
@@ -215,18 +225,34 @@ class CompiledLangevin:
             mask = generator.to_native_order(torch.broadcast_to(mask, torch.broadcast_shapes(mask.shape, image_shape)))
         return generator.to_native_order(x), mask
 
+    def _eager(self, x, z, mask) -> Tuple[torch.Tensor, torch.Tensor]:
+        with torch.enable_grad():
+            leaf = z.detach().requires_grad_(True)
+            value = self._log_joint(x, leaf, mask)
+            (grad,) = torch.autograd.grad(value.sum(), leaf)
+        return value.detach(), grad
+
     def _eval(self, x, z, mask) -> Tuple[torch.Tensor, torch.Tensor]:
         """Value and gradient at ``z`` for images and mask prepared by :meth:`_prepare`."""
         if not self.compiled:
-            with torch.enable_grad():
-                leaf = z.detach().requires_grad_(True)
-                value = self._log_joint(x, leaf, mask)
-                (grad,) = torch.autograd.grad(value.sum(), leaf)
-            return value.detach(), grad
+            return self._eager(x, z, mask)
         key = (tuple(x.shape), tuple(z.shape), mask is not None, self.model.training, x.device.type)
         first = key not in self._seen
         started = time.perf_counter()
-        grad, value = self._grad_and_value(z.detach(), x, mask, self._buffers())
+        if not first:
+            grad, value = self._grad_and_value(z.detach(), x, mask, self._buffers())
+        else:
+            buffers = {name: b.clone() for name, b in self._buffers().items()}  # as they were, if compiling fails
+            try:
+                grad, value = self._grad_and_value(z.detach(), x, mask, self._buffers())
+            except Exception as err:  # noqa: BLE001 - any failure to compile; the eager chain is the reference
+                for name, b in self._buffers().items():
+                    b.copy_(buffers[name])
+                value, grad = self._eager(x, z, mask)  # a genuine error in the inputs is raised here
+                self.compiled, self.compile_error = False, f"{type(err).__name__}: {_first_line(err)}"
+                warnings.warn(f"torch.compile failed ({self.compile_error}); this chain runs eagerly (same numbers, "
+                              "slower)", RuntimeWarning, stacklevel=4)
+                return value, grad
         if first:
             self._seen.add(key)
             _COMPILE_TIMES.append(dict(label=self.label, shape=tuple(z.shape), training=self.model.training,

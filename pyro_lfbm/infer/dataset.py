@@ -57,6 +57,7 @@ def infer_dataset(
     init: Optional[Callable[..., Dict[str, torch.Tensor]]] = None,
     progress: bool = True,
     desc: str = "inference",
+    compile: bool = False,
 ) -> InferenceResult:
     """Infer z for every image of ``x`` (N, C, H, W) by ``num_steps`` Langevin steps per batch.
 
@@ -64,10 +65,20 @@ def infer_dataset(
     z₀ ~ N(0, I), 400 steps of 0.1. ``init(x_batch, mask_batch) -> {"z": ...}`` replaces z₀.
     The model is used in whatever train/eval mode it is in (that matters for BatchNorm).
     Tensors are returned on the CPU.
+
+    :param bool compile: run the chains with the compiled log joint of a
+        :class:`~pyro_lfbm.models.LatentModel`
+        (:class:`~pyro_lfbm.infer.accelerate.FusedLangevinGuide`): the same chains up to float
+        rounding, compiled once per batch shape and BatchNorm mode. Other models ignore it.
     """
     import time
 
-    guide = LangevinGuide(model, num_steps=num_steps, step_size=step_size, noise=noise, init=init)
+    if compile and all(hasattr(model, name) for name in ("prior", "generator", "sigma", "log_joint")):
+        from pyro_lfbm.infer.accelerate import FusedLangevinGuide
+
+        guide = FusedLangevinGuide(model, num_steps=num_steps, step_size=step_size, noise=noise, init=init)
+    else:
+        guide = LangevinGuide(model, num_steps=num_steps, step_size=step_size, noise=noise, init=init)
     device = next(iter(model.parameters())).device
     zs, lps, terms = [], [], {}
     started = time.perf_counter()

@@ -33,6 +33,7 @@ def anomaly_scores(
     seed: Optional[int] = 0,
     progress: bool = True,
     inference: Optional[Callable[..., InferenceResult]] = None,
+    compile: bool = False,
 ) -> tuple[Dict[str, torch.Tensor], InferenceResult]:
     """Scores (higher = more anomalous) of every image in ``x`` (N, C, H, W).
 
@@ -44,6 +45,7 @@ def anomaly_scores(
     :param inference: the batched inference, with the signature of
         :func:`~pyro_lfbm.infer.dataset.infer_dataset` (the default; data-parallel runs pass
         :func:`pyro_lfbm.train.distributed.sharded_inference`, which splits each batch over the processes).
+    :param bool compile: compiled chains (``infer_dataset(..., compile=True)``).
 
     Images are scored in a random order, never in the order of ``x``: with ``batchnorm="train"``
     a batch made only of anomalies (a test set sorted by class) would be normalised by anomaly
@@ -58,7 +60,7 @@ def anomaly_scores(
         order = torch.randperm(x.shape[0])
         result = (inference or infer_dataset)(
             model, x[order], num_steps=num_steps, step_size=step_size, noise=False, batch_size=batch_size,
-            progress=progress, desc="scoring",
+            progress=progress, desc="scoring", **({"compile": True} if compile else {}),
         )
     restore = torch.argsort(order)
     result.z, result.log_joint = result.z[restore], result.log_joint[restore]

@@ -88,6 +88,7 @@ def run_anomaly(
     preset_name: str = "custom",
     progress: bool = False,
     skip_nonfinite: bool = False,
+    compile_chain: bool = False,
 ) -> AnomalyResult:
     """Learn ``preset``'s model from ``split.train_x`` (or load ``trained_checkpoint``) and score ``split.test_x``.
 
@@ -97,6 +98,8 @@ def run_anomaly(
     :param trained_checkpoint: score this finished checkpoint instead of training.
     :param config: saved with the checkpoint; the entries ``config_keys`` must match on resume/load.
     :param preset_name: the preset's name, recorded in the rows.
+    :param compile_chain: train and score with the compiled Langevin chain (see
+        :func:`~pyro_lfbm.train.recipe.build`); the same model up to float rounding.
     """
     modes = tuple(batchnorm)
     if not modes or any(mode not in BATCHNORM_MODES for mode in modes):
@@ -104,7 +107,7 @@ def run_anomaly(
     learn = preset.learn
     config = dict(config or {"model": preset.to_dict()["model"]})
     with isolated(seed):
-        recipe = build(preset, device=device)
+        recipe = build(preset, device=device, compile_chain=compile_chain)
         model = recipe.model
         if trained_checkpoint is not None:
             history = load_trained_model(model, trained_checkpoint, config, config_keys)
@@ -121,7 +124,8 @@ def run_anomaly(
             started = time.perf_counter()
             scores, _ = anomaly_scores(model, split.test_x, num_steps=learn.test_steps, step_size=learn.test_step_size,
                                        batch_size=learn.test_batch_size, batchnorm=mode, seed=seed, progress=progress,
-                                       inference=sharded_inference)  # infer_dataset itself in one process
+                                       inference=sharded_inference,  # infer_dataset itself in one process
+                                       compile=compile_chain)
             test_seconds = time.perf_counter() - started
             for name in DECISION_FUNCTIONS:
                 rows.append({

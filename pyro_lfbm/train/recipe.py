@@ -29,6 +29,7 @@ import pyro
 import torch
 
 from pyro_lfbm.infer import EncoderGuide, HybridGuide, LangevinGuide
+from pyro_lfbm.infer.accelerate import FusedLangevinGuide
 from pyro_lfbm.models import LatentModel
 from pyro_lfbm.train.loop import History
 from pyro_lfbm.train.presets import Preset
@@ -82,17 +83,25 @@ def build_encoder_guide(preset: Preset, device: torch.device | str = "cpu") -> E
     return EncoderGuide(preset.model.build_encoder()).to(device)
 
 
-def build(preset: Preset, *, device: torch.device | str = "cpu", loss: Optional[pyro.infer.ELBO] = None) -> Recipe:
+def build(preset: Preset, *, device: torch.device | str = "cpu", loss: Optional[pyro.infer.ELBO] = None,
+          compile_chain: bool = False) -> Recipe:
     """Model, training guide and trainer of ``preset`` (checked first: one ``ValueError`` naming the field).
 
     Draws the initial parameters from torch's global random stream: call it inside
     :func:`isolated` (or after seeding) for reproducible models.
+
+    :param bool compile_chain: the Langevin recipe's guide is a
+        :class:`~pyro_lfbm.infer.accelerate.FusedLangevinGuide` (the compiled log joint; the same
+        chains as :class:`~pyro_lfbm.infer.LangevinGuide` up to float rounding, faster after a
+        compile warm-up per batch shape). Other recipes ignore it.
     """
     preset.check()
     learn, kind = preset.learn, preset.guide.kind
     model = preset.model.build().to(device)
     encoder_guide = build_encoder_guide(preset, device) if kind in ("encoder", "hybrid") else None
-    if kind == "langevin":
+    if kind == "langevin" and compile_chain:
+        guide = FusedLangevinGuide(model, num_steps=learn.num_steps, step_size=learn.step_size)
+    elif kind == "langevin":
         guide = LangevinGuide(model, num_steps=learn.num_steps, step_size=learn.step_size)
     elif kind == "hybrid":
         guide = HybridGuide(model, encoder_guide, num_steps=preset.guide.hybrid_steps, step_size=learn.step_size)
