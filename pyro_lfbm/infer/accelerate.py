@@ -257,6 +257,8 @@ class CompiledLangevin:
             self._seen.add(key)
             _COMPILE_TIMES.append(dict(label=self.label, shape=tuple(z.shape), training=self.model.training,
                                        backend=self.backend, seconds=time.perf_counter() - started))
+        if self.mode == "reduce-overhead":  # CUDA graphs overwrite their outputs at the next replay
+            return value.detach().clone(), grad.detach().clone()
         return value.detach(), grad.detach()
 
     def value_and_grad(self, x: torch.Tensor, z: torch.Tensor, mask: Optional[torch.Tensor] = None):
