@@ -95,11 +95,6 @@ def _prior_log_prob_fn(prior) -> Callable[[torch.Tensor], torch.Tensor]:
 _CODE_COUNTER = itertools.count()
 
 
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0][:200] if lines else ""
-
-
 def _own_code(fn):
     """``fn`` with a code object of its own (same body, closure and globals)."""
     code = fn.__code__.replace(co_name=f"{fn.__code__.co_name}_{next(_CODE_COUNTER)}")
@@ -249,7 +244,8 @@ class CompiledLangevin:
                 for name, b in self._buffers().items():
                     b.copy_(buffers[name])
                 value, grad = self._eager(x, z, mask)  # a genuine error in the inputs is raised here
-                self.compiled, self.compile_error = False, f"{type(err).__name__}: {_first_line(err)}"
+                reason = (str(err).strip().splitlines() or [""])[0][:200]
+                self.compiled, self.compile_error = False, f"{type(err).__name__}: {reason}"
                 warnings.warn(f"torch.compile failed ({self.compile_error}); this chain runs eagerly (same numbers, "
                               "slower)", RuntimeWarning, stacklevel=4)
                 return value, grad
