@@ -55,6 +55,7 @@ __all__ = [
     "compile_times",
     "frozen_parameters",
     "fused_log_joint",
+    "has_fused_chain",
     "gaussian_log_likelihood",
 ]
 
@@ -101,8 +102,16 @@ def _own_code(fn):
     return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
 
 
+_LATENT_MODEL_PARTS = ("prior", "generator", "sigma", "log_joint")
+
+
+def has_fused_chain(model) -> bool:
+    """Whether ``model`` is LatentModel-like (prior, generator, sigma, log_joint): what the fused chain runs on."""
+    return all(hasattr(model, name) for name in _LATENT_MODEL_PARTS)
+
+
 def _check_latent_model(model) -> None:
-    missing = [name for name in ("prior", "generator", "sigma", "log_joint") if not hasattr(model, name)]
+    missing = [name for name in _LATENT_MODEL_PARTS if not hasattr(model, name)]
     if missing:
         raise TypeError(
             f"the fused chain needs a LatentModel (prior, generator, sigma, log_joint); "

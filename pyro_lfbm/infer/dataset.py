@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pyro_lfbm._context import posterior_inference
+from pyro_lfbm.infer.accelerate import FusedLangevinGuide, has_fused_chain
 from pyro_lfbm.infer.guide import LangevinGuide
 from pyro_lfbm.infer.modes import eval_mode
 
@@ -73,9 +74,7 @@ def infer_dataset(
     """
     import time
 
-    if compile and all(hasattr(model, name) for name in ("prior", "generator", "sigma", "log_joint")):
-        from pyro_lfbm.infer.accelerate import FusedLangevinGuide
-
+    if compile and has_fused_chain(model):
         guide = FusedLangevinGuide(model, num_steps=num_steps, step_size=step_size, noise=noise, init=init)
     else:
         guide = LangevinGuide(model, num_steps=num_steps, step_size=step_size, noise=noise, init=init)
