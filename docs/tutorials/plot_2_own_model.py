@@ -45,7 +45,7 @@ from pyro_lfbm.infer import LangevinGuide, LangevinKernel
 
 torch.set_num_threads(1)
 FULL = os.environ.get("PYRO_LFBM_DOCS_FULL") == "1"
-NUM_SAMPLES, WARMUP, SVI_STEPS = (2000, 1000, 3000) if FULL else (300, 200, 600)
+NUM_SAMPLES, WARMUP, SVI_STEPS = (2000, 1000, 3000) if FULL else (300, 150, 300)
 
 pyro.set_rng_seed(0)
 N, M, A, BATCH = 100, 5, 2.0, 25
@@ -113,7 +113,7 @@ def items_plate(counts, idx=None, batch=BATCH):
 pyro.clear_param_store()
 pyro.set_rng_seed(2)
 autonormal = AutoNormal(model, create_plates=items_plate)
-svi = SVI(model, autonormal, pyro.optim.ClippedAdam({"lr": 0.02, "lrd": 0.1 ** (1 / SVI_STEPS)}), Trace_ELBO())
+svi = SVI(model, autonormal, pyro.optim.ClippedAdam({"lr": 0.03, "lrd": 0.1 ** (1 / SVI_STEPS)}), Trace_ELBO())
 for _ in range(SVI_STEPS):
     svi.step(counts)
 autonormal_draws = Predictive(model, guide=autonormal, num_samples=NUM_SAMPLES, return_sites=["b", "rate"])(
@@ -129,7 +129,7 @@ pyro.clear_param_store()
 pyro.set_rng_seed(3)
 global_guide = AutoNormal(poutine.block(model, expose=["b"]))
 guide = LangevinGuide(model, num_steps=20, step_size=0.2, global_guide=global_guide)
-svi = SVI(model, guide, pyro.optim.ClippedAdam({"lr": 0.02, "lrd": 0.1 ** (1 / SVI_STEPS)}), Trace_ELBO())
+svi = SVI(model, guide, pyro.optim.ClippedAdam({"lr": 0.03, "lrd": 0.1 ** (1 / SVI_STEPS)}), Trace_ELBO())
 for _ in range(SVI_STEPS):
     svi.step(counts)
 langevin_b = Predictive(global_guide, num_samples=NUM_SAMPLES)(counts)["b"]

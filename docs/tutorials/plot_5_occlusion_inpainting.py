@@ -9,7 +9,7 @@ the generator fills the holes. This tutorial trains on MNIST digits with half th
 hidden under random 8×8 squares (the paper's "salt-and-pepper" occlusion), recovers the hidden
 pixels, then inpaints a large square hole in test images with several completions per image.
 
-By default: 3,000 images, 2 epochs in batches of 25; ``PYRO_LFBM_DOCS_FULL=1``: 20,000 images, 10
+By default: 2,000 images, 2 epochs in batches of 25; ``PYRO_LFBM_DOCS_FULL=1``: 20,000 images, 10
 epochs in the ``cpu`` preset's batches of 100.
 """
 
@@ -32,7 +32,8 @@ from pyro_lfbm.train import build, get_preset, isolated, train_recipe
 
 torch.set_num_threads(1)
 FULL = os.environ.get("PYRO_LFBM_DOCS_FULL") == "1"
-N_TRAIN, EPOCHS, BATCH = (20_000, 10, 100) if FULL else (3_000, 2, 25)
+N_TRAIN, EPOCHS, BATCH = (20_000, 10, 100) if FULL else (2_000, 2, 25)
+N_RECOVER, N_INPAINT, STEPS = (1_000, 200, 100) if FULL else (300, 40, 60)
 
 x, _ = load_images("mnist", split="train", limit=N_TRAIN).tensors
 mask = make_masks(len(x), (1, 28, 28), "salt-pepper", 50, seed=0)
@@ -66,12 +67,12 @@ print(f"last epoch: loss {history.epochs[-1]['loss']:.1f} per image")
 # %%
 # Recovering the hidden pixels
 # ----------------------------
-# :func:`~pyro_lfbm.tasks.reconstruct` infers z from the visible pixels (here 100 steps of
+# :func:`~pyro_lfbm.tasks.reconstruct` infers z from the visible pixels (here 60 steps, 100 in full size, of
 # gradient ascent) and returns g(z); the hole error is measured in [0, 1] pixel units.
-recovered = reconstruct(model, x[:1000], mask[:1000], num_steps=100, step_size=0.1)
-errors = recovery_errors(recovered, x[:1000], mask[:1000])
+recovered = reconstruct(model, x[:N_RECOVER], mask[:N_RECOVER], num_steps=STEPS, step_size=0.1)
+errors = recovery_errors(recovered, x[:N_RECOVER], mask[:N_RECOVER])
 print({k: round(v, 4) for k, v in errors.items()})
-mean_fill = recovery_errors(torch.full_like(x[:1000], float(x.mean())), x[:1000], mask[:1000])["mse_hole"]
+mean_fill = recovery_errors(torch.full_like(x[:N_RECOVER], float(x.mean())), x[:N_RECOVER], mask[:N_RECOVER])["mse_hole"]
 print(f"for comparison, filling every hole with the mean pixel: {mean_fill:.4f}")
 show_rows([x[:12], (x * mask + (1 - mask) * -0.3)[:12], recovered[:12]],
           ["complete (never seen)", "what the model saw (holes grey)", "recovered g(z)"])
@@ -82,10 +83,10 @@ show_rows([x[:12], (x * mask + (1 - mask) * -0.3)[:12], recovered[:12]],
 # A square hole at the paper's place (its 40×40 hole on 64×64 images, scaled to 28×28).
 # :func:`~pyro_lfbm.tasks.inpaint` starts several chains per image from :math:`z_0 \sim p_\alpha`
 # and keeps the observed pixels exactly; different starts give different completions.
-x_test, _ = load_images("mnist", split="test", limit=200).tensors
+x_test, _ = load_images("mnist", split="test", limit=N_INPAINT).tensors
 top, left, side = paper_hole((1, 28, 28))
 hole = hole_mask((1, 28, 28), top, left, side)
-completions = inpaint(model, x_test, hole, num_completions=4, num_steps=100)  # (200, 4, 1, 28, 28)
+completions = inpaint(model, x_test, hole, num_completions=4, num_steps=STEPS)  # (N, 4, 1, 28, 28)
 print({k: round(v, 4) for k, v in inpainting_errors(completions, x_test, hole).items()})
 show_rows([x_test[:10], (x_test * hole + (1 - hole) * -0.3)[:10]] + [completions[:10, k] for k in range(4)],
           ["test images", "with the hole"] + [f"completion {k + 1}" for k in range(4)])

@@ -16,7 +16,7 @@ As an example we write a learnable mixture of Gaussians,
 
 train it with a generator on MNIST, and decode each component's draws.
 
-By default: 3,000 images, 2 epochs in batches of 25; ``PYRO_LFBM_DOCS_FULL=1``: 60,000 images, 10 epochs.
+By default: 2,000 images, 2 epochs in batches of 25; ``PYRO_LFBM_DOCS_FULL=1``: 60,000 images, 10 epochs.
 """
 
 # %%
@@ -39,7 +39,7 @@ from pyro_lfbm.train import get_preset, isolated
 
 torch.set_num_threads(1)
 FULL = os.environ.get("PYRO_LFBM_DOCS_FULL") == "1"
-N_TRAIN, EPOCHS, BATCH = (60_000, 10, 100) if FULL else (3_000, 2, 25)
+N_TRAIN, EPOCHS, BATCH = (60_000, 10, 100) if FULL else (2_000, 2, 25)
 
 
 class GaussianMixture(dist.MixtureSameFamily):
@@ -114,12 +114,12 @@ plt.title("one row per mixture component")
 # Infer each training image's latent (gradient ascent, as at test time) and assign it to its
 # most probable component, :math:`\\arg\\max_k \\pi_k \\mathcal N(z; \\mu_k, \\sigma_k^2)`.
 test_guide = LangevinGuide(model, num_steps=60, step_size=0.1, noise=False)
-z = test_guide.infer(x[:1000])["z"]
+z = test_guide.infer(x[:500])["z"]
 with torch.no_grad():
     responsibility = model.prior.components().log_prob(z.unsqueeze(1)) + torch.log_softmax(model.prior.logits, 0)
 assignment = responsibility.argmax(1)
 table = torch.zeros(10, 10, dtype=torch.long)
-table.index_put_((assignment, digits[:1000]), torch.ones(1000, dtype=torch.long), accumulate=True)
+table.index_put_((assignment, digits[:500]), torch.ones(500, dtype=torch.long), accumulate=True)
 fig, ax = plt.subplots(figsize=(5, 4))
 ax.imshow(table.numpy(), cmap="Blues")
 ax.set(xlabel="digit", ylabel="component", xticks=range(10), yticks=range(10))
