@@ -63,6 +63,11 @@ def test_end_to_end_smoke_run_writes_results(tmp_path):
     assert set(table.score) == {"joint", "recon", "prior"}
     assert table.auprc.between(0, 1).all()
     assert "AUPRC" in proc.stdout
+    saved = torch.load(run_dir / "scores.pt")
+    assert set(saved["batchnorm"]) == {"eval", "train"}  # every scored mode's scores, the metrics recomputable
+    for row in table.itertuples():
+        assert anomaly_metrics(saved["is_anomaly"], saved["batchnorm"][row.batchnorm][row.score])["auprc"] == pytest.approx(row.auprc)
+    assert torch.equal(saved["joint"], saved["batchnorm"]["eval"]["joint"])
     assert json.loads((run_dir / "run.json").read_text())["config"]["learn"]["test_batch_size"] == 64
     ckpt = out / "checkpoints" / "lfbm-flow-heldout7-seed1-tiny.pt"
     assert ckpt.exists()
