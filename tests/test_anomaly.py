@@ -1,4 +1,5 @@
 import json
+import math
 import subprocess
 import sys
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import auc, precision_recall_curve
 
-from pyro_lfbm.metrics.anomaly import anomaly_metrics, anomaly_scores
+from pyro_lfbm.metrics.anomaly import anomaly_metrics, anomaly_scores, png_code_length
 from pyro_lfbm.train.presets import get_preset
 from tests.conftest import REPO, require_mnist
 
@@ -63,6 +64,21 @@ def test_end_to_end_smoke_run_writes_results(tmp_path):
     assert set(table.score) == {"joint", "recon", "prior"}
     assert table.auprc.between(0, 1).all()
     assert "AUPRC" in proc.stdout
+    saved = torch.load(run_dir / "scores.pt")
+    assert set(saved["batchnorm"]) == {"eval", "train"}  # every scored mode's scores, the metrics recomputable
+    for row in table.itertuples():
+        assert anomaly_metrics(saved["is_anomaly"], saved["batchnorm"][row.batchnorm][row.score])["auprc"] == pytest.approx(row.auprc)
+    assert torch.equal(saved["joint"], saved["batchnorm"]["eval"]["joint"])
+
+    # the decision-function comparison reads the run back and reproduces the run's own AUPRCs
+    decision = subprocess.run([sys.executable, str(REPO / "experiments" / "anomaly_decision.py"), str(run_dir),
+                               "--data-root", str(root), "--out", str(tmp_path / "decision")],
+                              capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert decision.returncode == 0, decision.stderr
+    compared = pd.read_csv(tmp_path / "decision" / "decision.csv")
+    assert {"joint-png", "recon-png", "z(prior)+z(recon-png)"} <= set(compared.score)
+    merged = compared.merge(table, on=["batchnorm", "score"], suffixes=("", "_run"))
+    assert len(merged) == len(table) and np.allclose(merged.auprc, merged.auprc_run)
     assert json.loads((run_dir / "run.json").read_text())["config"]["learn"]["test_batch_size"] == 64
     ckpt = out / "checkpoints" / "lfbm-flow-heldout7-seed1-tiny.pt"
     assert ckpt.exists()
@@ -268,3 +284,17 @@ def test_chains_are_compiled_only_in_one_process(monkeypatch):
         anomaly_experiment.compiled_chain("fast")
     monkeypatch.setattr(anomaly_experiment.distributed, "current", lambda: object())  # inside a torchrun job
     assert not anomaly_experiment.compiled_chain("compiled")
+
+
+def test_png_code_length_orders_images_by_complexity():
+    blank = -torch.ones(1, 1, 28, 28)
+    stroke = blank.clone()
+    stroke[..., 10:18, 5:23] = 1.0
+    noise = torch.rand(1, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    lengths = png_code_length(torch.cat([blank, stroke, noise]))
+    assert lengths.shape == (3,) and lengths.dtype == torch.float64
+    assert lengths[0] < lengths[1] < lengths[2]
+    # 784 uniform bytes cannot be compressed below 784 bytes
+    assert lengths[2] > 784 * 8 * math.log(2)
+    with pytest.raises(ValueError, match="shape"):
+        png_code_length(torch.zeros(3, 28, 28))

@@ -174,12 +174,14 @@ def save_anomaly_run(result: AnomalyResult, cfg: AnomalyRunConfig, out: Path) ->
     """Write one run's files (:data:`RUN_FILES`) into ``out``, all at once or not at all.
 
     metrics.csv has one row per BatchNorm mode and decision function; scores.pt holds the test
-    scores of the first mode (each shape ``(N_test,)``) and ``is_anomaly``; the figures use them too.
+    scores of the first mode (each shape ``(N_test,)``), ``is_anomaly``, and under ``"batchnorm"`` the
+    scores of every scored mode (``{mode: {score: (N_test,)}}``); the figures use the first mode's.
     """
     with staged_output(Path(out)) as stage:
         pd.DataFrame(result.rows).to_csv(stage / "metrics.csv", index=False)
         pd.DataFrame(result.history).to_csv(stage / "history.csv", index=False)
-        torch.save(dict(result.scores) | {"is_anomaly": result.is_anomaly}, stage / "scores.pt")
+        torch.save(dict(result.scores) | {"is_anomaly": result.is_anomaly, "batchnorm": result.scores_by_mode},
+                   stage / "scores.pt")
         title = f"held-out {cfg.heldout}, {cfg.prior} prior, seed {cfg.seed}"
         plot_precision_recall(result.is_anomaly, result.scores, stage / "precision_recall.png", title)
         plot_score_histograms(result.is_anomaly, result.scores, stage / "score_histograms.png", title)

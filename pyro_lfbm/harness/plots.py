@@ -53,3 +53,24 @@ def save_ranked_grid(images: torch.Tensor, score: torch.Tensor, path: Path, coun
     order = torch.argsort(torch.as_tensor(score), descending=True)
     picked = torch.cat([images[order[:count]], images[order[-count:]]])
     save_image((picked + 1) / 2, path, nrow=16, padding=1, pad_value=1.0)
+
+
+def plot_auprc_against_epochs(table, path: Path, title: str = "") -> None:
+    """AUPRC against training epochs, one panel per held-out digit, one line per (BatchNorm mode, score).
+
+    :param table: a :class:`pandas.DataFrame` with columns heldout, epochs, batchnorm, score, auprc
+        (more than one row per point, e.g. several seeds, is averaged).
+    """
+    digits = sorted(table.heldout.unique())
+    fig, axes = plt.subplots(1, len(digits), figsize=(4.5 * len(digits), 3.6), squeeze=False, sharey=True)
+    for ax, digit in zip(axes[0], digits):
+        rows = table[table.heldout == digit]
+        for (mode, score), line in rows.groupby(["batchnorm", "score"]):
+            mean = line.groupby("epochs").auprc.mean()
+            ax.plot(mean.index, mean.values, marker="o", ls="-" if mode == "train" else "--", label=f"{score}, BN {mode}")
+        ax.set(title=f"held-out {digit}", xlabel="epochs", ylabel="AUPRC")
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -10,9 +10,12 @@ precision and AUROC.
 
 from __future__ import annotations
 
+import io
+import math
 from typing import Callable, Dict, Optional
 
 import numpy as np
+from PIL import Image
 import torch
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score
 
@@ -91,3 +94,24 @@ def anomaly_metrics(is_anomaly, score) -> Dict[str, float]:
         "auroc": float(roc_auc_score(y, s)),
         "prevalence": float(y.mean()),
     }
+
+
+def png_code_length(x: torch.Tensor) -> torch.Tensor:
+    """The length in **nats** of each image's lossless PNG encoding (zlib level 9), a measure of its complexity.
+
+    Serrà et al., "Input complexity and out-of-distribution detection with likelihood-based generative
+    models", ICLR 2020 (arXiv 1909.11480), Eq. 2: S(x) = −log p(x) − L(x) removes the part of a
+    likelihood that tracks how complex an image is. Images are quantised back to 8 bits from [−1, 1].
+
+    :param x: (N, C, H, W) images in [−1, 1] with C = 1 or 3.
+    :returns: (N,) float64 code lengths in nats (bytes · 8 · ln 2).
+    """
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"png_code_length needs images of shape (N, 1 or 3, H, W), got {tuple(x.shape)}")
+    pixels = ((x.detach().cpu().double() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    lengths = []
+    for image in pixels:
+        buffer = io.BytesIO()
+        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, format="PNG", compress_level=9)
+        lengths.append(buffer.tell())
+    return torch.tensor(lengths, dtype=torch.float64) * 8 * math.log(2)

@@ -38,6 +38,7 @@ class AnomalyResult:
         auprc, ap, auroc, prevalence, preset, epochs, test_steps, batchnorm, n_train, n_test,
         train_seconds, test_seconds.
     :ivar dict scores: the first mode's scores, ``{"joint", "recon", "prior"}`` each (N_test,).
+    :ivar dict scores_by_mode: every scored BatchNorm mode's scores, ``{mode: {"joint", "recon", "prior"}}``.
     :ivar torch.Tensor is_anomaly: (N_test,) 1 = held-out digit.
     :ivar torch.Tensor test_x: (N_test, C, H, W) test images.
     :ivar list history: per-epoch training records (of the checkpoint when one was scored).
@@ -52,6 +53,7 @@ class AnomalyResult:
     history: List[Dict] = field(default_factory=list)
     model: Optional[torch.nn.Module] = None
     config: Dict = field(default_factory=dict)
+    scores_by_mode: Dict[str, Dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
 def load_trained_model(model: torch.nn.Module, path: str | Path, config: Optional[dict] = None,
@@ -119,7 +121,7 @@ def run_anomaly(
             epochs_trained = learn.epochs
         train_seconds = sum(row["seconds"] for row in history)
 
-        rows, first_scores = [], None
+        rows, scores_by_mode = [], {}
         for mode in modes:
             started = time.perf_counter()
             scores, _ = anomaly_scores(model, split.test_x, num_steps=learn.test_steps, step_size=learn.test_step_size,
@@ -135,5 +137,6 @@ def run_anomaly(
                     "n_train": int(split.train_x.shape[0]), "n_test": int(split.test_x.shape[0]),
                     "train_seconds": round(train_seconds, 1), "test_seconds": round(test_seconds, 1),
                 })
-            first_scores = scores if first_scores is None else first_scores
-    return AnomalyResult(rows, first_scores, split.test_is_anomaly, split.test_x, history, model, config)
+            scores_by_mode[mode] = scores
+    return AnomalyResult(rows, scores_by_mode[modes[0]], split.test_is_anomaly, split.test_x, history, model, config,
+                         scores_by_mode)

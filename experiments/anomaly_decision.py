@@ -1,0 +1,96 @@
+"""Compare decision functions on finished anomaly runs, from their saved scores (no model is run).
+
+    python experiments/anomaly_decision.py runs/anomaly/heldout3-flow-seed1 runs/anomaly/heldout8-flow-seed1
+
+For each run folder written by ``experiments/anomaly.py`` (its ``scores.pt`` and ``run.json``), the
+test images are rebuilt from the run's split and every candidate decision function is scored by
+AUPRC, for each BatchNorm mode the run scored:
+
+- ``joint``, ``recon``, ``prior``: −log p(x, z) and its two parts (the paper's and the library's scores);
+- ``joint-png``, ``recon-png``: the same minus the image's PNG code length in nats (Serrà et al., ICLR 2020);
+- ``z(prior)+z(recon-png)``, ``z(prior)+z(joint)``: scores standardised over the test set (no labels) and
+  added, which weighs the prior term (tens of nats) as much as the reconstruction term (hundreds).
+
+Use it on **development digits** (3 and 8) to choose a decision function; it prints a table and writes
+``decision.csv`` beside the runs' common parent (or ``--out``), with the command in ``decision.json``
+(and ``auprc_epochs.png`` when the runs differ in training length).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from pyro_lfbm.data import heldout_digit_split
+from pyro_lfbm.harness import cli
+from pyro_lfbm.harness.cli import UsageError, run_record, write_json
+from pyro_lfbm.harness.plots import plot_auprc_against_epochs
+from pyro_lfbm.metrics.anomaly import anomaly_metrics, png_code_length
+
+
+def standardised(score: torch.Tensor) -> torch.Tensor:
+    score = score.double()
+    return (score - score.mean()) / score.std()
+
+
+def candidates(scores: dict, code_length: torch.Tensor) -> dict:
+    """Every candidate decision function of one BatchNorm mode's ``{"joint", "recon", "prior"}`` scores (N,)."""
+    joint, recon, prior = (scores[k].double() for k in ("joint", "recon", "prior"))
+    return {
+        "joint": joint, "recon": recon, "prior": prior,
+        "joint-png": joint - code_length, "recon-png": recon - code_length,
+        "z(prior)+z(recon-png)": standardised(prior) + standardised(recon - code_length),
+        "z(prior)+z(joint)": standardised(prior) + standardised(joint),
+    }
+
+
+def run_test_images(run_dir: Path, data_root) -> tuple[dict, torch.Tensor]:
+    config = json.loads((run_dir / "run.json").read_text())["config"]
+    run = config["run"]
+    split = heldout_digit_split(data_root or run.get("data_root"), heldout=run["heldout"], seed=run["seed"])
+    if run.get("limit_train") or run.get("limit_test"):
+        split = split.subset(run.get("limit_train"), run.get("limit_test"), seed=run["seed"])
+    return config, split.test_x
+
+
+def main(args: argparse.Namespace) -> pd.DataFrame:
+    run_dirs = [Path(d) for d in args.runs]
+    for d in run_dirs:
+        if not (d / "scores.pt").is_file() or not (d / "run.json").is_file():
+            raise UsageError(f"{d} is not a finished anomaly run (no scores.pt / run.json); pass folders written by anomaly.py")
+    rows = []
+    for d in run_dirs:
+        config, test_x = run_test_images(d, args.data_root)
+        saved = torch.load(d / "scores.pt")
+        by_mode = saved.get("batchnorm") or {"eval": {k: saved[k] for k in ("joint", "recon", "prior")}}
+        code_length = png_code_length(test_x)
+        for mode, scores in by_mode.items():
+            for name, score in candidates(scores, code_length).items():
+                rows.append({"run": d.name, "heldout": config["run"]["heldout"], "seed": config["run"]["seed"],
+                             "epochs": config["learn"]["epochs"], "test_steps": config["learn"]["test_steps"],
+                             "batchnorm": mode, "score": name, **anomaly_metrics(saved["is_anomaly"], score)})
+    table = pd.DataFrame(rows)
+    out = Path(args.out) if args.out else run_dirs[0].parent
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "decision.csv", index=False)
+    write_json(out / "decision.json", run_record({"runs": [str(d) for d in run_dirs]}))
+    if table.epochs.nunique() > 1:
+        plot_auprc_against_epochs(table, out / "auprc_epochs.png", "decision functions against training length")
+    print(table.pivot_table(index=["batchnorm", "score"], columns=["heldout", "seed", "epochs"], values="auprc").round(3).to_string())
+    return table
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", help="run folders written by experiments/anomaly.py")
+    parser.add_argument("--data-root", default=None, help="data folder (default: the run's, else the usual search)")
+    parser.add_argument("--out", default=None, help="folder for decision.csv (default: the first run's parent)")
+    return parser
+
+
+if __name__ == "__main__":
+    cli.run_cli(main, build_parser().parse_args())
