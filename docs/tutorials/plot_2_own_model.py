@@ -101,7 +101,8 @@ nuts_samples = nuts.get_samples()
 # %%
 # AutoNormal on every latent
 # --------------------------
-# A mean-field Gaussian in unconstrained space, trained by SVI on minibatches of 25 items.
+# A mean-field Gaussian in unconstrained space, trained by SVI on all items at every step
+# (``batch=None``: on minibatches, each item's own parameters would move only when it is drawn).
 # ``create_plates`` hands the guide the model's plate, so that the guide and the model see the
 # same items (also when ``Predictive`` passes ``idx``).
 
@@ -115,7 +116,7 @@ pyro.set_rng_seed(2)
 autonormal = AutoNormal(model, create_plates=items_plate)
 svi = SVI(model, autonormal, pyro.optim.ClippedAdam({"lr": 0.03, "lrd": 0.1 ** (1 / SVI_STEPS)}), Trace_ELBO())
 for _ in range(SVI_STEPS):
-    svi.step(counts)
+    svi.step(counts, None, None)
 autonormal_draws = Predictive(model, guide=autonormal, num_samples=NUM_SAMPLES, return_sites=["b", "rate"])(
     counts, torch.arange(N))
 

@@ -121,7 +121,8 @@ fig.tight_layout()
 # repository. The mean AUPRC over the seeds, with the score -log p(x, z) on test-batch statistics:
 import pandas as pd
 
-table = pd.read_csv(Path(__file__).resolve().parents[2] / "results" / "anomaly" / "table.csv")
+here = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()  # the gallery runs it in docs/tutorials
+table = pd.read_csv(here.parents[1] / "results" / "anomaly" / "table.csv")
 rows = table[(table.score == "joint") & (table.batchnorm == "train")]
 means = rows.groupby(["heldout", "prior"]).auprc.agg(["mean", "std"]).unstack("prior")
 print(means.round(3).to_string())
