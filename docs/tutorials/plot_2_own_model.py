@@ -65,9 +65,9 @@ def model(counts, idx=None, batch=BATCH):
 # %%
 # The exact posterior
 # -------------------
-# Integrating :math:`\\lambda_i` out gives :math:`p(x_i \\mid b) \\propto b^a / (b + m)^{a + S_i}`
-# (up to factors free of :math:`b`), so :math:`\\log p(b \\mid x)` on a fine grid of
-# :math:`b` is exact up to the grid spacing; the posterior mean of :math:`\\lambda_i` is the
+# Integrating :math:`\lambda_i` out gives :math:`p(x_i \mid b) \propto b^a / (b + m)^{a + S_i}`
+# (up to factors free of :math:`b`), so :math:`\log p(b \mid x)` on a fine grid of
+# :math:`b` is exact up to the grid spacing; the posterior mean of :math:`\lambda_i` is the
 # grid average of :math:`(a + S_i)/(b + m)`.
 S = counts.sum(-1).double()
 grid = torch.linspace(0.01, 3.0, 3000, dtype=torch.float64)
@@ -161,8 +161,8 @@ print(f"{'exact':28s} E[b | x] = {exact_b_mean:.3f}  sd = {float((weights * (gri
 # %%
 # The local rates
 # ---------------
-# Posterior means of every :math:`\\lambda_i` against the exact ones. MCMC and AutoNormal target
-# the posterior; the short-run guide's 20 steps from :math:`\\log\\lambda_0 \\sim \\mathcal N(0, 1)`
+# Posterior means of every :math:`\lambda_i` against the exact ones. MCMC and AutoNormal target
+# the posterior; the short-run guide's 20 steps from :math:`\log\lambda_0 \sim \mathcal N(0, 1)`
 # are not a converged sampler: its chains end close to, but not exactly at, the posterior
 # (the paper's short-run inference is a learned, biased inference, not MCMC).
 fig, ax = plt.subplots(figsize=(5, 5))

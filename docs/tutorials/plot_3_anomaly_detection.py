@@ -65,7 +65,7 @@ for prior in ("flow", "gaussian", "ebm"):
 # Precision–recall curves
 # -----------------------
 # Every row of a result also holds the two parts of the score: the reconstruction term
-# :math:`-\\log p_\\beta(x \\mid z)` and the prior term :math:`-\\log p_\\alpha(z)`.
+# :math:`-\log p_\beta(x \mid z)` and the prior term :math:`-\log p_\alpha(z)`.
 labels = {"flow": "flow prior (LFBM)", "gaussian": "Gaussian prior (ABP)", "ebm": "energy prior (LEBM)"}
 fig, axes = plt.subplots(1, 2, figsize=(10, 4))
 for prior, result in results.items():

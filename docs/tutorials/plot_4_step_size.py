@@ -22,7 +22,7 @@ uses only these.)
 # %%
 # A target with a known answer
 # ----------------------------
-# A correlated Gaussian, :math:`\\mathcal N(0, \\Sigma)` with standard deviations 1 and 0.2 along
+# A correlated Gaussian, :math:`\mathcal N(0, \Sigma)` with standard deviations 1 and 0.2 along
 # its axes, rotated by 45°. Its log density takes a batch of rows (independent chains) ``{"z": (R, 2)}``
 # and returns ``(R,)``, the form every chain function of :mod:`pyro_lfbm.infer` takes.
 import os
@@ -54,12 +54,12 @@ def log_density(position):
 # ------------
 # ``run_chain`` calls ``callback(k, state)`` after every move. From the same start and the same
 # noise, a small step crawls (K steps cover a Langevin time of only :math:`K s^2 / 2`), a good
-# step reaches the target and moves along it, and a step beyond the narrow direction's stability
-# limit (:math:`s < 2 \\times 0.2` for gradient steps) oscillates across it.
+# step reaches the target and moves along it, and a step close to the narrow direction's
+# stability limit (gradient steps are stable for :math:`s < 2 \times 0.2`) jumps across it.
 start = {"z": torch.tensor([[-2.5, 2.0]])}
 fig, axes = plt.subplots(1, 3, figsize=(12, 4), sharex=True, sharey=True)
 grid = torch.stack(torch.meshgrid(torch.linspace(-3, 3, 100), torch.linspace(-3, 3, 100), indexing="xy"), -1)
-for ax, step_size in zip(axes, (0.05, 0.25, 0.45)):
+for ax, step_size in zip(axes, (0.05, 0.25, 0.38)):
     path = [start["z"][0]]
     run_chain(log_density, start, 40, step_size, generator=torch.Generator().manual_seed(0),
               callback=lambda k, state: path.append(state.position["z"][0].clone()))
@@ -67,7 +67,7 @@ for ax, step_size in zip(axes, (0.05, 0.25, 0.45)):
     ax.contour(grid[..., 0], grid[..., 1], target.log_prob(grid).exp(), levels=6, colors="gray", linewidths=0.8)
     ax.plot(path[:, 0], path[:, 1], ".-", lw=1, ms=4)
     ax.set_title(f"s = {step_size}: 40 steps")
-    ax.set_aspect("equal")
+    ax.set(xlim=(-3, 3), ylim=(-3, 3), aspect="equal")
 fig.tight_layout()
 
 # %%
@@ -114,9 +114,9 @@ print("backoff: divergences per row", info.divergences.tolist(), "final step siz
 # %%
 # The adaptive default of the guide
 # ---------------------------------
-# A Pyro model with this target as the posterior of each item's latent: :math:`z_i \\sim \\mathcal N(0, I)`
-# and :math:`x_i \\sim \\mathcal N(A z_i, I)`, with :math:`A` chosen so that the posterior
-# precision is :math:`\\Sigma^{-1}`. ``step_size="auto"`` adapts :math:`s` by dual averaging during
+# A Pyro model with this target as the posterior of each item's latent: :math:`z_i \sim \mathcal N(0, I)`
+# and :math:`x_i \sim \mathcal N(A z_i, I)`, with :math:`A` chosen so that the posterior
+# precision is :math:`\Sigma^{-1}`. ``step_size="auto"`` adapts :math:`s` by dual averaging during
 # the first ``adapt_calls`` calls toward a mean acceptance of 0.8 (the chain is unadjusted, so the
 # target is higher than MALA's 0.574), then freezes it.
 A = torch.linalg.cholesky(torch.linalg.inv(covariance) - torch.eye(2)).T

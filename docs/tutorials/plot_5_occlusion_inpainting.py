@@ -78,6 +78,11 @@ show_rows([x[:12], (x * mask + (1 - mask) * -0.3)[:12], recovered[:12]],
           ["complete (never seen)", "what the model saw (holes grey)", "recovered g(z)"])
 
 # %%
+# In the small mode (160 updates on 2,000 images) the hole error is about that of filling every
+# hole with the mean pixel. Learning to fill holes takes longer: the committed runs of
+# ``results/recovery/`` (2,000 images, the ``cpu`` preset, 15 epochs) reach a hole error of
+# 0.112 at this setting (MNIST, salt-and-pepper 50 %, flow prior, mean of 2 seeds).
+#
 # Inpainting
 # ----------
 # A square hole at the paper's place (its 40×40 hole on 64×64 images, scaled to 28×28).

@@ -112,7 +112,7 @@ plt.title("one row per mixture component")
 # Which component explains which digit
 # ------------------------------------
 # Infer each training image's latent (gradient ascent, as at test time) and assign it to its
-# most probable component, :math:`\\arg\\max_k \\pi_k \\mathcal N(z; \\mu_k, \\sigma_k^2)`.
+# most probable component, :math:`\arg\max_k \pi_k \mathcal N(z; \mu_k, \sigma_k^2)`.
 test_guide = LangevinGuide(model, num_steps=60, step_size=0.1, noise=False)
 z = test_guide.infer(x[:500])["z"]
 with torch.no_grad():
