@@ -14,7 +14,7 @@ from pyro.poutine.util import site_is_subsample
 
 from pyro_lfbm._context import posterior_inference
 from pyro_lfbm.infer.divergence import check_on_divergence
-from pyro_lfbm.infer.modes import frozen_parameters
+from pyro_lfbm.infer.modes import frozen_parameters, outside_inference_mode
 from pyro_lfbm.infer.langevin import ChainInfo, LangevinState, run_chain, short_run_langevin
 from pyro_lfbm.infer.persistent import PersistentChains
 from pyro_lfbm.infer.trace_log_joint import LatentSites, find_latent_sites, log_joint_terms
@@ -290,8 +290,9 @@ class LangevinGuide(torch.nn.Module):
         on its (detached) values, and those values."""
         if self.global_guide is None:
             return self.model, {}
-        run = self.global_guide if emit else poutine.block(self.global_guide)
-        trace = poutine.trace(run).get_trace(*args, **kwargs)
+        # the trace is taken inside the block (a trace outside it would see nothing)
+        with poutine.block(hide_fn=lambda msg: not emit):
+            trace = poutine.trace(self.global_guide).get_trace(*args, **kwargs)
         values = {
             name: site["value"]
             for name, site in trace.nodes.items()
@@ -443,21 +444,25 @@ class LangevinGuide(torch.nn.Module):
     def infer(self, *args, **kwargs) -> Latents:
         """Run the chain without emitting Pyro sites; returns {site: final constrained value} (detached).
 
-        With a ``global_guide``, the globals are drawn from it (hidden from outer handlers) first."""
-        model, _ = self._globals(args, kwargs, emit=False)
-        return self._run(model, args, kwargs)
+        With a ``global_guide``, the globals are drawn from it (hidden from outer handlers) first.
+        Under ``torch.inference_mode()`` the chain runs as under ``torch.no_grad()``
+        (:func:`~pyro_lfbm.infer.modes.outside_inference_mode`)."""
+        with outside_inference_mode(args, kwargs) as (args, kwargs):
+            model, _ = self._globals(args, kwargs, emit=False)
+            return self._run(model, args, kwargs)
 
     def forward(self, *args, **kwargs) -> Latents:
-        model, global_values = self._globals(args, kwargs, emit=True)
-        latents = self._run(model, args, kwargs)
-        sites = self._sites
-        plate = sites.plate
-        if plate is None:
-            emitted = self._emit(latents, sites)
-        else:
-            with pyro.plate(plate.name, plate.size, subsample=plate.subsample, dim=plate.dim):
+        with outside_inference_mode(args, kwargs) as (args, kwargs):
+            model, global_values = self._globals(args, kwargs, emit=True)
+            latents = self._run(model, args, kwargs)
+            sites = self._sites
+            plate = sites.plate
+            if plate is None:
                 emitted = self._emit(latents, sites)
-        return {**global_values, **emitted}
+            else:
+                with pyro.plate(plate.name, plate.size, subsample=plate.subsample, dim=plate.dim):
+                    emitted = self._emit(latents, sites)
+            return {**global_values, **emitted}
 
     @staticmethod
     def _emit(latents: Latents, sites: LatentSites) -> Latents:

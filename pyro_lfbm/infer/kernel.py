@@ -16,6 +16,7 @@ from pyro_lfbm._context import posterior_inference
 from pyro_lfbm.infer.divergence import divergence_error
 from pyro_lfbm.infer.langevin import LangevinState, evaluate
 from pyro_lfbm.infer.mala import MALA_OPTIMAL_ACCEPT_PROB, MALAInfo, mala_step
+from pyro_lfbm.infer.modes import outside_inference_mode
 from pyro_lfbm.infer.trace_log_joint import LatentSites, find_latent_sites, log_joint_terms
 
 Latents = Dict[str, torch.Tensor]
@@ -167,6 +168,11 @@ class LangevinKernel(MCMCKernel):
 
     # -- MCMCKernel interface -----------------------------------------------------------------
     def setup(self, warmup_steps, *args, **kwargs):
+        # under torch.inference_mode() the kernel runs as under torch.no_grad() (the moves need gradients)
+        with outside_inference_mode(args, kwargs, self._initial_params) as (args, kwargs, self._initial_params):
+            self._setup(warmup_steps, args, kwargs)
+
+    def _setup(self, warmup_steps, args, kwargs):
         self._args, self._kwargs = args, kwargs
         self._reset()
         self._warmup_steps = warmup_steps
@@ -226,6 +232,10 @@ class LangevinKernel(MCMCKernel):
                     adapter.reset_step_size_adaptation(initial)
 
     def sample(self, params: Latents) -> Latents:
+        with outside_inference_mode(params) as (params,):
+            return self._sample(params)
+
+    def _sample(self, params: Latents) -> Latents:
         if self._position is None or any(self._position[k] is not params[k] for k in params):
             self._states = {block: None for block in _BLOCKS}  # params not from the last call
         position = dict(params)
