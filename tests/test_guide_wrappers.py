@@ -93,3 +93,41 @@ def test_kernel_under_inference_mode_equals_no_grad():
     assert set(got) == {"mu", "z"}
     for name in got:
         assert torch.equal(got[name], expected[name]), name
+
+
+# ---------------------------------------------------------------------------------------------
+# Pickling: a guide that has run on a model with a pyro.param
+# ---------------------------------------------------------------------------------------------
+def param_model(x):
+    loc = pyro.param("loc", torch.tensor(0.3))
+    scale = pyro.param("scale", torch.tensor(1.2), constraint=torch.distributions.constraints.positive)
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(loc, scale))
+        pyro.sample("x", dist.Normal(z, SIGMA), obs=x)
+
+
+def test_pickled_and_torch_saved_guide_infers_identically(tmp_path):
+    import io
+    import pickle
+
+    x = torch.linspace(-1.0, 2.0, 6)
+    guide = LangevinGuide(param_model, num_steps=5, step_size="auto", adapt_calls=4, persistent=6)
+    svi = SVI(param_model, guide, pyro.optim.Adam({"lr": 0.1}), Trace_ELBO())
+    for _ in range(2):
+        guide.set_positions(torch.arange(6))
+        svi.step(x)  # adapting, persistent chains stored
+    pickled = pickle.loads(pickle.dumps(guide))
+    buffer = io.BytesIO()
+    torch.save(guide, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=False)
+    results = []
+    for copy in (guide, pickled, saved):
+        pyro.set_rng_seed(1)
+        copy.set_positions(torch.arange(6))
+        first = copy.infer(x)["z"]
+        copy.set_positions(torch.arange(6))
+        results.append((first, copy(x)["z"], copy.step_size, copy.adapted_calls))
+    for other in results[1:]:
+        assert torch.equal(other[0], results[0][0]) and torch.equal(other[1], results[0][1])
+        assert other[2:] == results[0][2:] and results[0][3] == 4

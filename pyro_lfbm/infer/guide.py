@@ -237,6 +237,7 @@ class LangevinGuide(torch.nn.Module):
         self.last_state: Optional[LangevinState] = None
         self.last_info: Optional[ChainInfo] = None
         self.last_acceptance_prob: Optional[float] = None
+        self._sites: Optional[LatentSites] = None
 
     # -- public helpers ----------------------------------------------------------------------
     @property
@@ -472,6 +473,14 @@ class LangevinGuide(torch.nn.Module):
         }
 
     # -- checkpointing -------------------------------------------------------------------------
+    def __getstate__(self) -> dict:
+        """Pickling (``pickle``, ``torch.save(guide)``, ``copy.deepcopy``) leaves out the last call's
+        site description, which holds the model's parameter tensors (Pyro's param-store tensors
+        carry weak references, which cannot be pickled); the next call finds the sites again."""
+        state = dict(super().__getstate__())
+        state["_sites"] = None
+        return state
+
     def get_extra_state(self) -> dict:
         adapter = None
         if self._adapter is not None:
