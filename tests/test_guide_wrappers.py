@@ -131,3 +131,19 @@ def test_pickled_and_torch_saved_guide_infers_identically(tmp_path):
     for other in results[1:]:
         assert torch.equal(other[0], results[0][0]) and torch.equal(other[1], results[0][1])
         assert other[2:] == results[0][2:] and results[0][3] == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# JitTrace_ELBO: a traced guide would be replayed frozen from the second step; refused
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::torch.jit.TracerWarning")
+@pytest.mark.parametrize("loss", ["JitTrace_ELBO", "JitTraceGraph_ELBO"])
+def test_jit_traced_elbo_is_refused_with_one_error(loss):
+    x = torch.linspace(-1.0, 2.0, 6)
+    guide = LangevinGuide(normal_model, num_steps=5, step_size=0.3)
+    svi = SVI(normal_model, guide, pyro.optim.Adam({"lr": 0.1}), getattr(pyro.infer, loss)())
+    with pytest.raises(RuntimeError, match=r"LangevinGuide cannot run under torch.jit.trace \(JitTrace_ELBO.*use Trace_ELBO"):
+        svi.step(x)
+    # and nothing is left behind: the same guide then runs under Trace_ELBO
+    loss = SVI(normal_model, guide, pyro.optim.Adam({"lr": 0.1}), Trace_ELBO()).step(x)
+    assert guide.latents["z"].shape == (6,) and loss == loss

@@ -14,7 +14,7 @@ from pyro.poutine.util import site_is_subsample
 
 from pyro_lfbm._context import posterior_inference
 from pyro_lfbm.infer.divergence import check_on_divergence
-from pyro_lfbm.infer.modes import frozen_parameters, outside_inference_mode
+from pyro_lfbm.infer.modes import frozen_parameters, outside_inference_mode, refuse_jit_tracing
 from pyro_lfbm.infer.langevin import ChainInfo, LangevinState, run_chain, short_run_langevin
 from pyro_lfbm.infer.persistent import PersistentChains
 from pyro_lfbm.infer.trace_log_joint import LatentSites, find_latent_sites, log_joint_terms
@@ -447,12 +447,15 @@ class LangevinGuide(torch.nn.Module):
 
         With a ``global_guide``, the globals are drawn from it (hidden from outer handlers) first.
         Under ``torch.inference_mode()`` the chain runs as under ``torch.no_grad()``
-        (:func:`~pyro_lfbm.infer.modes.outside_inference_mode`)."""
+        (:func:`~pyro_lfbm.infer.modes.outside_inference_mode`). ``torch.jit.trace`` (``JitTrace_ELBO``)
+        is refused with ``RuntimeError`` (:func:`~pyro_lfbm.infer.modes.refuse_jit_tracing`)."""
+        refuse_jit_tracing(type(self).__name__)
         with outside_inference_mode(args, kwargs) as (args, kwargs):
             model, _ = self._globals(args, kwargs, emit=False)
             return self._run(model, args, kwargs)
 
     def forward(self, *args, **kwargs) -> Latents:
+        refuse_jit_tracing(type(self).__name__)
         with outside_inference_mode(args, kwargs) as (args, kwargs):
             model, global_values = self._globals(args, kwargs, emit=True)
             latents = self._run(model, args, kwargs)

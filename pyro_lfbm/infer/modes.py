@@ -11,6 +11,9 @@
 * :func:`outside_inference_mode`: a Langevin chain needs gradients with respect to the latents,
   which ``torch.inference_mode()`` forbids; run the chain outside it, with the caller's inference
   tensors cloned into ordinary ones.
+* :func:`refuse_jit_tracing`: a guide traced by ``torch.jit.trace`` (Pyro's ``JitTrace_ELBO``) is
+  replayed as a fixed graph, so its Python code (the chain's adaptation, its persistent chains)
+  stops running; refuse with one error.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any, Iterable, Iterator, Tuple
 
 import torch
 
-__all__ = ["eval_mode", "frozen_parameters", "module_mode", "outside_inference_mode", "train_mode"]
+__all__ = ["eval_mode", "frozen_parameters", "module_mode", "outside_inference_mode", "refuse_jit_tracing", "train_mode"]
 
 
 @contextlib.contextmanager
@@ -106,3 +109,15 @@ def outside_inference_mode(*values: Any) -> Iterator[Tuple[Any, ...]]:
     grad = torch.is_grad_enabled()
     with torch.inference_mode(False), torch.set_grad_enabled(grad):
         yield tuple(_ordinary(v) for v in values)
+
+
+def refuse_jit_tracing(who: str) -> None:
+    """Raise ``RuntimeError`` when called while ``torch.jit.trace`` records (Pyro's ``JitTrace_ELBO``,
+    ``JitTraceGraph_ELBO``, ...). A traced function is replayed as its recorded graph from the next
+    call on: a Langevin guide's step-size adaptation, persistent chains and ``latents`` would freeze
+    at their first values without any error."""
+    if torch.jit.is_tracing():
+        raise RuntimeError(
+            f"{who} cannot run under torch.jit.trace (JitTrace_ELBO and the other Jit*_ELBO losses replay the "
+            "first step's graph, so the chain's Python code would stop running); use Trace_ELBO"
+        )
