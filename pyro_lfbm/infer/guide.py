@@ -102,8 +102,10 @@ class LangevinGuide(torch.nn.Module):
     - **Subsampling.** A plate with ``subsample_size`` draws its minibatch once per guide call;
       every step of the chain sees those indices, and the guide emits the plate with
       ``subsample=`` them, so the model's trace of the same SVI step uses the same minibatch.
-      The chain uses the *unscaled* per-example log joint (its temperature does not depend on
-      the minibatch size); the SVI loss keeps Pyro's scaling.
+      The chain's per-example log joint leaves out the plates' subsampling factor N/B (its
+      temperature does not depend on the minibatch size); the SVI loss keeps Pyro's scaling.
+    - **Scales.** Any other scale stays: ``poutine.scale(scale=β)`` around the latent sites
+      (KL annealing) makes the chain target p(x | z) p(z)^β.
     - **Vectorised particles.** Under Pyro's particle plate (``Predictive(parallel=True)``,
       ``Trace_ELBO(vectorize_particles=True)``) every particle runs its own chains, and the
       Delta sites carry the particle dimension.
@@ -286,20 +288,23 @@ class LangevinGuide(torch.nn.Module):
         return traced
 
     # -- the chain -----------------------------------------------------------------------------
-    def _globals(self, args, kwargs, emit: bool) -> Tuple[Callable, Latents]:
+    def _globals(self, args, kwargs, emit: bool) -> Tuple[Callable, Latents, Latents]:
         """Run the global guide (emitting its sites when ``emit``); returns the model conditioned
-        on its (detached) values, and those values."""
+        on its (detached) values, those values, and the subsample indices of the plates it entered
+        ({plate name: indices}). The conditioned model replays those indices, so that the chain's
+        locals belong to the same elements of a subsampled outer plate as the globals."""
         if self.global_guide is None:
-            return self.model, {}
+            return self.model, {}, {}
         # the trace is taken inside the block (a trace outside it would see nothing)
         with poutine.block(hide_fn=lambda msg: not emit):
             trace = poutine.trace(self.global_guide).get_trace(*args, **kwargs)
-        values = {
-            name: site["value"]
-            for name, site in trace.nodes.items()
-            if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
-        }
-        return poutine.condition(self.model, data={k: v.detach() for k, v in values.items()}), values
+        values, subsamples = {}, {}
+        for name, site in trace.nodes.items():
+            if site["type"] != "sample" or site["is_observed"]:
+                continue
+            (subsamples if site_is_subsample(site) else values)[name] = site["value"]
+        data = {**{k: v.detach() for k, v in values.items()}, **subsamples}
+        return poutine.condition(self.model, data=data), values, subsamples
 
     def _find_sites(self, model, args, kwargs) -> LatentSites:
         sites = find_latent_sites(model, args, kwargs, data_plate=self.data_plate)
@@ -451,20 +456,24 @@ class LangevinGuide(torch.nn.Module):
         is refused with ``RuntimeError`` (:func:`~pyro_lfbm.infer.modes.refuse_jit_tracing`)."""
         refuse_jit_tracing(type(self).__name__)
         with outside_inference_mode(args, kwargs) as (args, kwargs):
-            model, _ = self._globals(args, kwargs, emit=False)
+            model, _, _ = self._globals(args, kwargs, emit=False)
             return self._run(model, args, kwargs)
 
     def forward(self, *args, **kwargs) -> Latents:
         refuse_jit_tracing(type(self).__name__)
         with outside_inference_mode(args, kwargs) as (args, kwargs):
-            model, global_values = self._globals(args, kwargs, emit=True)
+            model, global_values, entered = self._globals(args, kwargs, emit=True)
             latents = self._run(model, args, kwargs)
             sites = self._sites
             plate = sites.plate
             if plate is None:
                 emitted = self._emit(latents, sites)
             else:
-                with pyro.plate(plate.name, plate.size, subsample=plate.subsample, dim=plate.dim):
+                # a plate the global guide entered already has its index site in this trace (a second
+                # one would be "Multiple sample sites named ..."): enter it without recording another
+                with poutine.block(hide_fn=lambda msg: msg["name"] in entered):
+                    data_plate = pyro.plate(plate.name, plate.size, subsample=plate.subsample, dim=plate.dim)
+                with data_plate:
                     emitted = self._emit(latents, sites)
             return {**global_values, **emitted}
 
