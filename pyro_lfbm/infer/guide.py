@@ -30,6 +30,10 @@ Latents = Dict[str, torch.Tensor]
 #: (0.931, 0.916), 0.9 at 0.23 (0.868, 0.884); fixed s = 0.1 collapsed (0.793, 0.792), 0.5 gave 0.923, 0.925.
 TARGET_ACCEPT_PROB = 0.8
 
+#: The step size of gradient ascent (``noise=False``, or ``tolerance``) when none is given: the
+#: paper's test-time step. Without noise there is no acceptance rate to adapt to.
+ASCENT_STEP_SIZE = 0.1
+
 #: The dual-averaging gain of ``step_size="auto"``. Pyro's HMC uses γ = 0.05 for the acceptance of
 #: one transition; here each update sees the mean over R rows × K moves, a far less noisy
 #: statistic, and γ = 0.05 makes log s oscillate by ±1 between calls; γ = 0.2 settles within
@@ -89,7 +93,7 @@ class LangevinGuide(torch.nn.Module):
     ``T(u_K)`` as ``Delta`` sites in the model's data plate. With a Delta guide, ``Trace_ELBO`` is
     -log p(x, z_K), so::
 
-        svi = SVI(model, LangevinGuide(model), pyro.optim.Adam({"lr": 4e-4}), Trace_ELBO())
+        svi = SVI(model, LangevinGuide(model, step_size=0.1), pyro.optim.Adam({"lr": 4e-4}), Trace_ELBO())
         svi.step(x)
 
     is one iteration of LFBM's Algorithm 1 (Langevin inference, then one Adam step on every
@@ -117,7 +121,11 @@ class LangevinGuide(torch.nn.Module):
 
     :param model: a Pyro model whose latent sites are continuous.
     :param int num_steps: K, the number of Langevin steps (paper: 20 in training).
-    :param step_size: s (paper: 0.1), or ``"auto"``: starting from ``initial_step_size``, adapt s by
+    :param step_size: s (paper: 0.1, which the presets of :mod:`pyro_lfbm.train.presets` pass), or
+        ``"auto"``, the default for the noisy chain (``None``: ``"auto"``, or
+        :data:`ASCENT_STEP_SIZE` = 0.1 for ``noise=False`` or with ``tolerance``; a fixed s suited to
+        one likelihood is not suited to another: on a Bernoulli model of 8x8 digits s = 0.1 learned
+        nothing, see the README): starting from ``initial_step_size``, adapt s by
         Pyro's dual averaging (:class:`pyro.ops.dual_averaging.DualAveraging`, as HMC's warmup)
         during the first ``adapt_calls`` calls toward ``target_accept_prob``, the mean
         Metropolis-Hastings acceptance probability a MALA test would give the chain's moves
@@ -167,7 +175,7 @@ class LangevinGuide(torch.nn.Module):
         self,
         model: Callable,
         num_steps: int = 20,
-        step_size: Union[float, str] = 0.1,
+        step_size: Union[float, str, None] = None,
         noise: bool = True,
         init: Optional[Callable[..., Latents]] = None,
         use_fast_path: bool = True,
@@ -186,6 +194,8 @@ class LangevinGuide(torch.nn.Module):
         super().__init__()
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
             raise ValueError(f"num_steps must be a non-negative integer, got {num_steps!r}")
+        if step_size is None:
+            step_size = "auto" if noise and tolerance is None else ASCENT_STEP_SIZE
         self.auto = isinstance(step_size, str)
         if self.auto and step_size != "auto":
             raise ValueError(f"step_size must be a positive number or 'auto', got {step_size!r}")
