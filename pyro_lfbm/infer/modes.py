@@ -24,7 +24,9 @@ from typing import Any, Iterable, Iterator, Tuple
 
 import torch
 
-__all__ = ["eval_mode", "frozen_parameters", "module_mode", "outside_inference_mode", "refuse_jit_tracing", "train_mode"]
+__all__ = [
+    "eval_mode", "frozen_parameters", "module_mode", "outside_inference_mode", "refuse_jit_tracing", "train_mode",
+]
 
 
 @contextlib.contextmanager

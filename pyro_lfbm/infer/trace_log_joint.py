@@ -28,10 +28,9 @@ annealed objective. Only the plates' subsampling factors are divided out (:func:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
-
-import math
 
 import torch
 from pyro import poutine
