@@ -321,7 +321,7 @@ def claim(path: str | os.PathLike[str], option: str) -> None:
     path = Path(path)
     key = path.absolute()
     world = distributed.current()
-    holder = None
+    refusal = None
     if key not in _CLAIMS and (world is None or world.is_main):
         lock = claim_file(path)
         try:
@@ -331,14 +331,13 @@ def claim(path: str | os.PathLike[str], option: str) -> None:
                 _CLAIMS[key] = held
             else:
                 held.close()
-                holder = locking.claim_holder(lock) or "another process"
+                refusal = (f"{option}: {path} is in use by another run ({locking.claim_holder(lock) or 'another process'}); "
+                           f"wait for it to end, or choose another {option}")
         except OSError as err:
-            raise UsageError(f"{option} {path.parent} is not a writable folder ({err.strerror or err}); "
-                             "choose another folder") from None
-    holder = distributed.broadcast_object(holder)  # every process refuses alike (rank > 0 silently)
-    if holder is not None:
-        raise UsageError(f"{option}: {path} is in use by another run ({holder}); wait for it to end, or choose "
-                         f"another {option}")
+            refusal = f"{option} {lock.parent} is not a writable folder ({err.strerror or err}); choose another folder"
+    refusal = distributed.broadcast_object(refusal)  # every process refuses alike (rank > 0 silently)
+    if refusal is not None:
+        raise UsageError(refusal)
 
 
 def _release_claims() -> None:
