@@ -532,9 +532,10 @@ _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 def _os_error_line(err: OSError, how: str) -> str:
     """The one line of a failing file system; a full disk or quota names what was being written and what to do."""
     if err.errno in _DISK_FULL:
+        what = "no space left on device" if err.errno == errno.ENOSPC else "disk quota exceeded"
         where = f" while writing {err.filename}" if err.filename else ""
-        return (f"error: no space left on device{where} ({err.strerror or err}); nothing half-written was kept: free "
-                f"space there or point --out / --checkpoint-dir at another disk, then {how}")
+        return (f"error: {what}{where}; nothing half-written was kept: free space there or point --out / "
+                f"--checkpoint-dir at another disk, then {how}")
     return f"error: {err}"
 
 
