@@ -27,39 +27,33 @@ def test_staged_output_is_all_or_nothing(tmp_path):
     assert (out / "metrics.csv").read_text() == "ok"
 
 
-@pytest.fixture
-def default_signals():
-    """The handlers of a foreground run, whatever the shell that started pytest set (``nohup`` and
-    ``&`` leave SIGINT ignored); put back afterwards."""
+def test_sigterm_outside_training_is_one_line_exit_143_and_removes_the_created_folders(tmp_path):
+    """In a subprocess with SIGTERM's default handler (the one a scheduler meets; before the fix it
+    killed the process, exit -15): a SIGTERM while no training runs (e.g. scoring) stops at once."""
     import signal
+    import subprocess
+    import sys
 
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    yield
-    for signum, handler in saved.items():
-        signal.signal(signum, handler)
-
-
-def test_sigterm_outside_training_is_one_line_exit_143_and_removes_the_created_folders(tmp_path, capsys,
-                                                                                      default_signals):
-    import argparse
-    import signal
-
-    from pyro_lfbm.harness.cli import make_dirs, run_cli
-
-    def main(args):
-        make_dirs(tmp_path / "out" / "run")
-        signal.raise_signal(signal.SIGTERM)  # e.g. while scoring: no checkpoint to write, stop at once
-        raise AssertionError("SIGTERM did not stop the run")
-
-    with pytest.raises(SystemExit) as exit_:
-        run_cli(main, argparse.Namespace(resume=False))
-    assert exit_.value.code == 143
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("terminated (SIGTERM): ") and "--resume" in lines[0]
+    code = (
+        "import argparse, signal\n"
+        "from pyro_lfbm.harness.cli import make_dirs, run_cli\n"
+        "def main(args):\n"
+        f"    make_dirs({str(tmp_path / 'out' / 'run')!r})\n"
+        "    signal.raise_signal(signal.SIGTERM)\n"
+        "    raise AssertionError('SIGTERM did not stop the run')\n"
+        "try:\n"
+        "    run_cli(main, argparse.Namespace(resume=False))\n"
+        "finally:\n"
+        "    print(signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)\n"  # put back
+    )
+    job = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[1],
+                         preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
+    assert job.returncode == 143, job.stderr[-2000:]
+    lines = job.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("terminated (SIGTERM): ") and "--resume" in lines[0], job.stderr
+    assert job.stdout.strip() == "True"
     assert list(tmp_path.iterdir()) == []
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # put back
 
 
 def test_a_claimed_folder_is_refused_until_its_holder_dies(tmp_path, capsys):

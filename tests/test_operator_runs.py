@@ -84,13 +84,18 @@ def reference(tmp_path_factory):
     return results(out)
 
 
+def _sigterm_not_handled(signum, frame):
+    raise AssertionError("SIGTERM reached the test's own handler: the run did not take it over")
+
+
 @pytest.fixture
 def default_signals():
     """The handlers of a foreground run, whatever the shell that started pytest set (``nohup`` and
-    ``&`` leave SIGINT ignored); put back afterwards."""
+    ``&`` leave SIGINT ignored), except that a SIGTERM nothing in the run takes over fails the test
+    instead of killing pytest; put back afterwards."""
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, _sigterm_not_handled)
     yield
     for signum, handler in saved.items():
         signal.signal(signum, handler)
