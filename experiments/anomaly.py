@@ -8,9 +8,11 @@ metrics, scores, figures and the command under --out (default runs/anomaly/, ign
 reference runs committed under results/anomaly/runs/ are only written with --out results/anomaly/runs).
 
 Every option is checked before the data are read; a finished run in --out is only replaced with
---overwrite. Exit codes: 2 bad input (one line), 3 training became NaN/inf (one line; lower --lr,
-or --skip-nonfinite), 4 another process of a torchrun job stopped (--resume continues), 130 Ctrl-C
-(the checkpoint is written at the next batch; --resume continues exactly).
+--overwrite, and a second run on the same --out or --checkpoint-dir is refused while the first is
+alive. Exit codes: 1 disk full (one line; the last checkpoint is kept), 2 bad input (one line), 3
+training became NaN/inf (one line; lower --lr, or --skip-nonfinite), 4 another process of a torchrun
+job stopped (--resume continues), 130 Ctrl-C and 143 SIGTERM (the checkpoint is written at the next
+batch; --resume continues exactly).
 
 Data-parallel over several processes (each process takes its share of every batch; rank 0 writes):
 

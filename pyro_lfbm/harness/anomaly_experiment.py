@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from pyro_lfbm.data import heldout_digit_split
-from pyro_lfbm.harness.cli import UsageError, run_record, staged_output, write_json
+from pyro_lfbm.harness.cli import UsageError, run_record, save_tensors, staged_output, write_json
 from pyro_lfbm.harness.plots import plot_precision_recall, plot_score_histograms, save_ranked_grid
 from pyro_lfbm.tasks.anomaly import AnomalyResult, run_anomaly as run_anomaly_task
 from pyro_lfbm.train import distributed
@@ -180,8 +180,8 @@ def save_anomaly_run(result: AnomalyResult, cfg: AnomalyRunConfig, out: Path) ->
     with staged_output(Path(out)) as stage:
         pd.DataFrame(result.rows).to_csv(stage / "metrics.csv", index=False)
         pd.DataFrame(result.history).to_csv(stage / "history.csv", index=False)
-        torch.save(dict(result.scores) | {"is_anomaly": result.is_anomaly, "batchnorm": result.scores_by_mode},
-                   stage / "scores.pt")
+        save_tensors(dict(result.scores) | {"is_anomaly": result.is_anomaly, "batchnorm": result.scores_by_mode},
+                     stage / "scores.pt")
         title = f"held-out {cfg.heldout}, {cfg.prior} prior, seed {cfg.seed}"
         plot_precision_recall(result.is_anomaly, result.scores, stage / "precision_recall.png", title)
         plot_score_histograms(result.is_anomaly, result.scores, stage / "score_histograms.png", title)
