@@ -47,6 +47,7 @@ import contextlib
 import datetime
 import errno
 import json
+import logging
 import math
 import os
 import platform
@@ -466,6 +467,9 @@ def run_cli(main: Callable[[argparse.Namespace], object], args: argparse.Namespa
     threads = getattr(args, "threads", None)
     if threads:
         torch.set_num_threads(threads)
+    # torch.compile imports cpp_extension, which warns "No CUDA runtime is found" wherever an nvcc is on the
+    # PATH of a machine without a GPU: noise for a CPU run, and a second line on every one-line error.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     if not allocator.system_malloc_requested():
         allocator.retain_freed_memory()
     _CREATED.clear()
