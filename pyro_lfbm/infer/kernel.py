@@ -330,8 +330,9 @@ class LangevinKernel(MCMCKernel):
         state, info = self.sampler.step(state, fn, adapter.step_size, row_dims=row_dims)
         self._states[block] = state
         other = "global" if block == "local" else "local"
-        if bool(info.is_accepted.any()):
-            self._states[other] = None  # its cached log density was conditioned on this block's old values
+        if bool(info.is_accepted.any()) and self._states[other] is not None:
+            # its cached log density was conditioned on this block's old values (a momentum is kept)
+            self._states[other] = self._states[other]._replace(log_density=None, grad=None)
         self._record(block, info, warmup)
         return {**position, **state.position}
 
