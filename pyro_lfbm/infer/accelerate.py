@@ -18,6 +18,10 @@ This module computes the same numbers with fewer, larger kernels:
 - :class:`FusedLangevinGuide` is a :class:`~pyro_lfbm.infer.LangevinGuide` whose chain evaluates
   the fused (optionally compiled) log joint: ``SVI(model, FusedLangevinGuide(model), ...)`` is
   LFBM's Algorithm 1 with the faster chain;
+- :class:`TracedLangevinGuide` is a :class:`~pyro_lfbm.infer.LangevinGuide` for *any* Pyro model
+  whose chain evaluates its log density through a graph traced once per chain with
+  ``torch.jit.trace`` (:func:`traced_log_density`, as Pyro's HMC with ``jit_compile=True``
+  traces its potential function): no Pyro handler runs after the chain's first evaluation;
 - :class:`CUDAGraphLangevin` replays one captured CUDA graph per gradient evaluation, in the same
   driver (CUDA only; written without a GPU at hand and never run: the project's CI is CPU only).
 
@@ -52,10 +56,12 @@ __all__ = [
     "CompiledLangevin",
     "CUDAGraphLangevin",
     "FusedLangevinGuide",
+    "TracedLangevinGuide",
     "compile_times",
     "frozen_parameters",
     "fused_log_joint",
     "has_fused_chain",
+    "traced_log_density",
     "gaussian_log_likelihood",
 ]
 
@@ -458,3 +464,42 @@ class CUDAGraphLangevin:
             state, _ = run_chain(_Target(self._replay), {"z": z0.detach()}, num_steps, self.step_size, noise=self.noise,
                                  generator=generator, on_divergence=on_divergence, where="CUDAGraphLangevin")
         return state.position["z"]
+
+
+def traced_log_density(log_density_fn: Callable[[Dict[str, torch.Tensor]], torch.Tensor]):
+    """``log_density_fn`` (latents {site: tensor} -> log density) traced with ``torch.jit.trace`` at
+    its first call for each set of latent names, shapes and dtypes, and run from the traced graph
+    afterwards (gradients by autograd through that graph, as Pyro's HMC with ``jit_compile=True``).
+
+    Everything else the function reads (the data, the model's parameters, Python control flow) is
+    recorded as it was at that first call: use one traced function per chain (fixed data, frozen
+    parameters) and only for models whose control flow does not depend on latent values."""
+    traced: Dict[tuple, Callable] = {}
+
+    def run(latents: Dict[str, torch.Tensor]) -> torch.Tensor:
+        names = tuple(latents)
+        key = tuple((name, tuple(v.shape), v.dtype, v.device) for name, v in latents.items())
+        if key not in traced:
+
+            def pure(*values):
+                return log_density_fn(dict(zip(names, values)))
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                warnings.filterwarnings("ignore", message=".*torch.jit.trace. is deprecated", category=FutureWarning)
+                traced[key] = torch.jit.trace(pure, tuple(latents.values()), check_trace=False)
+        return traced[key](*latents.values())
+
+    return run
+
+
+class TracedLangevinGuide(LangevinGuide):
+    """:class:`~pyro_lfbm.infer.LangevinGuide` whose chain evaluates the model's log density from a
+    graph traced at the chain's first evaluation (:func:`traced_log_density`; one trace per call,
+    since the data and the parameters change between calls). Any Pyro model whose control flow
+    does not depend on latent values; the same numbers as ``LangevinGuide`` with the same arguments.
+    """
+
+    def log_density_fn(self, sites, args, kwargs, model=None):
+        return traced_log_density(super().log_density_fn(sites, args, kwargs, model))
+
