@@ -2,7 +2,6 @@
 ULA and MALA reproduce hand-written references bit for bit, plug into the guide and the kernel,
 and each unadjusted scheme's long-run variance on N(0, σ²) is its exact, derived stationary variance."""
 
-import math
 
 import pyro
 import pytest

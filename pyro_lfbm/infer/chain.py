@@ -134,7 +134,7 @@ def run_chain(
     accept_sum = None
     moving = None
     if tolerance is not None:
-        count = count + 1
+        count = count + int(num_steps > 0)  # the loop's first evaluation (a final one is not counted)
         moving = _row_norms(state.grad) >= tolerance
     for k in range(1, num_steps + 1):
         evaluate = k < num_steps or (need_final and tolerance is None) or sampler.adjusted
@@ -145,7 +145,8 @@ def run_chain(
             state, info, moved = _step_moving_rows(sampler, state, moving, log_density_fn, restrict, steps,
                                                    generator, evaluate)
         else:
-            state, info = sampler.step(state, log_density_fn, steps, generator=generator, evaluate=evaluate)
+            state, info = sampler.step(state, log_density_fn, steps, generator=generator, evaluate=evaluate,
+                                       acceptance=track_acceptance)
         if evaluate:
             evaluations += 1
             proposal = info.proposal
@@ -218,19 +219,22 @@ def _step_moving_rows(sampler, state, moving, log_density_fn, restrict, step_siz
     index = moving.nonzero().squeeze(1)
     if restrict is not None and index.numel() < moving.numel():  # step the moving rows alone
         sub = _map_fields(lambda t: t[index], state)
-        new, info = sampler.step(sub, restrict(index), step_size, generator=generator, evaluate=evaluate)
+        new, info = sampler.step(sub, restrict(index), step_size, generator=generator, evaluate=evaluate,
+                                 acceptance=False)
         merged = _map_fields(lambda full, part: full.index_copy(0, index, part), state, new)
         info = info._replace(proposal=_map_fields(lambda full, part: full.index_copy(0, index, part), state, info.proposal))
         return merged, info, moving
     if index.numel() == moving.numel():
-        new, info = sampler.step(state, log_density_fn, step_size, generator=generator, evaluate=evaluate)
+        new, info = sampler.step(state, log_density_fn, step_size, generator=generator, evaluate=evaluate,
+                                 acceptance=False)
         return new, info, moving
     held = state.position
 
     def pinned(latents: Latents) -> torch.Tensor:  # every row evaluated, held rows where they are
         return log_density_fn({name: _where_rows(moving, z, held[name]) for name, z in latents.items()})
 
-    new, info = sampler.step(state, pinned, step_size, generator=generator, evaluate=evaluate)
+    new, info = sampler.step(state, pinned, step_size, generator=generator, evaluate=evaluate,
+                             acceptance=False)
     return _take_rows(~moving, state, new), info, moving
 
 

@@ -12,6 +12,8 @@ A *sampler* is an object with two pure methods (nothing is changed in place):
   ``evaluate=False`` (unadjusted samplers only: ``adjusted`` is False) moves the position without
   evaluating the log density there (the state's ``log_density`` and ``grad`` are None and the info
   holds only the proposal): the last move of a chain whose final log density is not wanted.
+  ``acceptance=False`` lets an unadjusted sampler skip the info's acceptance probability (None),
+  which only step-size adaptation reads (the driver asks for it only then).
 
 Every state is a ``NamedTuple`` whose first three fields are ``position``, ``log_density`` and
 ``grad`` (as :class:`~pyro_lfbm.infer.state.LangevinState`); its other fields are tensors or
@@ -71,7 +73,8 @@ class Sampler:
         raise NotImplementedError
 
     def step(self, state, log_density_fn: LogDensityFn, step_size: StepSize, *, row_dims: RowDims = 0,
-             generator: Optional[torch.Generator] = None, evaluate: bool = True) -> Tuple[NamedTuple, StepInfo]:
+             generator: Optional[torch.Generator] = None, evaluate: bool = True,
+             acceptance: bool = True) -> Tuple[NamedTuple, StepInfo]:
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -167,10 +170,13 @@ def finite_rows(log_density: torch.Tensor, grad: Latents, dims: Dict[str, Option
     return finite
 
 
-def accept_or_reject(log_ratio: torch.Tensor, divergent: torch.Tensor, adjust: bool,
-                     generator: Optional[torch.Generator]) -> Tuple[torch.Tensor, torch.Tensor]:
+def accept_or_reject(log_ratio: Optional[torch.Tensor], divergent: torch.Tensor, adjust: bool,
+                     generator: Optional[torch.Generator]) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
     """(acceptance probability min(1, α), accepted): NaN and divergent rows get α = 0; with
-    ``adjust`` a uniform draw per row decides, else every finite proposal is taken."""
+    ``adjust`` a uniform draw per row decides, else every finite proposal is taken (and a
+    ``log_ratio`` of None, not computed, gives a probability of None)."""
+    if log_ratio is None and not adjust:
+        return None, ~divergent
     log_ratio = torch.nan_to_num(log_ratio, nan=-float("inf"))
     log_ratio = torch.where(divergent, torch.full_like(log_ratio, -float("inf")), log_ratio)
     acceptance_prob = log_ratio.clamp(max=0.0).exp()

@@ -53,7 +53,7 @@ class MALA(ULA):
 
     def step(self, state: LangevinState, log_density_fn: LogDensityFn, step_size: StepSize, *,
              row_dims: RowDims = 0, generator: Optional[torch.Generator] = None,
-             evaluate: bool = True) -> Tuple[LangevinState, StepInfo]:
+             evaluate: bool = True, acceptance: bool = True) -> Tuple[LangevinState, StepInfo]:
         if not evaluate:
             raise ValueError("MALA's test needs the proposal's log density: step with evaluate=True")
         state = evaluated(state, log_density_fn)

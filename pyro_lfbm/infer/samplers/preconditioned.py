@@ -102,7 +102,7 @@ class PreconditionedLangevin(Sampler):
 
     def step(self, state: PreconditionedState, log_density_fn: LogDensityFn, step_size: StepSize, *,
              row_dims: RowDims = 0, generator: Optional[torch.Generator] = None,
-             evaluate: bool = True) -> Tuple[PreconditionedState, StepInfo]:
+             evaluate: bool = True, acceptance: bool = True) -> Tuple[PreconditionedState, StepInfo]:
         if state.second_moment is None and self.inverse_mass is None:
             raise ValueError("the state has no second moment: start the chain with this sampler's init")
         state = evaluated(state, log_density_fn)
@@ -123,8 +123,8 @@ class PreconditionedLangevin(Sampler):
             return proposal, StepInfo(None, None, None, proposal)
         proposal = PreconditionedState(position, *evaluate_proposal(log_density_fn, position, state.log_density), moment)
         divergent = ~finite_rows(proposal.log_density, proposal.grad, dims)
-        log_ratio = proposal.log_density - state.log_density
-        for name, z in position.items():
+        log_ratio = proposal.log_density - state.log_density if acceptance else None
+        for name, z in position.items() if acceptance else ():
             s, g = broadcast_step_size(step_size, z, dims[name]), precond[name]
             forward = z - state.position[name] - (0.5 * s**2) * g * state.grad[name]
             backward = state.position[name] - z - (0.5 * s**2) * g * proposal.grad[name]

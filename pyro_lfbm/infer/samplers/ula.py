@@ -66,13 +66,14 @@ class ULA(Sampler):
 
     def step(self, state: LangevinState, log_density_fn: LogDensityFn, step_size: StepSize, *,
              row_dims: RowDims = 0, generator: Optional[torch.Generator] = None,
-             evaluate: bool = True) -> Tuple[LangevinState, StepInfo]:
+             evaluate: bool = True, acceptance: bool = True) -> Tuple[LangevinState, StepInfo]:
         state = evaluated(state, log_density_fn)
         dims = row_dims_of(state.position, row_dims, state.log_density)
         proposal = self.propose(state, step_size, dims, generator)
         if not evaluate:
             return proposal, StepInfo(None, None, None, proposal)
-        return self.test(state, proposal, log_density_fn, step_size, dims, adjust=False, generator=generator)
+        return self.test(state, proposal, log_density_fn, step_size, dims, adjust=False, generator=generator,
+                         acceptance=acceptance)
 
     def propose(self, state: LangevinState, step_size: StepSize, dims, generator) -> LangevinState:
         """The moved position (unevaluated) from an evaluated ``state``."""
@@ -84,12 +85,13 @@ class ULA(Sampler):
         return LangevinState(position)
 
     def test(self, state: LangevinState, proposal: LangevinState, log_density_fn: LogDensityFn, step_size: StepSize,
-             dims, adjust: bool, generator) -> Tuple[LangevinState, StepInfo]:
+             dims, adjust: bool, generator, acceptance: bool = True) -> Tuple[LangevinState, StepInfo]:
         """Evaluate ``proposal`` and keep it in the rows that pass (every finite row unless ``adjust``,
-        then the Metropolis-Hastings test of :func:`langevin_log_ratio`)."""
+        then the Metropolis-Hastings test of :func:`langevin_log_ratio`, computed when ``adjust`` or
+        ``acceptance``)."""
         proposal = LangevinState(proposal.position, *evaluate_proposal(log_density_fn, proposal.position, state.log_density))
         divergent = ~finite_rows(proposal.log_density, proposal.grad, dims)
-        log_ratio = langevin_log_ratio(state, proposal, step_size, dims)
+        log_ratio = langevin_log_ratio(state, proposal, step_size, dims) if adjust or acceptance else None
         acceptance_prob, accepted = accept_or_reject(log_ratio, divergent, adjust, generator)
         return select_state(accepted, proposal, state, dims), StepInfo(acceptance_prob, accepted, divergent, proposal)
 

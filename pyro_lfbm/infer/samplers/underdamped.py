@@ -103,7 +103,7 @@ class UnderdampedLangevin(Sampler):
 
     def step(self, state: UnderdampedState, log_density_fn: LogDensityFn, step_size: StepSize, *,
              row_dims: RowDims = 0, generator: Optional[torch.Generator] = None,
-             evaluate: bool = True) -> Tuple[UnderdampedState, StepInfo]:
+             evaluate: bool = True, acceptance: bool = True) -> Tuple[UnderdampedState, StepInfo]:
         if state.momentum is None:
             raise ValueError("the state has no momentum: start the chain with UnderdampedLangevin.init")
         if self.adjust and not evaluate:
@@ -125,8 +125,9 @@ class UnderdampedLangevin(Sampler):
                     for name in half}  # B
         proposal = UnderdampedState(position, log_density, grad, momentum)
         divergent = ~finite_rows(log_density, grad, dims)
-        log_ratio = log_density - state.log_density
-        for name in momentum:
+        test = self.adjust or acceptance
+        log_ratio = log_density - state.log_density if test else None
+        for name in momentum if test else ():
             kinetic = momentum[name] * momentum[name] - refreshed[name] * refreshed[name]
             log_ratio = log_ratio - 0.5 * reduce_rows(kinetic, dims[name])
         acceptance_prob, accepted = accept_or_reject(log_ratio, divergent, self.adjust, generator)
