@@ -91,8 +91,8 @@ def test_guide_and_kernel_take_a_sampler_and_the_defaults_are_ula_and_mala():
     for name, kwargs in (("mala", {}), ("mala_given", {"sampler": MALA()}), ("ula", {"adjust": False}),
                          ("ula_given", {"sampler": ULA()})):
         pyro.set_rng_seed(6)
-        mcmc = MCMC(LangevinKernel(LinearGaussian().model, step_size=0.3, **kwargs), num_samples=20, warmup_steps=10,
-                    disable_progbar=True)
+        kernel = LangevinKernel(LinearGaussian().model, step_size=0.3, target_accept_prob=0.574, **kwargs)
+        mcmc = MCMC(kernel, num_samples=20, warmup_steps=10, disable_progbar=True)
         mcmc.run(x)
         samples[name] = mcmc.get_samples()["z"]
     assert torch.equal(samples["mala"], samples["mala_given"])
