@@ -179,3 +179,15 @@ def test_ula_adapts_to_a_small_bias_by_default():
     assert abs(ratio - 1) < 0.07 and abs(ratio / predicted - 1) < 0.03, (ratio, predicted, kernel.step_size)
     # MALA keeps its own default target
     assert LangevinKernel(scalar_rows_model).target_accept_prob == MALA_OPTIMAL_ACCEPT_PROB
+
+
+def test_the_default_target_follows_the_sampler_not_the_adjust_flag():
+    """``sampler=ULA()`` (or any unadjusted sampler) gets ULA's small-bias target; adjusted samplers MALA's."""
+    from pyro_lfbm.infer.kernel import ULA_TARGET_ACCEPT_PROB
+    from pyro_lfbm.infer.samplers import MALA, ULA
+    from pyro_lfbm.infer.samplers.underdamped import UnderdampedLangevin
+
+    assert LangevinKernel(scalar_rows_model, sampler=ULA()).target_accept_prob == ULA_TARGET_ACCEPT_PROB
+    assert LangevinKernel(scalar_rows_model, sampler=MALA()).target_accept_prob == MALA_OPTIMAL_ACCEPT_PROB
+    assert LangevinKernel(scalar_rows_model, sampler=UnderdampedLangevin()).target_accept_prob == ULA_TARGET_ACCEPT_PROB
+    assert LangevinKernel(scalar_rows_model, sampler=ULA(), target_accept_prob=0.9).target_accept_prob == 0.9

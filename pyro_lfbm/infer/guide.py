@@ -15,7 +15,8 @@ from pyro.poutine.util import site_is_subsample
 from pyro_lfbm._context import posterior_inference
 from pyro_lfbm.infer.divergence import check_on_divergence
 from pyro_lfbm.infer.modes import frozen_parameters, outside_inference_mode, refuse_jit_tracing
-from pyro_lfbm.infer.langevin import ChainInfo, LangevinState, run_chain, short_run_langevin
+from pyro_lfbm.infer.chain import ChainInfo, run_chain
+from pyro_lfbm.infer.langevin import LangevinState
 from pyro_lfbm.infer.persistent import PersistentChains
 from pyro_lfbm.infer.trace_log_joint import LatentSites, find_latent_sites, log_joint_terms
 
@@ -154,6 +155,8 @@ class LangevinGuide(torch.nn.Module):
         on an image likelihood may legitimately lose more than 1000 in its first moves).
     :param global_guide: a guide for the model's global latents (see above).
     :param str data_plate: the name of the data plate when the model has several outermost plates.
+    :param sampler: the chain's sampler (:mod:`pyro_lfbm.infer.samplers`: ``ULA()``, ``MALA()``,
+        ...); None (default): ``ULA(noise)``, the paper's chain.
     :param int persistent: the number N of training examples: keep one persistent chain per
         example (ABP, Han et al. 2017): each call starts an example's chain from its latents of
         the previous call. Examples are identified by their dataset positions: the subsample
@@ -190,6 +193,7 @@ class LangevinGuide(torch.nn.Module):
         adapt_calls: int = 200,
         initial_step_size: float = 0.1,
         persistent: Optional[int] = None,
+        sampler=None,
     ):
         super().__init__()
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
@@ -223,11 +227,15 @@ class LangevinGuide(torch.nn.Module):
             raise ValueError(f"max_backoffs must be a non-negative integer, got {max_backoffs!r}")
         if max_log_density_drop is not None and not max_log_density_drop > 0:
             raise ValueError(f"max_log_density_drop must be positive or None, got {max_log_density_drop!r}")
+        if sampler is not None and not noise:
+            raise ValueError("noise=False configures the default sampler; pass sampler=ULA(noise=False) instead")
         # the model is not a child module: its parameters belong to the model, not to the guide
         object.__setattr__(self, "model", model)
         self.global_guide = global_guide
         self.num_steps = num_steps
         self.noise = noise
+        #: the chain's sampler (:mod:`pyro_lfbm.infer.samplers`); None: ``ULA(noise)``
+        self.sampler = sampler
         self.init = init
         self.use_fast_path = use_fast_path
         self.tolerance = tolerance
@@ -381,31 +389,29 @@ class LangevinGuide(torch.nn.Module):
 
         log_density_fn = validate_first_call_only(packed)
         with posterior_inference(), frozen_parameters(self.model, sites.params):
-            if self.tolerance is not None:
-                restrict = None
-                if self.uses_fast_path and not _couples_rows(self.model) and not sites.batch_plates:
-                    restrict = self._restricted_log_density(initial, args, kwargs)
-                state = short_run_langevin(log_density_fn, initial, self.num_steps, self.step_size, noise=self.noise,
-                                           tolerance=self.tolerance, restrict=restrict)
-                info = None
-            else:
-                adapting = self.adapting
-                state, info = run_chain(
-                    log_density_fn,
-                    initial,
-                    self.num_steps,
-                    self.step_size,
-                    noise=self.noise,
-                    # while adapting, a diverged move counts as rejected (acceptance 0) and its row goes back
-                    on_divergence="backoff" if adapting else self.on_divergence,
-                    max_backoffs=self.max_backoffs,
-                    max_drop=self.max_log_density_drop,
-                    track_acceptance=adapting,
-                    where=f"LangevinGuide chain over site(s) {list(sites.sites)}",
-                )
-                self.divergences += int(info.divergences.sum())
-                if adapting and info.acceptance_prob is not None:
-                    self._adapt(float(info.acceptance_prob.mean()))
+            restrict = None
+            if self.tolerance is not None and self.uses_fast_path and not _couples_rows(self.model) and not sites.batch_plates:
+                restrict = self._restricted_log_density(initial, args, kwargs)
+            adapting = self.adapting
+            state, info = run_chain(
+                log_density_fn,
+                initial,
+                self.num_steps,
+                self.step_size,
+                sampler=self.sampler,
+                noise=self.noise,
+                # while adapting, a diverged move counts as rejected (acceptance 0) and its row goes back
+                on_divergence="backoff" if adapting else self.on_divergence,
+                max_backoffs=self.max_backoffs,
+                max_drop=self.max_log_density_drop,
+                track_acceptance=adapting,
+                where=f"LangevinGuide chain over site(s) {list(sites.sites)}",
+                tolerance=self.tolerance,
+                restrict=restrict,
+            )
+            self.divergences += int(info.divergences.sum())
+            if adapting and info.acceptance_prob is not None:
+                self._adapt(float(info.acceptance_prob.mean()))
         if self.chains is not None:
             self.chains.store(positions, state.position)
         self.last_state, self.last_info, self._sites = state, info, sites

@@ -14,9 +14,9 @@ from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
 
 from pyro_lfbm._context import posterior_inference
 from pyro_lfbm.infer.divergence import divergence_error
-from pyro_lfbm.infer.langevin import LangevinState, evaluate
-from pyro_lfbm.infer.mala import MALA_OPTIMAL_ACCEPT_PROB, MALAInfo, mala_step
+from pyro_lfbm.infer.langevin import LangevinState
 from pyro_lfbm.infer.modes import outside_inference_mode
+from pyro_lfbm.infer.samplers import MALA, MALA_OPTIMAL_ACCEPT_PROB, ULA, Sampler, StepInfo
 from pyro_lfbm.infer.trace_log_joint import LatentSites, find_latent_sites, log_joint_terms
 
 Latents = Dict[str, torch.Tensor]
@@ -96,6 +96,9 @@ class LangevinKernel(MCMCKernel):
         model has one and every latent site is local and real-valued.
     :param float min_stepsize: lower bound of the adapted step sizes.
     :param float max_stepsize: upper bound of the adapted step sizes.
+    :param sampler: the sampler of both blocks (:mod:`pyro_lfbm.infer.samplers`); default
+        ``MALA()`` (``ULA()`` with ``adjust=False``). Its state (a momentum, ...) is kept between
+        iterations and started afresh when MCMC passes other values.
 
     Example::
 
@@ -118,18 +121,23 @@ class LangevinKernel(MCMCKernel):
         *,
         min_stepsize: float = 1e-10,
         max_stepsize: float = 1e10,
+        sampler: Optional[Sampler] = None,
     ):
         for label, value in (("step_size", step_size), ("global_step_size", global_step_size)):
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{label} must be a positive finite number, got {value!r}")
-        if target_accept_prob is None:
-            target_accept_prob = MALA_OPTIMAL_ACCEPT_PROB if adjust else ULA_TARGET_ACCEPT_PROB
-        if not 0 < target_accept_prob < 1:
-            raise ValueError(f"target_accept_prob must be in (0, 1), got {target_accept_prob!r}")
         if not 0 < min_stepsize < max_stepsize:
             raise ValueError(f"need 0 < min_stepsize < max_stepsize, got {min_stepsize!r} and {max_stepsize!r}")
+        if sampler is not None and not adjust:
+            raise ValueError("adjust=False chooses the default sampler (ULA); pass sampler=ULA() instead of both")
         self.model = model
-        self.adjust = adjust
+        #: the sampler of both blocks (:mod:`pyro_lfbm.infer.samplers`)
+        self.sampler = sampler if sampler is not None else (MALA() if adjust else ULA())
+        self.adjust = self.sampler.adjusted
+        if target_accept_prob is None:  # an unadjusted sampler rejects nothing: adapt toward a tiny bias
+            target_accept_prob = MALA_OPTIMAL_ACCEPT_PROB if self.adjust else ULA_TARGET_ACCEPT_PROB
+        if not 0 < target_accept_prob < 1:
+            raise ValueError(f"target_accept_prob must be in (0, 1), got {target_accept_prob!r}")
         self.data_plate = data_plate
         self.use_fast_path = use_fast_path
         self.target_accept_prob = float(target_accept_prob)
@@ -157,7 +165,7 @@ class LangevinKernel(MCMCKernel):
         self._mean_accept_prob = {block: 0.0 for block in _BLOCKS}  # of the current phase
         self._divergences: List[int] = []
         self._warmup_divergences = 0
-        self._last_info: Dict[str, Optional[MALAInfo]] = {block: None for block in _BLOCKS}
+        self._last_info: Dict[str, Optional[StepInfo]] = {block: None for block in _BLOCKS}
         #: evaluations of a log density and its gradient since setup (each covers every row),
         #: the initial checks and the step-size search included
         self.num_evaluations = 0
@@ -342,19 +350,19 @@ class LangevinKernel(MCMCKernel):
     def _move(self, block: str, position: Latents, warmup: bool) -> Latents:
         names = self._names(block)
         fn = self._log_density_fn(block, position)
-        state = self._states[block] or LangevinState({name: position[name] for name in names})
+        row_dims = self._row_dims if block == "local" else 0
+        state = self._states[block] or self.sampler.init({name: position[name] for name in names}, fn, row_dims=row_dims)
         adapter = self._adapters[block]
-        state, info = mala_step(
-            state, fn, adapter.step_size, row_dims=self._row_dims if block == "local" else 0, adjust=self.adjust
-        )
+        state, info = self.sampler.step(state, fn, adapter.step_size, row_dims=row_dims)
         self._states[block] = state
         other = "global" if block == "local" else "local"
-        if bool(info.is_accepted.any()):
-            self._states[other] = None  # its cached log density was conditioned on this block's old values
+        if bool(info.is_accepted.any()) and self._states[other] is not None:
+            # its cached log density was conditioned on this block's old values (a momentum is kept)
+            self._states[other] = self._states[other]._replace(log_density=None, grad=None)
         self._record(block, info, warmup)
         return {**position, **state.position}
 
-    def _record(self, block: str, info: MALAInfo, warmup: bool):
+    def _record(self, block: str, info: StepInfo, warmup: bool):
         self._last_info[block] = info
         accept_prob = info.acceptance_prob.mean()
         divergent = int(info.is_divergent.sum())
@@ -377,11 +385,13 @@ class LangevinKernel(MCMCKernel):
         crosses ``target_accept_prob`` (as HMC's search crosses its energy threshold)."""
         names = self._names(block)
         fn = self._log_density_fn(block, params)
-        state = evaluate(LangevinState({name: params[name] for name in names}), fn)
         row_dims = self._row_dims if block == "local" else 0
+        state = self.sampler.init({name: params[name] for name in names}, fn, row_dims=row_dims)
+        # ULA's proposals and acceptance probabilities are MALA's: search with MALA's test (as before)
+        search = MALA() if isinstance(self.sampler, ULA) else self.sampler
 
         def direction(step: float) -> int:
-            _, info = mala_step(state, fn, step, row_dims=row_dims, adjust=True)
+            _, info = search.step(state, fn, step, row_dims=row_dims)
             return 1 if info.acceptance_prob.mean().item() > self.target_accept_prob else -1
 
         step = self._adapters[block].step_size
@@ -399,7 +409,8 @@ class LangevinKernel(MCMCKernel):
                 if not names:
                     continue
                 fn = self._log_density_fn(block, initial)
-                state = evaluate(LangevinState({name: initial[name] for name in names}), fn)
+                state = self.sampler.init({name: initial[name] for name in names}, fn,
+                                          row_dims=self._row_dims if block == "local" else 0)
                 bad = ~torch.isfinite(state.log_density.reshape(-1))
                 what = "the log density"
                 for name, g in state.grad.items():
