@@ -33,6 +33,7 @@ from pyro_lfbm.harness.anomaly_experiment import (
     AnomalyRunConfig,
     anomaly_preset,
     checkpoint_name,
+    default_chain,
     run_anomaly,
     run_folder_name,
     run_variant,
@@ -67,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit-test", type=cli.int_at_least(2), default=None,
                         help="use only this many test images (anomaly share kept; at least 2)")
     parser.add_argument("--eval-only", metavar="CHECKPOINT", default=None, help="score a trained checkpoint, no training")
-    parser.add_argument("--chain", choices=CHAINS, default="compiled", help=CHAIN_HELP)
+    parser.add_argument("--chain", choices=CHAINS, default=None, help=CHAIN_HELP)
     cli.add_common_arguments(parser, default_out="runs/anomaly")
     return parser
 
@@ -83,7 +84,7 @@ def run_config(args: argparse.Namespace) -> AnomalyRunConfig:
         data_root=args.data_root, device=str(device), checkpoint_dir=checkpoint_dir,
         resume=args.resume, eval_only=args.eval_only, progress=not args.no_progress, sigma=args.sigma, lr=args.lr,
         model_overrides=cli.parse_overrides(args.overrides, ModelConfig(), refused=("prior", "image_shape", "sigma", "layer_dims")),
-        skip_nonfinite=args.skip_nonfinite, chain=args.chain, model=args.model, guide=args.guide,
+        skip_nonfinite=args.skip_nonfinite, chain=args.chain or default_chain(args.model), model=args.model, guide=args.guide,
     )
     anomaly_preset(cfg)
     cli.refuse_finished_run(Path(args.out) / run_folder_name(cfg.heldout, cfg.prior, cfg.seed, run_variant(cfg)), "run.json",

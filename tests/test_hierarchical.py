@@ -26,7 +26,7 @@ from pyro_lfbm.infer.dataset import infer_dataset
 from pyro_lfbm.nets import HierarchicalMNISTGenerator, MNISTEncoder
 from pyro_lfbm.train import build, get_preset, isolated
 from pyro_lfbm.train.presets import MODELS, PRESETS
-from tests.conftest import require_mnist
+from tests.conftest import experiment_script, require_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -248,3 +248,18 @@ def test_the_anomaly_command_trains_saves_resumes_and_scores_the_hierarchical_mo
     run_anomaly("--eval-only", str(ckpt), "--data-root", root, "--out", str(tmp_path / "again"))
     again = torch.load(tmp_path / "again" / "heldout7-flow-hierarchical-seed1" / "scores.pt")
     assert torch.equal(again["joint"], scores["joint"])
+
+
+def test_the_hierarchical_command_defaults_to_the_eager_chain_and_names_its_runs(tmp_path):
+    anomaly = experiment_script("anomaly")
+    from pyro_lfbm.harness.anomaly_experiment import checkpoint_name, run_folder_name, run_variant
+
+    def config(*args):
+        return anomaly.run_config(anomaly.build_parser().parse_args(["--preset", "tiny", "--out", str(tmp_path), *args]))
+
+    assert config().chain == "compiled" and config("--model", "hierarchical").chain == "eager"
+    assert config("--model", "hierarchical", "--chain", "compiled").chain == "compiled"
+    cfg = config("--model", "hierarchical", "--guide", "encoder")
+    assert run_folder_name(7, "flow", 1, run_variant(cfg)) == "heldout7-flow-hierarchical-encoder-seed1"
+    assert checkpoint_name(cfg) == "lfbm-flow-hierarchical-encoder-heldout7-seed1-tiny.pt"
+    assert checkpoint_name(config()) == "lfbm-flow-heldout7-seed1-tiny.pt"  # LFBM runs keep their names
