@@ -22,7 +22,9 @@ from torch.autograd.functional import jacobian
 from pyro_lfbm import FlowPrior, GaussianPrior, HierarchicalLatentModel, LangevinGuide
 from pyro_lfbm.infer import EncoderGuide, HybridGuide
 from pyro_lfbm.infer.accelerate import FusedLangevinGuide
-from pyro_lfbm.infer.dataset import infer_dataset
+from pyro_lfbm.data import heldout_digit_split
+from pyro_lfbm.infer.dataset import batched_log_joint_terms, infer_dataset
+from pyro_lfbm.tasks.anomaly import load_trained_model
 from pyro_lfbm.nets import HierarchicalMNISTGenerator, MNISTEncoder
 from pyro_lfbm.train import build, get_preset, isolated
 from pyro_lfbm.train.presets import MODELS, PRESETS
@@ -239,6 +241,15 @@ def test_the_anomaly_command_trains_saves_resumes_and_scores_the_hierarchical_mo
     scores = torch.load(run_dir / "scores.pt")
     assert torch.allclose(scores["joint"], scores["recon"] + scores["prior"])
     ckpt = tmp_path / "full" / "checkpoints" / "lfbm-flow-hierarchical-heldout7-seed1-tiny.pt"
+    # the saved latents are those of the scores: the trained model's terms at them give the scores again
+    assert scores["z"].shape == (60, 16) and scores["latent_dims"].tolist() == [8, 4, 4]
+    preset = get_preset("tiny", "flow", "langevin", "hierarchical")
+    with isolated(0):
+        model = build(preset).model
+    load_trained_model(model, ckpt)
+    split = heldout_digit_split(root, heldout=7, seed=1).subset(150, 60, seed=1)
+    terms = batched_log_joint_terms(model, split.test_x, scores["z"])  # eval mode, as --batchnorm eval scored
+    assert torch.allclose(-terms["likelihood"], scores["recon"], rtol=1e-5) and torch.allclose(-terms["prior"], scores["prior"], rtol=1e-5)
     # one epoch, then --resume to two: the uninterrupted run's model and scores
     run_anomaly("--epochs", "1", "--data-root", root, "--out", str(tmp_path / "part"))
     run_anomaly("--epochs", "2", "--resume", "--overwrite", "--data-root", root, "--out", str(tmp_path / "part"))

@@ -198,11 +198,18 @@ def save_anomaly_run(result: AnomalyResult, cfg: AnomalyRunConfig, out: Path) ->
 
     metrics.csv has one row per BatchNorm mode and decision function; scores.pt holds the test
     scores of the first mode (each shape ``(N_test,)``) and ``is_anomaly``; the figures use them too.
+    For a model with several latent sites (``--model hierarchical``) scores.pt also holds the
+    inferred ``z`` (N_test, D) of those scores and the sites' ``latent_dims``, so that per-layer
+    scores (e.g. Havtorn et al.'s likelihood ratios, conditioning on the top layers) can be
+    computed later without repeating the inference.
     """
+    saved = dict(result.scores) | {"is_anomaly": result.is_anomaly}
+    if len(getattr(result.model, "latent_sites", ())) > 1 and result.latents is not None:
+        saved |= {"z": result.latents, "latent_dims": torch.tensor(result.model.latent_dims)}
     with staged_output(Path(out)) as stage:
         pd.DataFrame(result.rows).to_csv(stage / "metrics.csv", index=False)
         pd.DataFrame(result.history).to_csv(stage / "history.csv", index=False)
-        torch.save(dict(result.scores) | {"is_anomaly": result.is_anomaly}, stage / "scores.pt")
+        torch.save(saved, stage / "scores.pt")
         variant = run_variant(cfg)
         title = f"held-out {cfg.heldout}, {cfg.prior} prior{', ' + variant if variant else ''}, seed {cfg.seed}"
         plot_precision_recall(result.is_anomaly, result.scores, stage / "precision_recall.png", title)

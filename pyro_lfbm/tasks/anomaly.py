@@ -44,6 +44,8 @@ class AnomalyResult:
     :ivar list history: per-epoch training records (of the checkpoint when one was scored).
     :ivar model: the trained :class:`~pyro_lfbm.models.LatentModel`.
     :ivar dict config: the configuration saved with (and checked against) the checkpoint.
+    :ivar torch.Tensor latents: the first mode's inferred z (N_test, D) at which the scores were
+        taken (for a hierarchical model, the layers concatenated: ``model.split_latents(latents)``).
     """
 
     rows: List[Dict]
@@ -53,6 +55,7 @@ class AnomalyResult:
     history: List[Dict] = field(default_factory=list)
     model: Optional[torch.nn.Module] = None
     config: Dict = field(default_factory=dict)
+    latents: Optional[torch.Tensor] = None
 
 
 def load_trained_model(model: torch.nn.Module, path: str | Path, config: Optional[dict] = None,
@@ -135,7 +138,7 @@ def run_anomaly(
         for mode in modes:
             started = time.perf_counter()
             with module_mode(*([encoder] if encoder is not None else []), training=mode == "train"):
-                scores, _ = anomaly_scores(model, split.test_x, num_steps=learn.test_steps, step_size=learn.test_step_size,
+                scores, inferred = anomaly_scores(model, split.test_x, num_steps=learn.test_steps, step_size=learn.test_step_size,
                                            batch_size=learn.test_batch_size, batchnorm=mode, seed=seed, progress=progress,
                                            inference=sharded_inference,  # infer_dataset itself in one process
                                            compile=compile_chain, init=encoder.init_fn if encoder is not None else None)
@@ -149,5 +152,6 @@ def run_anomaly(
                     "n_train": int(split.train_x.shape[0]), "n_test": int(split.test_x.shape[0]),
                     "train_seconds": round(train_seconds, 1), "test_seconds": round(test_seconds, 1),
                 })
-            first_scores = scores if first_scores is None else first_scores
-    return AnomalyResult(rows, first_scores, split.test_is_anomaly, split.test_x, history, model, config)
+            if first_scores is None:
+                first_scores, latents = scores, inferred.z
+    return AnomalyResult(rows, first_scores, split.test_is_anomaly, split.test_x, history, model, config, latents)
