@@ -354,6 +354,10 @@ class FusedLangevinGuide(LangevinGuide):
     :class:`~pyro_lfbm.models.LatentModel` (:func:`fused_log_joint`), compiled with
     ``torch.compile`` when ``compile=True``.
 
+    A model with several latent sites (``model.latent_sites``, a
+    :class:`~pyro_lfbm.models.HierarchicalLatentModel`) whose prior and generator take their
+    concatenation runs the same compiled log joint on the concatenated z.
+
     Everything else is the guide's: site discovery, initialisation, the chain loop and its checks,
     the emitted ``Delta`` sites, so ``SVI(model, FusedLangevinGuide(model), Adam, Trace_ELBO())``
     is one step of Algorithm 1 with the same mathematics as with ``LangevinGuide``. Models or
@@ -376,11 +380,12 @@ class FusedLangevinGuide(LangevinGuide):
 
     def log_density_fn(self, sites, args, kwargs, model=None):
         default = super().log_density_fn(sites, args, kwargs, model)
+        names = tuple(getattr(self.model, "latent_sites", ("z",)))  # several: the layers of a HierarchicalLatentModel
         simple = (
             (model is None or model is self.model)
             and self.uses_fast_path
             and not getattr(sites, "batch_plates", None)
-            and set(sites.sites) == {"z"}
+            and set(sites.sites) == set(names)
             and all(getattr(s, "is_identity", True) for s in sites.sites.values())
         )
         if not simple:
@@ -392,7 +397,8 @@ class FusedLangevinGuide(LangevinGuide):
         x, mask = chain._prepare(x, mask)  # once per chain
 
         def fused(latents):
-            z = latents["z"]
+            # the log joint of the concatenated z (prior and generator take it); its gradient flows back to each site
+            z = latents[names[0]] if len(names) == 1 else torch.cat([latents[name] for name in names], dim=-1)
             value, grad = chain._eval(x, z.detach(), mask)
             if not (torch.is_grad_enabled() and z.requires_grad):
                 return value
