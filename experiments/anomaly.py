@@ -8,9 +8,11 @@ metrics, scores, figures and the command under --out (default runs/anomaly/, ign
 reference runs committed under results/anomaly/runs/ are only written with --out results/anomaly/runs).
 
 Every option is checked before the data are read; a finished run in --out is only replaced with
---overwrite. Exit codes: 2 bad input (one line), 3 training became NaN/inf (one line; lower --lr,
-or --skip-nonfinite), 4 another process of a torchrun job stopped (--resume continues), 130 Ctrl-C
-(the checkpoint is written at the next batch; --resume continues exactly).
+--overwrite, and a second run on the same --out or --checkpoint-dir is refused while the first is
+alive. Exit codes: 1 disk full (one line; the last checkpoint is kept), 2 bad input (one line), 3
+training became NaN/inf (one line; lower --lr, or --skip-nonfinite), 4 another process of a torchrun
+job stopped (--resume continues), 130 Ctrl-C and 143 SIGTERM (the checkpoint is written at the next
+batch; --resume continues exactly).
 
 Data-parallel over several processes (each process takes its share of every batch; rank 0 writes):
 
@@ -33,17 +35,27 @@ from pyro_lfbm.harness.anomaly_experiment import (
     AnomalyRunConfig,
     anomaly_preset,
     checkpoint_name,
+    default_chain,
     run_anomaly,
     run_folder_name,
+    run_variant,
     save_anomaly_run,
 )
-from pyro_lfbm.train.presets import PRIORS, ModelConfig
+from pyro_lfbm.train.presets import GUIDES, MODELS, PRIORS, ModelConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--heldout", type=cli.digit, default=7, help="the digit treated as anomalous (0-9)")
     parser.add_argument("--prior", choices=PRIORS, default="flow", help="flow = LFBM, gaussian = ABP, ebm = LEBM")
+    parser.add_argument("--model", choices=MODELS, default="latent",
+                        help="latent = one latent vector (LFBM); hierarchical = latents z1, z2, z3 at three generator "
+                             "layers with the prior over their concatenation")
+    parser.add_argument("--guide", choices=GUIDES, default="langevin",
+                        help="training guide: langevin (short-run Langevin from N(0, I), the paper), encoder (an "
+                             "amortized Gaussian encoder: LFBM-VAE; with --model hierarchical the hierarchical-VAE "
+                             "baseline) or hybrid (Langevin from the encoder mean); test chains start at the encoder "
+                             "mean for encoder and hybrid")
     parser.add_argument("--test-steps", type=cli.positive_int, default=None, help="test-time Langevin steps (paper: 400)")
     parser.add_argument("--test-batch-size", type=cli.positive_int, default=None,
                         help="images per scoring batch (cpu preset: 500; the official code: 100)")
@@ -58,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit-test", type=cli.int_at_least(2), default=None,
                         help="use only this many test images (anomaly share kept; at least 2)")
     parser.add_argument("--eval-only", metavar="CHECKPOINT", default=None, help="score a trained checkpoint, no training")
-    parser.add_argument("--chain", choices=CHAINS, default="compiled", help=CHAIN_HELP)
+    parser.add_argument("--chain", choices=CHAINS, default=None, help=CHAIN_HELP)
     cli.add_common_arguments(parser, default_out="runs/anomaly")
     return parser
 
@@ -73,11 +85,12 @@ def run_config(args: argparse.Namespace) -> AnomalyRunConfig:
         limit_train=args.limit_train, limit_test=args.limit_test,
         data_root=args.data_root, device=str(device), checkpoint_dir=checkpoint_dir,
         resume=args.resume, eval_only=args.eval_only, progress=not args.no_progress, sigma=args.sigma, lr=args.lr,
-        model_overrides=cli.parse_overrides(args.overrides, ModelConfig(), refused=("prior", "image_shape", "sigma")),
-        skip_nonfinite=args.skip_nonfinite, chain=args.chain,
+        model_overrides=cli.parse_overrides(args.overrides, ModelConfig(), refused=("prior", "image_shape", "sigma", "layer_dims")),
+        skip_nonfinite=args.skip_nonfinite, chain=args.chain or default_chain(args.model), model=args.model, guide=args.guide,
     )
     anomaly_preset(cfg)
-    cli.refuse_finished_run(Path(args.out) / run_folder_name(cfg.heldout, cfg.prior, cfg.seed), "run.json", args.overwrite)
+    cli.refuse_finished_run(Path(args.out) / run_folder_name(cfg.heldout, cfg.prior, cfg.seed, run_variant(cfg)), "run.json",
+                            args.overwrite)
     if not args.eval_only:
         cli.writable_dir(checkpoint_dir, "--checkpoint-dir")
         cli.check_checkpoint_choice(Path(checkpoint_dir) / checkpoint_name(cfg), args.resume, args.overwrite)
@@ -86,7 +99,7 @@ def run_config(args: argparse.Namespace) -> AnomalyRunConfig:
 
 def main(args: argparse.Namespace) -> pd.DataFrame:
     cfg = run_config(args)
-    out = Path(args.out) / run_folder_name(cfg.heldout, cfg.prior, cfg.seed)
+    out = Path(args.out) / run_folder_name(cfg.heldout, cfg.prior, cfg.seed, run_variant(cfg))
     result = run_anomaly(cfg)
     if not distributed.is_main():  # torchrun: rank 0 alone writes the run's files and prints
         return None

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from pyro_lfbm.harness import cli
-from pyro_lfbm.harness.cli import UsageError, run_record, staged_output, write_json
+from pyro_lfbm.harness.cli import UsageError, run_record, save_tensors, staged_output, write_json
 from pyro_lfbm.metrics.generation import evaluate_coopflow
 from pyro_lfbm.train.coopflow import CoopFlowTrainer, coopflow_preset
 from pyro_lfbm.train.loop import fit_steps
@@ -87,8 +87,8 @@ def main(args: argparse.Namespace) -> dict:
         "sampling_seconds": time.perf_counter() - started, "config": cfg.to_dict(), "history": history.epochs,
     }
     with staged_output(out) as stage:
-        torch.save(after, stage / "samples.pt")
-        torch.save(before, stage / "flow_samples.pt")
+        save_tensors(after, stage / "samples.pt")
+        save_tensors(before, stage / "flow_samples.pt")
         save_image(after[:100] * 0.5 + 0.5, stage / "samples.png", nrow=10)
         save_image(before[:100] * 0.5 + 0.5, stage / "flow_samples.png", nrow=10)
         # 8 rows of 16: each pair of columns is (flow sample, the same sample after revision)

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from pyro_lfbm.harness import cli
-from pyro_lfbm.harness.cli import UsageError, run_record, staged_output, write_json
+from pyro_lfbm.harness.cli import UsageError, run_record, save_tensors, staged_output, write_json
 from pyro_lfbm.metrics.generation import evaluate_glf
 from pyro_lfbm.train.glf import GLFTrainer, glf_preset
 from pyro_lfbm.train.loop import fit_steps
@@ -81,7 +81,7 @@ def main(args: argparse.Namespace) -> dict:
         "eval_seconds": time.perf_counter() - started, "config": cfg.to_dict(), "history": history.epochs,
     }
     with staged_output(out) as stage:
-        torch.save(samples, stage / "samples.pt")
+        save_tensors(samples, stage / "samples.pt")
         save_image(samples[:100] * 0.5 + 0.5, stage / "samples.png", nrow=10)
         k = min(50, x_test.shape[0])  # each test image beside its reconstruction
         pairs = torch.stack([x_test[:k], recon[:k]], 1).reshape(2 * k, *x_test.shape[1:])

@@ -8,7 +8,7 @@ algorithm.
 """
 
 from pyro_lfbm.infer import EncoderGuide, HybridGuide, LangevinGuide, LangevinKernel, langevin_step, short_run_langevin
-from pyro_lfbm.models import GLF, CoopFlow, ImageFlow, LatentModel
+from pyro_lfbm.models import GLF, CoopFlow, HierarchicalLatentModel, ImageFlow, LatentModel
 from pyro_lfbm.priors import EnergyPrior, FlowPrior, GaussianPrior, LatentPrior
 from pyro_lfbm.train.loop import History, StepTrainer, fit_steps
 from pyro_lfbm.train.svi import OptimConfig, SVITrainer, fit
@@ -22,6 +22,7 @@ __all__ = [
     "FlowPrior",
     "GLF",
     "GaussianPrior",
+    "HierarchicalLatentModel",
     "History",
     "HybridGuide",
     "ImageFlow",

@@ -1,5 +1,7 @@
 import importlib.util
 import os
+import signal
+import threading
 from functools import lru_cache
 from pathlib import Path
 
@@ -22,6 +24,20 @@ def _fresh_pyro_state():
     torch.set_num_threads(1)
     yield
     pyro.clear_param_store()
+
+
+@pytest.fixture(autouse=True)
+def _default_sigint_handler():
+    """Every test sees Python's own SIGINT handler (Ctrl-C raises KeyboardInterrupt), as in a
+    foreground terminal. A shell that starts pytest in the background (``&``, ``nohup``) without job
+    control makes it ignore SIGINT (SIG_IGN, inherited), and Python then keeps SIG_IGN: the tests
+    that raise SIGINT would see nothing happen. A subprocess started under this handler gets SIG_DFL."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 def data_root():

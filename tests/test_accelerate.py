@@ -203,6 +203,24 @@ def test_fused_chain_rejects_other_models_in_one_line():
         CompiledLangevin(_model(), compile=False).run(*_data(), num_steps=-1)
 
 
+def test_compiled_chain_runs_the_one_driver_with_its_divergence_check():
+    """CompiledLangevin.run is run_chain on the fused target: an unstable step size raises (or backs off)."""
+    from pyro_lfbm.infer import LangevinDivergenceError, run_chain
+
+    model = _model()
+    x, z0 = _data()
+    chain = CompiledLangevin(model, step_size=30.0, noise=False, compile=False, label="test-divergence")
+    with pytest.raises(LangevinDivergenceError, match="test-divergence diverged at step"):
+        chain.run(x, z0, 40)
+    z = chain.run(x, z0, 40, on_divergence="backoff")
+    assert torch.isfinite(z).all()
+    stable = CompiledLangevin(model, step_size=0.1, compile=False)
+    with torch.no_grad():
+        state, info = run_chain(stable.target(x), {"z": z0}, 4, 0.1, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(state.position["z"], stable.run(x, z0, 4, generator=torch.Generator().manual_seed(0)))
+    assert info.gradient_evaluations == 4
+
+
 @pytest.mark.parametrize("mask_shape", [(5, 1, 28, 28), (1, 1, 28, 28), (28, 28), (5, 1, 1, 1)])
 def test_native_order_chain_takes_every_mask_the_model_takes(mask_shape):
     """Images and masks are reordered once per chain; the value and gradient are the model's."""

@@ -183,3 +183,105 @@ def test_config_mismatch_names_key():
     assert "dataset" not in msg  # only the first mismatch is reported
     with pytest.raises(CheckpointError, match="prior"):
         check_config_compatible(saved, {**saved, "prior": "flow"}, ["prior"])
+
+
+def _flip_bytes_in_record(path, record_suffix: str = "", count: int = 8) -> str:
+    """Invert ``count`` bytes in the middle of the zip record whose name ends with ``record_suffix``
+    (the largest record without one), found through the record's local header; the container
+    itself stays intact. :returns: the record's name."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        records = archive.infolist()
+    if record_suffix:
+        (info,) = [i for i in records if i.filename.endswith(record_suffix)]
+    else:
+        info = max(records, key=lambda i: i.file_size)
+    data = bytearray(path.read_bytes())
+    local = info.header_offset
+    start = local + 30 + int.from_bytes(data[local + 26:local + 28], "little") + int.from_bytes(data[local + 28:local + 30], "little")
+    middle = start + info.file_size // 2
+    data[middle:middle + count] = bytes(b ^ 0xFF for b in data[middle:middle + count])
+    path.write_bytes(bytes(data))
+    return info.filename
+
+
+def test_damaged_tensor_data_is_refused_by_its_checksum(tmp_path):
+    """Bytes overwritten in the middle of a tensor: ``torch.load`` reads the file without complaint
+    (the zip container is intact), ``load_checkpoint`` refuses it in the one "unreadable" line."""
+    path = save_checkpoint(tmp_path / "last.pt", weights=torch.arange(100_000.0))
+    assert load_checkpoint(path)["weights"].equal(torch.arange(100_000.0))
+    record = _flip_bytes_in_record(path)  # the weights, the largest record
+    assert not torch.load(path, weights_only=False)["weights"].equal(torch.arange(100_000.0))  # torch does not notice
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"checkpoint {path} is unreadable (checksum mismatch in record {record})")
+    assert message.endswith("delete it or use another --checkpoint-dir")
+
+
+def test_damaged_pickle_record_is_refused_by_its_checksum(tmp_path):
+    path = save_checkpoint(tmp_path / "last.pt", step=7, config={"name": "x" * 400})
+    _flip_bytes_in_record(path, "/data.pkl", count=1)
+    with pytest.raises(CheckpointError, match=r"unreadable \(checksum mismatch in record archive/data.pkl\)"):
+        load_checkpoint(path)
+
+
+def test_checksums_are_written_even_when_torch_is_told_not_to(tmp_path):
+    before = torch.serialization.get_crc32_options()
+    torch.serialization.set_crc32_options(False)
+    try:
+        path = save_checkpoint(tmp_path / "last.pt", weights=torch.arange(10.0))
+        assert torch.serialization.get_crc32_options() is False  # the caller's setting is put back
+    finally:
+        torch.serialization.set_crc32_options(before)
+    assert load_checkpoint(path)["weights"].equal(torch.arange(10.0))
+
+
+class _FullDisk:
+    """A file object with ``room`` bytes left, then ``ENOSPC`` as a full disk gives."""
+
+    def __init__(self, handle, room: int):
+        self.handle, self.room = handle, room
+
+    def write(self, data) -> int:
+        import errno
+        import os
+
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.handle.write(data)
+
+    def flush(self):
+        self.handle.flush()
+
+
+def test_a_full_disk_is_one_oserror_naming_the_checkpoint_and_keeps_the_previous_one(tmp_path, monkeypatch):
+    """``torch.save`` meets ``ENOSPC`` and raises ``RuntimeError: [enforce fail at inline_container.cc]
+    ... unexpected pos`` on top of it; the save turns it into one OSError naming the checkpoint."""
+    import errno
+
+    path = save_checkpoint(tmp_path / "last.pt", step=1, weights=torch.arange(5.0))
+    before = path.read_bytes()
+    real = torch.save
+    seen = []
+
+    def full(obj, f, *args, **kwargs):
+        try:
+            return real(obj, _FullDisk(f, 500), *args, **kwargs)
+        except BaseException as err:
+            seen.append(err)
+            raise
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(OSError) as info:
+        save_checkpoint(path, step=2, weights=torch.zeros(100_000))
+    monkeypatch.undo()
+    assert isinstance(seen[0], RuntimeError) and "unexpected pos" in str(seen[0])  # what torch raises
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(path)
+    assert str(info.value) == f"[Errno {errno.ENOSPC}] No space left on device: '{path}'"
+    assert info.value.__suppress_context__  # shown without torch's traceback
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"], "temp file left behind"

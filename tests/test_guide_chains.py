@@ -159,6 +159,44 @@ def test_auto_step_size_reaches_its_target_acceptance_then_freezes(target):
     assert other.step_size == frozen and not other.adapting
 
 
+def far_posterior_model(x):
+    """z_b ~ N(0, 10²), x_b ~ N(z_b, 1): p(z_b | x_b) = N(100 x_b / 101, 100 / 101), far from the
+    chain's N(0, 1) start. 20 steps of the paper's s = 0.1 cover a Langevin time of 0.1 and leave z
+    near its start; an adapted step reaches the posterior mean."""
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(0.0, 10.0))
+        pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+
+def test_the_default_step_size_adapts_and_reaches_a_posterior_a_fixed_small_step_does_not():
+    x = torch.full((400,), 8.0)
+    mean = 100 * 8.0 / 101
+    guide = LangevinGuide(far_posterior_model)  # no step size: "auto"
+    assert guide.auto and guide.adapting and guide.num_steps == 20
+    for _ in range(40):
+        z = guide.infer(x)["z"]
+    assert guide.step_size > 0.5 and abs(z.mean().item() - mean) < 0.15, (guide.step_size, z.mean())
+    fixed = LangevinGuide(far_posterior_model, step_size=0.1).infer(x)["z"]
+    assert abs(fixed.mean().item() - mean) > 5.0
+    # gradient ascent has no acceptance rate to adapt to: its default is the paper's test-time 0.1
+    for kwargs in ({"noise": False}, {"noise": False, "tolerance": 1e-3}):
+        ascent = LangevinGuide(far_posterior_model, **kwargs)
+        assert not ascent.auto and ascent.step_size == 0.1
+
+
+def test_presets_pass_the_papers_step_size_explicitly():
+    """Changing the guide's default does not change the paper's runs: every preset's guide keeps 0.1."""
+    from pyro_lfbm.train.presets import PRESETS, PRIORS, get_preset
+    from pyro_lfbm.train.recipe import build
+
+    for name in PRESETS:
+        for prior in PRIORS:
+            learn = get_preset(name, prior).learn
+            assert learn.step_size == learn.test_step_size == 0.1, (name, prior)
+    recipe = build(get_preset("tiny", "flow"))  # the recipe hands the preset's step to the guide
+    assert isinstance(recipe.guide, LangevinGuide) and not recipe.guide.auto and recipe.guide.step_size == 0.1
+
+
 def test_auto_step_size_validation_and_windows():
     with pytest.raises(ValueError, match="noise=True"):
         LangevinGuide(lambda x: None, step_size="auto", noise=False)

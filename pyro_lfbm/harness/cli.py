@@ -24,9 +24,16 @@ torch thread count from ``args.threads`` and glibc's ``malloc`` thresholds
 (:func:`pyro_lfbm.harness.allocator.retain_freed_memory`; ``PYRO_LFBM_SYSTEM_MALLOC=1`` keeps the
 defaults), runs ``main(args)``, and turns known failures into one
 line on stderr and an exit code: 2 for usage, data and checkpoint errors, 3 when training or
-inference became non-finite (NaN/inf), 130 after Ctrl-C, 1 for a failing file system (disk full,
-permissions). When the run fails, the folders it created (:func:`make_dirs`,
-:func:`writable_dir`, :func:`staged_output`) are removed again if they are empty.
+inference became non-finite (NaN/inf), 130 after Ctrl-C, 143 after SIGTERM (both stop training at
+the next batch with its checkpoint written), 1 for a failing file system (disk full, permissions).
+When the run fails, the folders it created (:func:`make_dirs`, :func:`writable_dir`,
+:func:`staged_output`) are removed again if they are empty.
+
+A run claims what it writes: :func:`refuse_finished_run` claims the result folder and
+:func:`check_checkpoint_choice` the checkpoint (:func:`claim`, a ``flock`` from
+:mod:`pyro_lfbm.harness.locking` held until :func:`run_cli` returns), so a second run started on
+the same ones while the first is alive is refused in one line; a run that died (even by ``kill -9``)
+holds nothing.
 
 Defaults that matter on a shared machine: ``--threads`` is 1 (see :data:`DEFAULT_THREADS`), and
 new runs go under ``runs/`` (ignored by git), so a user's run never rewrites the reference
@@ -38,23 +45,28 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import errno
 import json
+import logging
 import math
 import os
 import platform
 import shlex
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 from dataclasses import fields
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
 
-from pyro_lfbm.harness import allocator
+from pyro_lfbm.harness import allocator, locking
 from pyro_lfbm.train import distributed
-from pyro_lfbm.train.checkpoint import CheckpointError
+from pyro_lfbm.train.checkpoint import CheckpointError, os_error_in
+from pyro_lfbm.train.loop import Terminated
 from pyro_lfbm.data import DataError
 
 #: Torch CPU threads unless ``--threads`` says otherwise. The models here are small (a cpu-preset
@@ -281,6 +293,61 @@ def writable_dir(path: str | os.PathLike[str], option: str) -> Path:
     return path
 
 
+# --------------------------------------------------------------------------- what the run claims
+
+#: The claims of the running command (:func:`claim`): the claimed path -> the open claim; None
+#: outside :func:`run_cli`.
+_CLAIMS: Optional[Dict[Path, contextlib.ExitStack]] = None
+
+
+def claim_file(path: str | os.PathLike[str]) -> Path:
+    """The lock file of a claim on ``path`` (a folder or a file): ``.<name>.lock`` beside it."""
+    path = Path(path)
+    return path.parent / f".{path.name}.lock"
+
+
+def claim(path: str | os.PathLike[str], option: str) -> None:
+    """Claim ``path`` (a result folder or a checkpoint file) for this command until :func:`run_cli`
+    returns; refuse (one :class:`UsageError` line) while another live process holds it.
+
+    The claim is :func:`pyro_lfbm.harness.locking.run_claim` on :func:`claim_file` (a ``flock``, so a
+    process that died, even by ``kill -9``, holds nothing, and its lock file is taken over). Claiming
+    a path twice in one command is a no-op. Outside :func:`run_cli` (a script's ``main`` called from
+    Python) nothing is claimed. Under ``torchrun`` rank 0 claims for all processes.
+
+    :param option: the option that named the path, for the message (e.g. ``"--out"``).
+    """
+    if _CLAIMS is None:
+        return
+    path = Path(path)
+    key = path.absolute()
+    world = distributed.current()
+    refusal = None
+    if key not in _CLAIMS and (world is None or world.is_main):
+        lock = claim_file(path)
+        try:
+            make_dirs(lock.parent)
+            held = contextlib.ExitStack()
+            if held.enter_context(locking.run_claim(lock)):
+                _CLAIMS[key] = held
+            else:
+                held.close()
+                refusal = (f"{option}: {path} is in use by another run ({locking.claim_holder(lock) or 'another process'}); "
+                           f"wait for it to end, or choose another {option}")
+        except OSError as err:
+            refusal = f"{option} {lock.parent} is not a writable folder ({err.strerror or err}); choose another folder"
+    refusal = distributed.broadcast_object(refusal)  # every process refuses alike (rank > 0 silently)
+    if refusal is not None:
+        raise UsageError(refusal)
+
+
+def _release_claims() -> None:
+    global _CLAIMS
+    claims, _CLAIMS = _CLAIMS or {}, None
+    for held in claims.values():
+        held.close()
+
+
 def check_common_arguments(args: argparse.Namespace, *, out: bool = True) -> torch.device:
     """The checks of :func:`add_common_arguments`'s options, made before any data is read:
     ``--device`` is usable, ``--data-root`` (when given) is an existing folder, ``--out`` (when
@@ -325,8 +392,9 @@ def refuse_checkpoint_overwrite(path: str | os.PathLike[str], resume: bool, over
 
 
 def check_checkpoint_choice(path: str | os.PathLike[str], resume: bool, overwrite: bool) -> None:
-    """``--resume`` needs the checkpoint at ``path``; an existing checkpoint there needs ``--resume``
-    (continue it) or ``--overwrite`` (start over)."""
+    """Claim the checkpoint at ``path`` for this run (:func:`claim`); then ``--resume`` needs it, and
+    an existing one needs ``--resume`` (continue it) or ``--overwrite`` (start over)."""
+    claim(path, "--checkpoint-dir")
     if resume:
         require_checkpoint(path)
     refuse_checkpoint_overwrite(path, resume, overwrite)
@@ -345,7 +413,9 @@ def training_run_checkpoint(out: str | os.PathLike[str], checkpoint_dir, name: s
 
 
 def refuse_finished_run(folder: str | os.PathLike[str], marker: str, overwrite: bool) -> None:
-    """Refuse to replace a finished run (``folder/marker`` exists) unless ``--overwrite``."""
+    """Claim the result folder for this run (:func:`claim`), then refuse to replace a finished run
+    (``folder/marker`` exists) unless ``--overwrite``."""
+    claim(folder, "--out")
     path = Path(folder) / marker
     if path.exists() and not overwrite:
         raise UsageError(f"{folder} already holds a finished run ({marker}); pass --overwrite to replace it, "
@@ -373,8 +443,15 @@ def run_cli(main: Callable[[argparse.Namespace], object], args: argparse.Namespa
       ``error: <message>`` on stderr, exit code 2;
     - :class:`FloatingPointError` (the training loop's non-finite guard, a Langevin divergence) and
       the "found invalid values" ``ValueError`` of Pyro's / torch's validation: one line, exit code 3;
-    - :class:`OSError` (disk full, permissions): one line, exit code 1;
+    - :class:`OSError` (disk full, permissions): one line, exit code 1; a full disk or quota (also
+      behind a ``RuntimeError``, as ``torch.save`` reports it) names the file or folder being
+      written and what to do;
     - :class:`KeyboardInterrupt`: one line saying how to continue, exit code 130;
+    - SIGTERM (what Slurm and Kubernetes send before killing a job): stops like Ctrl-C (training
+      finishes its update and writes the checkpoint, see :func:`pyro_lfbm.train.loop.fit_steps`;
+      elsewhere the run stops at once), one line saying how to continue, exit code 143. A SIGTERM
+      set to be ignored stays ignored;
+    - claims (:func:`claim`): released when ``main`` returns or fails;
     - started by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment): with ``data_parallel`` the
       script runs inside :func:`pyro_lfbm.train.distributed.process_group` (training and scoring
       data-parallel; the script lets rank 0 alone write and print results), without it the script
@@ -386,14 +463,23 @@ def run_cli(main: Callable[[argparse.Namespace], object], args: argparse.Namespa
     On any failure the empty folders this run created are removed again. Other exceptions (bugs)
     keep their traceback.
     """
+    global _CLAIMS
     threads = getattr(args, "threads", None)
     if threads:
         torch.set_num_threads(threads)
+    # torch.compile imports cpp_extension, which warns "No CUDA runtime is found" wherever an nvcc is on the
+    # PATH of a machine without a GPU: noise for a CPU run, and a second line on every one-line error.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     if not allocator.system_malloc_requested():
         allocator.retain_freed_memory()
     _CREATED.clear()
+    _CLAIMS = {}
     code, message, world = 0, None, None
+    how = ("re-run the same command with --resume to continue exactly where it stopped" if hasattr(args, "resume")
+           else "re-run the same command to continue (trained and half-trained models are picked up from their checkpoints)")
+    previous_sigterm = None
     try:
+        previous_sigterm = _stop_on_sigterm()
         world = distributed.launch_environment()
         if world is not None and world.size > 1 and not data_parallel:
             raise UsageError(f"{Path(sys.argv[0]).name} runs in one process only, but was started as process {world.rank} "
@@ -413,10 +499,16 @@ def run_cli(main: Callable[[argparse.Namespace], object], args: argparse.Namespa
         code, message = 3, ("error: NaN or infinity reached Pyro's argument validation "
                             f"({_first_line(err)[:160]}); lower the learning rate or the Langevin step size")
     except OSError as err:
-        code, message = 1, f"error: {err}"
+        code, message = 1, _os_error_line(err, how)
+    except RuntimeError as err:
+        cause = os_error_in(err)  # torch.save: "RuntimeError: [enforce fail at inline_container.cc]" after the OSError
+        if cause is None or cause.errno not in _DISK_FULL:
+            _CREATED.clear()
+            raise
+        code, message = 1, _os_error_line(cause, how)
+    except Terminated:
+        code, message = 143, f"terminated (SIGTERM): training in progress wrote its checkpoint at the last finished update; {how}"
     except KeyboardInterrupt:
-        how = ("re-run the same command with --resume to continue exactly where it stopped" if hasattr(args, "resume")
-               else "re-run the same command to continue (trained and half-trained models are picked up from their checkpoints)")
         code, message = 130, f"\ninterrupted: training in progress wrote its checkpoint at the last finished update; {how}"
     except BaseException:
         _CREATED.clear()
@@ -424,14 +516,44 @@ def run_cli(main: Callable[[argparse.Namespace], object], args: argparse.Namespa
     else:
         _CREATED.clear()
         return
+    finally:
+        _release_claims()
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
     remove_created_dirs()
     if world is not None and world.size > 1 and world.rank > 0:
-        if code in (2, 130):  # every process meets these alike: rank 0 says it once
+        if code in (2, 130, 143):  # every process meets these alike: rank 0 says it once
             raise SystemExit(code)
         if message.startswith("error: ") and not message.startswith("error: process "):
             message = f"error: process {world.rank} of {world.size}: {message[len('error: '):]}"
     print(message, file=sys.stderr)
     raise SystemExit(code)
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _os_error_line(err: OSError, how: str) -> str:
+    """The one line of a failing file system; a full disk or quota names what was being written and what to do."""
+    if err.errno in _DISK_FULL:
+        what = "no space left on device" if err.errno == errno.ENOSPC else "disk quota exceeded"
+        where = f" while writing {err.filename}" if err.filename else ""
+        return (f"error: {what}{where}; nothing half-written was kept: free space there or point --out / "
+                f"--checkpoint-dir at another disk, then {how}")
+    return f"error: {err}"
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def _stop_on_sigterm():
+    """Make SIGTERM raise :class:`~pyro_lfbm.train.loop.Terminated` (a ``KeyboardInterrupt``) instead
+    of killing the process; the handler it replaced, or None when it left SIGTERM alone (ignored,
+    set by the caller, or not the main thread)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 def _group_device(args: argparse.Namespace) -> torch.device:
@@ -469,7 +591,9 @@ def staged_output(out_dir: str | Path) -> Iterator[Path]:
     """Yield an empty staging folder; on success its files are moved into ``out_dir``.
 
     If the block raises, nothing is written to ``out_dir`` (no partial results), and folders
-    created for it are removed again when the run fails.
+    created for it are removed again when the run fails. A full disk while writing into the
+    staging folder is one :class:`OSError` naming ``out_dir`` (or the file in it), also when the
+    writer reported it as a ``RuntimeError`` (``torch.save``).
     """
     out_dir = Path(out_dir)
     make_dirs(out_dir.parent)
@@ -482,8 +606,31 @@ def staged_output(out_dir: str | Path) -> Iterator[Path]:
             if target.is_dir():
                 shutil.rmtree(target)
             os.replace(item, target)
+    except (OSError, RuntimeError) as err:
+        cause = os_error_in(err)
+        if cause is None or cause.errno not in _DISK_FULL:
+            raise
+        where = out_dir
+        if cause.filename and Path(cause.filename).parent == staging:
+            where = out_dir / Path(cause.filename).name
+        elif cause.filename:
+            where = cause.filename
+        raise OSError(cause.errno, cause.strerror or str(cause), str(where)) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def save_tensors(obj, path: str | os.PathLike[str]) -> None:
+    """``torch.save(obj, path)`` through a Python file, so that a full disk is one :class:`OSError`
+    naming ``path`` (torch's own file writer reports it as a ``RuntimeError`` without the cause)."""
+    try:
+        with open(path, "wb") as handle:
+            torch.save(obj, handle)
+    except (OSError, RuntimeError) as err:
+        cause = os_error_in(err)
+        if cause is None:
+            raise
+        raise OSError(cause.errno, cause.strerror or str(cause), str(path)) from None
 
 
 def write_json(path: Path, payload: dict) -> None:

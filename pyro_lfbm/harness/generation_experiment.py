@@ -14,7 +14,7 @@ import pyro
 import torch
 
 from pyro_lfbm.harness import cli
-from pyro_lfbm.harness.cli import UsageError, read_result_file, run_record, staged_output, write_json
+from pyro_lfbm.harness.cli import UsageError, read_result_file, run_record, save_tensors, staged_output, write_json
 from pyro_lfbm.data import load_images
 from pyro_lfbm.infer import infer_dataset
 from pyro_lfbm.metrics import fid
@@ -34,7 +34,7 @@ def save_run(out: Path, samples: torch.Tensor, metrics: dict, extra_files: dict 
     from torchvision.utils import save_image
 
     with staged_output(out) as stage:
-        torch.save(samples.cpu(), stage / "samples.pt")
+        save_tensors(samples.cpu(), stage / "samples.pt")
         save_image(samples[:100].cpu() * 0.5 + 0.5, stage / "samples.png", nrow=10)
         for name, writer in (extra_files or {}).items():
             writer(stage / name)

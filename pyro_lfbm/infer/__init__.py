@@ -19,6 +19,7 @@ from pyro_lfbm.infer.langevin import (
 )
 from pyro_lfbm.infer.divergence import LangevinDivergenceError
 from pyro_lfbm.infer.mala import MALAInfo, mala_step
+from pyro_lfbm.infer.samplers import MALA, ULA, Sampler, StepInfo
 from pyro_lfbm.infer.persistent import PersistentChains
 from pyro_lfbm.infer.trace_log_joint import LatentSites, find_latent_sites, log_joint_terms, per_example_log_joint
 
@@ -34,6 +35,10 @@ __all__ = [
     "LangevinState",
     "LatentSites",
     "PersistentChains",
+    "Sampler",
+    "StepInfo",
+    "ULA",
+    "MALA",
     "MALAInfo",
     "MALAReference",
     "encode_dataset",

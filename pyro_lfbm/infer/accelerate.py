@@ -11,15 +11,19 @@ This module computes the same numbers with fewer, larger kernels:
   ``Normal(g(z), σ).mask(m).to_event(3).log_prob(x)``;
 - :class:`CompiledLangevin` compiles the value *and* gradient of that function in one graph
   (``torch.compile`` of ``torch.func.grad``; inductor on the CPU, ``mode="reduce-overhead"``, i.e.
-  CUDA graphs, on a GPU) and moves z with the library's one update,
-  :func:`~pyro_lfbm.infer.langevin.langevin_move`, eagerly, so that a fixed noise stream gives the
+  CUDA graphs, on a GPU); the chain around it is the library's one driver
+  (:func:`~pyro_lfbm.infer.chain.run_chain`), run eagerly, so that a fixed noise stream gives the
   eager trajectory. BatchNorm layers of the generator in training mode update their running
   statistics exactly as the eager model does (the buffers are passed to the compiled function);
 - :class:`FusedLangevinGuide` is a :class:`~pyro_lfbm.infer.LangevinGuide` whose chain evaluates
   the fused (optionally compiled) log joint: ``SVI(model, FusedLangevinGuide(model), ...)`` is
   LFBM's Algorithm 1 with the faster chain;
-- :class:`CUDAGraphLangevin` replays one captured CUDA graph per step (CUDA only; written without
-  a GPU at hand and never run: the project's CI is CPU only).
+- :class:`TracedLangevinGuide` is a :class:`~pyro_lfbm.infer.LangevinGuide` for *any* Pyro model
+  whose chain evaluates its log density through a graph traced once per chain with
+  ``torch.jit.trace`` (:func:`traced_log_density`, as Pyro's HMC with ``jit_compile=True``
+  traces its potential function): no Pyro handler runs after the chain's first evaluation;
+- :class:`CUDAGraphLangevin` replays one captured CUDA graph per gradient evaluation, in the same
+  driver (CUDA only; written without a GPU at hand and never run: the project's CI is CPU only).
 
 The eager reference stays the default everywhere; these are opt-in and fall back to eager code
 (``compile=False``). Compilation is paid once per process and per shape (and train/eval mode):
@@ -43,7 +47,7 @@ import torch
 from pyro_lfbm._context import posterior_inference
 from pyro_lfbm.infer.guide import LangevinGuide
 from pyro_lfbm.infer.modes import frozen_parameters
-from pyro_lfbm.infer.langevin import langevin_move
+from pyro_lfbm.infer.chain import run_chain
 from pyro_lfbm.ops.gaussian import gaussian_log_likelihood
 from pyro_lfbm.priors.flow import FlowPrior, flow_forward
 from pyro_lfbm.priors.gaussian import GaussianPrior, standard_normal_log_prob
@@ -52,10 +56,12 @@ __all__ = [
     "CompiledLangevin",
     "CUDAGraphLangevin",
     "FusedLangevinGuide",
+    "TracedLangevinGuide",
     "compile_times",
     "frozen_parameters",
     "fused_log_joint",
     "has_fused_chain",
+    "traced_log_density",
     "gaussian_log_likelihood",
 ]
 
@@ -280,18 +286,39 @@ class CompiledLangevin:
         """∇_z log p(x, z), shape of ``z`` (B, D)."""
         return self.value_and_grad(x, z, mask)[1]
 
+    def target(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> "_Target":
+        """The chain's log density {"z": z (B, D)} -> (B,) for images ``x`` (prepared once), carrying
+        its fused (compiled) ``value_and_grad`` for :func:`~pyro_lfbm.infer.chain.run_chain`."""
+        x, mask = self._prepare(x, mask)
+        return _Target(lambda z: self._eval(x, z, mask))
+
     def run(self, x: torch.Tensor, z0: torch.Tensor, num_steps: int, mask: Optional[torch.Tensor] = None,
-            generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """``num_steps`` steps from ``z0`` (B, D) for images ``x`` (B, C, H, W); returns z_K (B, D)."""
+            generator: Optional[torch.Generator] = None, on_divergence: str = "raise") -> torch.Tensor:
+        """``num_steps`` steps from ``z0`` (B, D) for images ``x`` (B, C, H, W); returns z_K (B, D).
+
+        The loop is the library's one driver (:func:`~pyro_lfbm.infer.chain.run_chain`, ULA): its
+        divergence check (``on_divergence``) included."""
         if not isinstance(num_steps, int) or num_steps < 0:
             raise ValueError(f"num_steps must be a non-negative integer, got {num_steps!r}")
-        z = z0.detach()
-        x, mask = self._prepare(x, mask)
         with frozen_parameters(self.model), pyro.validation_enabled(False), posterior_inference(), torch.no_grad():
-            for _ in range(num_steps):
-                _, grad = self._eval(x, z, mask)
-                z = langevin_move(z, grad, self.step_size, self.noise, generator)
-        return z
+            state, _ = run_chain(self.target(x, mask), {"z": z0.detach()}, num_steps, self.step_size, noise=self.noise,
+                                 generator=generator, on_divergence=on_divergence, where=self.label)
+        return state.position["z"]
+
+
+class _Target:
+    """A log density {"z": z} -> (B,) whose value and gradient come from one call of ``evaluate(z)``
+    -> (value (B,), grad (B, D)) (fused, compiled or replayed from a CUDA graph)."""
+
+    def __init__(self, evaluate: Callable[[torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]):
+        self._evaluate = evaluate
+
+    def value_and_grad(self, latents: Dict[str, torch.Tensor]):
+        value, grad = self._evaluate(latents["z"].detach())
+        return value, {"z": grad}
+
+    def __call__(self, latents: Dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.value_and_grad(latents)[0]
 
 
 class _WithGradient(torch.autograd.Function):
@@ -328,6 +355,10 @@ class FusedLangevinGuide(LangevinGuide):
     :class:`~pyro_lfbm.models.LatentModel` (:func:`fused_log_joint`), compiled with
     ``torch.compile`` when ``compile=True``.
 
+    A model with several latent sites (``model.latent_sites``, a
+    :class:`~pyro_lfbm.models.HierarchicalLatentModel`) whose prior and generator take their
+    concatenation runs the same compiled log joint on the concatenated z.
+
     Everything else is the guide's: site discovery, initialisation, the chain loop and its checks,
     the emitted ``Delta`` sites, so ``SVI(model, FusedLangevinGuide(model), Adam, Trace_ELBO())``
     is one step of Algorithm 1 with the same mathematics as with ``LangevinGuide``. Models or
@@ -352,11 +383,12 @@ class FusedLangevinGuide(LangevinGuide):
 
     def log_density_fn(self, sites, args, kwargs, model=None):
         default = super().log_density_fn(sites, args, kwargs, model)
+        names = tuple(getattr(self.model, "latent_sites", ("z",)))  # several: the layers of a HierarchicalLatentModel
         simple = (
             (model is None or model is self.model)
             and self.uses_fast_path
             and not getattr(sites, "batch_plates", None)
-            and set(sites.sites) == {"z"}
+            and set(sites.sites) == set(names)
             and all(getattr(s, "is_identity", True) for s in sites.sites.values())
         )
         if not simple:
@@ -368,7 +400,8 @@ class FusedLangevinGuide(LangevinGuide):
         x, mask = chain._prepare(x, mask)  # once per chain
 
         def fused(latents):
-            z = latents["z"]
+            # the log joint of the concatenated z (prior and generator take it); its gradient flows back to each site
+            z = latents[names[0]] if len(names) == 1 else torch.cat([latents[name] for name in names], dim=-1)
             value, grad = chain._eval(x, z.detach(), mask)
             if not (torch.is_grad_enabled() and z.requires_grad):
                 return value
@@ -378,12 +411,13 @@ class FusedLangevinGuide(LangevinGuide):
 
 
 class CUDAGraphLangevin:
-    """Langevin steps replayed from one captured CUDA graph (fixed batch shape, CUDA only).
+    """Langevin chains whose value-and-gradient evaluations replay one captured CUDA graph
+    (fixed batch shape, CUDA only).
 
-    One replay is one whole step: the fused log joint's forward and backward to z and
-    :func:`~pyro_lfbm.infer.langevin.langevin_move` with fresh noise drawn inside the graph, so K
-    steps cost K graph launches. Inputs are copied into static buffers by :meth:`run`; a new
-    batch shape needs a new instance.
+    One replay is the fused log joint's forward and backward to z; the moves, the noise and the
+    divergence check are the library's one driver (:func:`~pyro_lfbm.infer.chain.run_chain`, ULA),
+    run eagerly, so a fixed noise stream gives the eager chain. Inputs are copied into static
+    buffers; a new batch shape needs a new instance.
 
     .. warning:: Written without a GPU at hand and never run (this project's CI is CPU only).
 
@@ -391,7 +425,7 @@ class CUDAGraphLangevin:
     :param x_shape: (B, C, H, W) of the images it will serve.
     :param float step_size: s.
     :param bool noise: False gives gradient ascent.
-    :param int warmup: eager warm-up steps on a side stream before capture.
+    :param int warmup: eager warm-up evaluations on a side stream before capture.
     """
 
     def __init__(self, model, x_shape, step_size: float = 0.1, noise: bool = True, warmup: int = 3):
@@ -404,28 +438,77 @@ class CUDAGraphLangevin:
         batch = x_shape[0]
         self.static_x = torch.zeros(tuple(x_shape), device=device)
         self.static_z = torch.zeros(batch, model.latent_dim, device=device)
+        self.static_value = torch.zeros(batch, device=device)
+        self.static_grad = torch.zeros(batch, model.latent_dim, device=device)
 
-        def step() -> None:
+        def evaluate() -> None:
             with torch.enable_grad():
                 z = self.static_z.detach().requires_grad_(True)
-                (grad,) = torch.autograd.grad(log_joint(self.static_x, z).sum(), z)
-            self.static_z.copy_(langevin_move(self.static_z, grad, self.step_size, self.noise))
+                value = log_joint(self.static_x, z)
+                (grad,) = torch.autograd.grad(value.sum(), z)
+            self.static_value.copy_(value.detach())
+            self.static_grad.copy_(grad)
 
         with frozen_parameters(model), pyro.validation_enabled(False), posterior_inference():
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 for _ in range(warmup):
-                    step()
+                    evaluate()
             torch.cuda.current_stream().wait_stream(side)
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):
-                step()
+                evaluate()
 
-    def run(self, x: torch.Tensor, z0: torch.Tensor, num_steps: int) -> torch.Tensor:
-        """``num_steps`` replays from ``z0`` (B, D) for images ``x`` (B, C, H, W); returns z_K (a copy)."""
+    def _replay(self, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        self.static_z.copy_(z)
+        self.graph.replay()
+        return self.static_value.clone(), self.static_grad.clone()
+
+    def run(self, x: torch.Tensor, z0: torch.Tensor, num_steps: int, generator: Optional[torch.Generator] = None,
+            on_divergence: str = "raise") -> torch.Tensor:
+        """``num_steps`` steps from ``z0`` (B, D) for images ``x`` (B, C, H, W); returns z_K."""
         self.static_x.copy_(x)
-        self.static_z.copy_(z0)
-        for _ in range(num_steps):
-            self.graph.replay()
-        return self.static_z.clone()
+        with torch.no_grad():
+            state, _ = run_chain(_Target(self._replay), {"z": z0.detach()}, num_steps, self.step_size, noise=self.noise,
+                                 generator=generator, on_divergence=on_divergence, where="CUDAGraphLangevin")
+        return state.position["z"]
+
+
+def traced_log_density(log_density_fn: Callable[[Dict[str, torch.Tensor]], torch.Tensor]):
+    """``log_density_fn`` (latents {site: tensor} -> log density) traced with ``torch.jit.trace`` at
+    its first call for each set of latent names, shapes and dtypes, and run from the traced graph
+    afterwards (gradients by autograd through that graph, as Pyro's HMC with ``jit_compile=True``).
+
+    Everything else the function reads (the data, the model's parameters, Python control flow) is
+    recorded as it was at that first call: use one traced function per chain (fixed data, frozen
+    parameters) and only for models whose control flow does not depend on latent values."""
+    traced: Dict[tuple, Callable] = {}
+
+    def run(latents: Dict[str, torch.Tensor]) -> torch.Tensor:
+        names = tuple(latents)
+        key = tuple((name, tuple(v.shape), v.dtype, v.device) for name, v in latents.items())
+        if key not in traced:
+
+            def pure(*values):
+                return log_density_fn(dict(zip(names, values)))
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                warnings.filterwarnings("ignore", message=".*torch.jit.trace. is deprecated", category=FutureWarning)
+                traced[key] = torch.jit.trace(pure, tuple(latents.values()), check_trace=False)
+        return traced[key](*latents.values())
+
+    return run
+
+
+class TracedLangevinGuide(LangevinGuide):
+    """:class:`~pyro_lfbm.infer.LangevinGuide` whose chain evaluates the model's log density from a
+    graph traced at the chain's first evaluation (:func:`traced_log_density`; one trace per call,
+    since the data and the parameters change between calls). Any Pyro model whose control flow
+    does not depend on latent values; the same numbers as ``LangevinGuide`` with the same arguments.
+    """
+
+    def log_density_fn(self, sites, args, kwargs, model=None):
+        return traced_log_density(super().log_density_fn(sites, args, kwargs, model))
+

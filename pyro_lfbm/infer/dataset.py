@@ -19,7 +19,8 @@ from pyro_lfbm.infer.modes import eval_mode
 class InferenceResult:
     """Latents and log joints of a data set after Langevin inference.
 
-    :ivar torch.Tensor z: (N, D) final latents.
+    :ivar torch.Tensor z: (N, D) final latents (for a model with several latent sites, their
+        concatenation in the model's ``latent_sites`` order; ``model.split_latents(z)`` splits it).
     :ivar dict log_joint_terms: ``{"prior": (N,), "likelihood": (N,)}`` at the final latents, when
         the model has ``log_joint_terms`` (a :class:`~pyro_lfbm.models.LatentModel`); else empty.
     :ivar torch.Tensor log_joint: (N,) log p(x, z) at the final latents.
@@ -84,7 +85,9 @@ def infer_dataset(
     for batch in tqdm(batch_slices(x.shape[0], batch_size), desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
         xb = x[batch].to(device)
         mb = None if mask is None else mask[batch].to(device)
-        z = guide.infer(xb, mb)["z"]
+        latents = guide.infer(xb, mb)
+        join = getattr(model, "join_latents", None)  # several latent sites -> the concatenated z
+        z = join(latents) if join is not None else latents["z"]
         with torch.no_grad():
             if hasattr(model, "log_joint_terms"):
                 parts = model.log_joint_terms(xb, z, mb)

@@ -3,9 +3,10 @@
 A chain *diverges* when the log density or its gradient stops being finite (a step size too large
 for the posterior's curvature sends z to a region where the model overflows), or, as Pyro's HMC
 defines it, when one move lowers the log density by more than 1000 (an unstable step size shows up
-there several moves before the values overflow). Every loop that moves
-latents (:func:`~pyro_lfbm.infer.langevin.run_chain`, the early-stopping loop, the compiled path)
-calls :func:`diverged_rows` after each gradient evaluation and, on a divergence, either raises
+there several moves before the values overflow). The one chain driver
+(:func:`~pyro_lfbm.infer.chain.run_chain`, which the guide, the early-stopping loop and the compiled
+and CUDA-graph chains all run) calls :func:`diverged_rows` after each gradient evaluation and, on a
+divergence, either raises
 :class:`LangevinDivergenceError` (``on_divergence="raise"``) or, with ``"backoff"``, returns the
 diverged rows to their last finite position and halves their step size.
 

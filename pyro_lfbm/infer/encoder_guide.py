@@ -17,7 +17,7 @@ data set.
 from __future__ import annotations
 
 import time
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence, Union
 
 import pyro
 import pyro.distributions as dist
@@ -39,17 +39,40 @@ class EncoderGuide(PyroModule):
     :param torch.nn.Module encoder: maps x (B, C, H, W) to ``(loc, scale)``, each (B, D), with
         ``scale > 0``, e.g. :class:`~pyro_lfbm.nets.MNISTEncoder`. It is registered with Pyro
         under ``"encoder."`` (a plain ``nn.Module`` attribute of a ``PyroModule``).
-    :param str site: name of the latent site of the model (``"z"`` for ``LatentModel``).
+    :param site: name of the latent site of the model (``"z"`` for ``LatentModel``), or the names
+        of several sites (``HierarchicalLatentModel``'s ``latent_sites``) with their ``sizes``: the
+        encoder's (loc, scale) over the concatenation (B, Σ sizes) are split into one diagonal
+        Gaussian site per name (a mean-field guide over the layers: the product of those Gaussians
+        is :meth:`distribution`).
+    :param sizes: the sizes of the sites (several sites only), in their order.
     """
 
-    def __init__(self, encoder: nn.Module, site: str = "z", name: str = ""):
+    def __init__(self, encoder: nn.Module, site: Union[str, Sequence[str]] = "z", sizes: Optional[Sequence[int]] = None,
+                 name: str = ""):
         super().__init__(name)
         if not isinstance(encoder, nn.Module):
             raise TypeError(f"encoder must be a torch.nn.Module returning (loc, scale), got {type(encoder).__name__}")
         if getattr(encoder, "deterministic", False):
             raise ValueError("the encoder is deterministic (returns one code); build it with deterministic=False")
         self.encoder = encoder
-        self.site = site
+        if isinstance(site, str):
+            if sizes is not None:
+                raise ValueError(f"sizes is for several sites; one site ({site!r}) takes the encoder's whole output")
+            self.sites, self.sizes = (site,), None
+        else:
+            self.sites, self.sizes = tuple(site), tuple(sizes or ())
+            if len(self.sizes) != len(self.sites) or len(set(self.sites)) != len(self.sites) or not self.sites:
+                raise ValueError(f"several sites need distinct names and one size each; got sites {self.sites}, sizes {sizes}")
+            width = getattr(encoder, "latent_dim", None)
+            if width is not None and width != sum(self.sizes):
+                raise ValueError(f"the encoder gives {width} dimensions but the sizes {self.sizes} sum to {sum(self.sizes)}")
+        self.site = self.sites[0] if self.sizes is None else self.sites
+
+    def split(self, z: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """z (B, D) → ``{site: value}``: ``{site: z}`` for one site, else the columns of each site."""
+        if self.sizes is None:
+            return {self.sites[0]: z}
+        return dict(zip(self.sites, z.split(self.sizes, dim=-1)))
 
     def encode(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None):
         """``(loc, scale)`` of q(z | x), each (B, D), for images x (B, C, H, W)."""
@@ -65,10 +88,16 @@ class EncoderGuide(PyroModule):
         return dist.Normal(loc, scale).to_event(1)
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The Pyro guide: ``z ~ q(z | x)`` in ``pyro.plate("data", B)``; returns z (B, D)."""
-        q = self.distribution(x, mask)
+        """The Pyro guide: ``z ~ q(z | x)`` in ``pyro.plate("data", B)`` (one site per name, each
+        (B, d)); returns z (B, D) (the sites concatenated)."""
+        if self.sizes is None:
+            q = self.distribution(x, mask)
+            with pyro.plate("data", x.shape[0]):
+                return pyro.sample(self.sites[0], q)
+        loc, scale = self.encode(x, mask)
+        locs, scales = self.split(loc), self.split(scale)
         with pyro.plate("data", x.shape[0]):
-            return pyro.sample(self.site, q)
+            return torch.cat([pyro.sample(name, dist.Normal(locs[name], scales[name]).to_event(1)) for name in self.sites], -1)
 
     @torch.no_grad()
     def mean(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -76,8 +105,9 @@ class EncoderGuide(PyroModule):
         return self.encode(x, mask)[0]
 
     def init_fn(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
-        """``{site: μ_φ(x)}``: the ``init=`` of :class:`~pyro_lfbm.infer.LangevinGuide` for hybrid inference."""
-        return {self.site: self.mean(x, mask)}
+        """``{site: μ_φ(x)}`` (each site's columns): the ``init=`` of
+        :class:`~pyro_lfbm.infer.LangevinGuide` for hybrid inference."""
+        return self.split(self.mean(x, mask))
 
 
 def encode_dataset(

@@ -14,8 +14,9 @@ from pyro.poutine.util import site_is_subsample
 
 from pyro_lfbm._context import posterior_inference
 from pyro_lfbm.infer.divergence import check_on_divergence
-from pyro_lfbm.infer.modes import frozen_parameters
-from pyro_lfbm.infer.langevin import ChainInfo, LangevinState, run_chain, short_run_langevin
+from pyro_lfbm.infer.modes import frozen_parameters, outside_inference_mode, refuse_jit_tracing
+from pyro_lfbm.infer.chain import ChainInfo, run_chain
+from pyro_lfbm.infer.langevin import LangevinState
 from pyro_lfbm.infer.persistent import PersistentChains
 from pyro_lfbm.infer.trace_log_joint import LatentSites, find_latent_sites, log_joint_terms
 
@@ -29,6 +30,10 @@ Latents = Dict[str, torch.Tensor]
 #: prior draws about 0.76-0.79): target 0.574 froze s at 1.5 (0.824, 0.829), 0.8 at 0.42 / 0.38
 #: (0.931, 0.916), 0.9 at 0.23 (0.868, 0.884); fixed s = 0.1 collapsed (0.793, 0.792), 0.5 gave 0.923, 0.925.
 TARGET_ACCEPT_PROB = 0.8
+
+#: The step size of gradient ascent (``noise=False``, or ``tolerance``) when none is given: the
+#: paper's test-time step. Without noise there is no acceptance rate to adapt to.
+ASCENT_STEP_SIZE = 0.1
 
 #: The dual-averaging gain of ``step_size="auto"``. Pyro's HMC uses γ = 0.05 for the acceptance of
 #: one transition; here each update sees the mean over R rows × K moves, a far less noisy
@@ -89,7 +94,7 @@ class LangevinGuide(torch.nn.Module):
     ``T(u_K)`` as ``Delta`` sites in the model's data plate. With a Delta guide, ``Trace_ELBO`` is
     -log p(x, z_K), so::
 
-        svi = SVI(model, LangevinGuide(model), pyro.optim.Adam({"lr": 4e-4}), Trace_ELBO())
+        svi = SVI(model, LangevinGuide(model, step_size=0.1), pyro.optim.Adam({"lr": 4e-4}), Trace_ELBO())
         svi.step(x)
 
     is one iteration of LFBM's Algorithm 1 (Langevin inference, then one Adam step on every
@@ -102,8 +107,10 @@ class LangevinGuide(torch.nn.Module):
     - **Subsampling.** A plate with ``subsample_size`` draws its minibatch once per guide call;
       every step of the chain sees those indices, and the guide emits the plate with
       ``subsample=`` them, so the model's trace of the same SVI step uses the same minibatch.
-      The chain uses the *unscaled* per-example log joint (its temperature does not depend on
-      the minibatch size); the SVI loss keeps Pyro's scaling.
+      The chain's per-example log joint leaves out the plates' subsampling factor N/B (its
+      temperature does not depend on the minibatch size); the SVI loss keeps Pyro's scaling.
+    - **Scales.** Any other scale stays: ``poutine.scale(scale=β)`` around the latent sites
+      (KL annealing) makes the chain target p(x | z) p(z)^β.
     - **Vectorised particles.** Under Pyro's particle plate (``Predictive(parallel=True)``,
       ``Trace_ELBO(vectorize_particles=True)``) every particle runs its own chains, and the
       Delta sites carry the particle dimension.
@@ -115,7 +122,11 @@ class LangevinGuide(torch.nn.Module):
 
     :param model: a Pyro model whose latent sites are continuous.
     :param int num_steps: K, the number of Langevin steps (paper: 20 in training).
-    :param step_size: s (paper: 0.1), or ``"auto"``: starting from ``initial_step_size``, adapt s by
+    :param step_size: s (paper: 0.1, which the presets of :mod:`pyro_lfbm.train.presets` pass), or
+        ``"auto"``, the default for the noisy chain (``None``: ``"auto"``, or
+        :data:`ASCENT_STEP_SIZE` = 0.1 for ``noise=False`` or with ``tolerance``; a fixed s suited to
+        one likelihood is not suited to another: on a Bernoulli model of 8x8 digits s = 0.1 learned
+        nothing, see the README): starting from ``initial_step_size``, adapt s by
         Pyro's dual averaging (:class:`pyro.ops.dual_averaging.DualAveraging`, as HMC's warmup)
         during the first ``adapt_calls`` calls toward ``target_accept_prob``, the mean
         Metropolis-Hastings acceptance probability a MALA test would give the chain's moves
@@ -144,6 +155,8 @@ class LangevinGuide(torch.nn.Module):
         on an image likelihood may legitimately lose more than 1000 in its first moves).
     :param global_guide: a guide for the model's global latents (see above).
     :param str data_plate: the name of the data plate when the model has several outermost plates.
+    :param sampler: the chain's sampler (:mod:`pyro_lfbm.infer.samplers`: ``ULA()``, ``MALA()``,
+        ...); None (default): ``ULA(noise)``, the paper's chain.
     :param int persistent: the number N of training examples: keep one persistent chain per
         example (ABP, Han et al. 2017): each call starts an example's chain from its latents of
         the previous call. Examples are identified by their dataset positions: the subsample
@@ -165,7 +178,7 @@ class LangevinGuide(torch.nn.Module):
         self,
         model: Callable,
         num_steps: int = 20,
-        step_size: Union[float, str] = 0.1,
+        step_size: Union[float, str, None] = None,
         noise: bool = True,
         init: Optional[Callable[..., Latents]] = None,
         use_fast_path: bool = True,
@@ -180,10 +193,13 @@ class LangevinGuide(torch.nn.Module):
         adapt_calls: int = 200,
         initial_step_size: float = 0.1,
         persistent: Optional[int] = None,
+        sampler=None,
     ):
         super().__init__()
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
             raise ValueError(f"num_steps must be a non-negative integer, got {num_steps!r}")
+        if step_size is None:
+            step_size = "auto" if noise and tolerance is None else ASCENT_STEP_SIZE
         self.auto = isinstance(step_size, str)
         if self.auto and step_size != "auto":
             raise ValueError(f"step_size must be a positive number or 'auto', got {step_size!r}")
@@ -211,11 +227,15 @@ class LangevinGuide(torch.nn.Module):
             raise ValueError(f"max_backoffs must be a non-negative integer, got {max_backoffs!r}")
         if max_log_density_drop is not None and not max_log_density_drop > 0:
             raise ValueError(f"max_log_density_drop must be positive or None, got {max_log_density_drop!r}")
+        if sampler is not None and not noise:
+            raise ValueError("noise=False configures the default sampler; pass sampler=ULA(noise=False) instead")
         # the model is not a child module: its parameters belong to the model, not to the guide
         object.__setattr__(self, "model", model)
         self.global_guide = global_guide
         self.num_steps = num_steps
         self.noise = noise
+        #: the chain's sampler (:mod:`pyro_lfbm.infer.samplers`); None: ``ULA(noise)``
+        self.sampler = sampler
         self.init = init
         self.use_fast_path = use_fast_path
         self.tolerance = tolerance
@@ -237,6 +257,7 @@ class LangevinGuide(torch.nn.Module):
         self.last_state: Optional[LangevinState] = None
         self.last_info: Optional[ChainInfo] = None
         self.last_acceptance_prob: Optional[float] = None
+        self._sites: Optional[LatentSites] = None
 
     # -- public helpers ----------------------------------------------------------------------
     @property
@@ -285,19 +306,23 @@ class LangevinGuide(torch.nn.Module):
         return traced
 
     # -- the chain -----------------------------------------------------------------------------
-    def _globals(self, args, kwargs, emit: bool) -> Tuple[Callable, Latents]:
+    def _globals(self, args, kwargs, emit: bool) -> Tuple[Callable, Latents, Latents]:
         """Run the global guide (emitting its sites when ``emit``); returns the model conditioned
-        on its (detached) values, and those values."""
+        on its (detached) values, those values, and the subsample indices of the plates it entered
+        ({plate name: indices}). The conditioned model replays those indices, so that the chain's
+        locals belong to the same elements of a subsampled outer plate as the globals."""
         if self.global_guide is None:
-            return self.model, {}
-        run = self.global_guide if emit else poutine.block(self.global_guide)
-        trace = poutine.trace(run).get_trace(*args, **kwargs)
-        values = {
-            name: site["value"]
-            for name, site in trace.nodes.items()
-            if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
-        }
-        return poutine.condition(self.model, data={k: v.detach() for k, v in values.items()}), values
+            return self.model, {}, {}
+        # the trace is taken inside the block (a trace outside it would see nothing)
+        with poutine.block(hide_fn=lambda msg: not emit):
+            trace = poutine.trace(self.global_guide).get_trace(*args, **kwargs)
+        values, subsamples = {}, {}
+        for name, site in trace.nodes.items():
+            if site["type"] != "sample" or site["is_observed"]:
+                continue
+            (subsamples if site_is_subsample(site) else values)[name] = site["value"]
+        data = {**{k: v.detach() for k, v in values.items()}, **subsamples}
+        return poutine.condition(self.model, data=data), values, subsamples
 
     def _find_sites(self, model, args, kwargs) -> LatentSites:
         sites = find_latent_sites(model, args, kwargs, data_plate=self.data_plate)
@@ -364,31 +389,29 @@ class LangevinGuide(torch.nn.Module):
 
         log_density_fn = validate_first_call_only(packed)
         with posterior_inference(), frozen_parameters(self.model, sites.params):
-            if self.tolerance is not None:
-                restrict = None
-                if self.uses_fast_path and not _couples_rows(self.model) and not sites.batch_plates:
-                    restrict = self._restricted_log_density(initial, args, kwargs)
-                state = short_run_langevin(log_density_fn, initial, self.num_steps, self.step_size, noise=self.noise,
-                                           tolerance=self.tolerance, restrict=restrict)
-                info = None
-            else:
-                adapting = self.adapting
-                state, info = run_chain(
-                    log_density_fn,
-                    initial,
-                    self.num_steps,
-                    self.step_size,
-                    noise=self.noise,
-                    # while adapting, a diverged move counts as rejected (acceptance 0) and its row goes back
-                    on_divergence="backoff" if adapting else self.on_divergence,
-                    max_backoffs=self.max_backoffs,
-                    max_drop=self.max_log_density_drop,
-                    track_acceptance=adapting,
-                    where=f"LangevinGuide chain over site(s) {list(sites.sites)}",
-                )
-                self.divergences += int(info.divergences.sum())
-                if adapting and info.acceptance_prob is not None:
-                    self._adapt(float(info.acceptance_prob.mean()))
+            restrict = None
+            if self.tolerance is not None and self.uses_fast_path and not _couples_rows(self.model) and not sites.batch_plates:
+                restrict = self._restricted_log_density(initial, args, kwargs)
+            adapting = self.adapting
+            state, info = run_chain(
+                log_density_fn,
+                initial,
+                self.num_steps,
+                self.step_size,
+                sampler=self.sampler,
+                noise=self.noise,
+                # while adapting, a diverged move counts as rejected (acceptance 0) and its row goes back
+                on_divergence="backoff" if adapting else self.on_divergence,
+                max_backoffs=self.max_backoffs,
+                max_drop=self.max_log_density_drop,
+                track_acceptance=adapting,
+                where=f"LangevinGuide chain over site(s) {list(sites.sites)}",
+                tolerance=self.tolerance,
+                restrict=restrict,
+            )
+            self.divergences += int(info.divergences.sum())
+            if adapting and info.acceptance_prob is not None:
+                self._adapt(float(info.acceptance_prob.mean()))
         if self.chains is not None:
             self.chains.store(positions, state.position)
         self.last_state, self.last_info, self._sites = state, info, sites
@@ -443,21 +466,32 @@ class LangevinGuide(torch.nn.Module):
     def infer(self, *args, **kwargs) -> Latents:
         """Run the chain without emitting Pyro sites; returns {site: final constrained value} (detached).
 
-        With a ``global_guide``, the globals are drawn from it (hidden from outer handlers) first."""
-        model, _ = self._globals(args, kwargs, emit=False)
-        return self._run(model, args, kwargs)
+        With a ``global_guide``, the globals are drawn from it (hidden from outer handlers) first.
+        Under ``torch.inference_mode()`` the chain runs as under ``torch.no_grad()``
+        (:func:`~pyro_lfbm.infer.modes.outside_inference_mode`). ``torch.jit.trace`` (``JitTrace_ELBO``)
+        is refused with ``RuntimeError`` (:func:`~pyro_lfbm.infer.modes.refuse_jit_tracing`)."""
+        refuse_jit_tracing(type(self).__name__)
+        with outside_inference_mode(args, kwargs) as (args, kwargs):
+            model, _, _ = self._globals(args, kwargs, emit=False)
+            return self._run(model, args, kwargs)
 
     def forward(self, *args, **kwargs) -> Latents:
-        model, global_values = self._globals(args, kwargs, emit=True)
-        latents = self._run(model, args, kwargs)
-        sites = self._sites
-        plate = sites.plate
-        if plate is None:
-            emitted = self._emit(latents, sites)
-        else:
-            with pyro.plate(plate.name, plate.size, subsample=plate.subsample, dim=plate.dim):
+        refuse_jit_tracing(type(self).__name__)
+        with outside_inference_mode(args, kwargs) as (args, kwargs):
+            model, global_values, entered = self._globals(args, kwargs, emit=True)
+            latents = self._run(model, args, kwargs)
+            sites = self._sites
+            plate = sites.plate
+            if plate is None:
                 emitted = self._emit(latents, sites)
-        return {**global_values, **emitted}
+            else:
+                # a plate the global guide entered already has its index site in this trace (a second
+                # one would be "Multiple sample sites named ..."): enter it without recording another
+                with poutine.block(hide_fn=lambda msg: msg["name"] in entered):
+                    data_plate = pyro.plate(plate.name, plate.size, subsample=plate.subsample, dim=plate.dim)
+                with data_plate:
+                    emitted = self._emit(latents, sites)
+            return {**global_values, **emitted}
 
     @staticmethod
     def _emit(latents: Latents, sites: LatentSites) -> Latents:
@@ -467,6 +501,14 @@ class LangevinGuide(torch.nn.Module):
         }
 
     # -- checkpointing -------------------------------------------------------------------------
+    def __getstate__(self) -> dict:
+        """Pickling (``pickle``, ``torch.save(guide)``, ``copy.deepcopy``) leaves out the last call's
+        site description, which holds the model's parameter tensors (Pyro's param-store tensors
+        carry weak references, which cannot be pickled); the next call finds the sites again."""
+        state = dict(super().__getstate__())
+        state["_sites"] = None
+        return state
+
     def get_extra_state(self) -> dict:
         adapter = None
         if self._adapter is not None:

@@ -40,8 +40,8 @@ class HybridGuide(PyroModule):
     so its parameters are registered with Pyro under ``"encoder_guide."`` and checkpointed by
     :func:`~pyro_lfbm.train.svi.fit`; the model is *not* a child (its parameters belong to the model).
 
-    :param model: a :class:`~pyro_lfbm.models.LatentModel` (one latent site, the encoder guide's,
-        in ``pyro.plate("data", B)``).
+    :param model: a :class:`~pyro_lfbm.models.LatentModel` (the encoder guide's latent site(s), in
+        ``pyro.plate("data", B)``; several for a :class:`~pyro_lfbm.models.HierarchicalLatentModel`).
     :param EncoderGuide encoder_guide: gives μ_φ(x) and q_φ(z | x).
     :param int num_steps: Langevin refinement steps K (gradient evaluations per image).
     :param float step_size: s.
@@ -84,14 +84,14 @@ class HybridGuide(PyroModule):
         return self.langevin.infer(x, mask)
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None):
-        site = self.encoder_guide.site
-        z = self.langevin.infer(x, mask)[site]  # (B, D), detached
+        sites = self.encoder_guide.sites
+        refined = self.langevin.infer(x, mask)  # {site: z_K (B, d)}, detached
         with pyro.plate("data", x.shape[0]):
-            z = pyro.sample(site, dist.Delta(z, event_dim=z.dim() - 1))
+            out = {name: pyro.sample(name, dist.Delta(refined[name], event_dim=refined[name].dim() - 1)) for name in sites}
             if self.train_encoder:
                 q = self.encoder_guide.distribution(x, mask)
-                pyro.factor("amortization", -q.log_prob(z), has_rsample=True)
-        return {site: z}
+                pyro.factor("amortization", -q.log_prob(torch.cat([out[name] for name in sites], -1)), has_rsample=True)
+        return out
 
 
 def hybrid_infer_dataset(

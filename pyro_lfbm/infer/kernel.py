@@ -14,13 +14,24 @@ from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
 
 from pyro_lfbm._context import posterior_inference
 from pyro_lfbm.infer.divergence import divergence_error
-from pyro_lfbm.infer.langevin import LangevinState, evaluate
-from pyro_lfbm.infer.mala import MALA_OPTIMAL_ACCEPT_PROB, MALAInfo, mala_step
+from pyro_lfbm.infer.langevin import LangevinState
+from pyro_lfbm.infer.modes import outside_inference_mode
+from pyro_lfbm.infer.samplers import MALA, MALA_OPTIMAL_ACCEPT_PROB, ULA, Sampler, StepInfo
 from pyro_lfbm.infer.trace_log_joint import LatentSites, find_latent_sites, log_joint_terms
 
 Latents = Dict[str, torch.Tensor]
 
 _BLOCKS = ("local", "global")
+
+#: The default ``target_accept_prob`` of ULA (``adjust=False``): the mean acceptance probability a
+#: MALA test would give its moves. Nothing is rejected, so the step sets the bias: on a Gaussian
+#: target N(m, v) the move u + (s²/2)∇log p + s ξ has stationary variance v / (1 - s²/(4v))
+#: (the AR(1) map u ↦ (1 - s²/(2v)) u + s ξ). MALA's 0.574 gives s² ≈ 3.5 v there, a variance 20x
+#: too large (measured: 20.3x, formula 20.6x). In one dimension, the worst case (at a given
+#: acceptance more dimensions force a smaller step), the adapted step gave s² ≈ 0.2 v at 0.995, a
+#: variance 5 % too large (measured 5.0 %, formula 5.4 %), s² ≈ 0.3 v at 0.99 (7.5-8 %), and 0.9
+#: allows s² ≈ 1.2 v (43 %).
+ULA_TARGET_ACCEPT_PROB = 0.995
 
 
 class LangevinKernel(MCMCKernel):
@@ -50,8 +61,11 @@ class LangevinKernel(MCMCKernel):
     averaged value at the end of warmup. The default target, 0.574, is MALA's optimal acceptance
     rate (Roberts & Rosenthal (1998), "Optimal scaling of discrete approximations to Langevin
     diffusions", J. R. Stat. Soc. B 60(1)); HMC's 0.8 would give needlessly small steps. For ULA
-    (``adjust=False``) the same statistic (the acceptance MALA would have had) is followed. Without
-    warmup steps the given step sizes are used as they are.
+    (``adjust=False``) the same statistic (the acceptance MALA would have had) is followed, with a
+    default target of 0.995 (:data:`ULA_TARGET_ACCEPT_PROB`): ULA rejects nothing, and at 0.574 its
+    stationary variance on a Gaussian is 20x the exact one, at 0.995 about 5 % above it (one
+    dimension, the worst case: the mean acceptance over more dimensions forces a smaller step).
+    Without warmup steps the given step sizes are used as they are.
 
     **Divergences.** A proposal whose log density or gradient is not finite (in a row, or for the
     global block) is rejected (the row stays at its last finite position) and counted:
@@ -72,15 +86,19 @@ class LangevinKernel(MCMCKernel):
     :param model: a Pyro model whose unobserved sample sites are continuous.
     :param float step_size: the local block's step size s (its initial value when adapting).
     :param bool adjust: apply the Metropolis-Hastings test (MALA); with False every finite proposal
-        is taken (ULA, biased by O(s²)).
+        is taken (ULA: on a Gaussian N(m, v) its stationary variance is v / (1 - s²/(4v))).
     :param bool adapt_step_size: adapt the step sizes during warmup (dual averaging).
-    :param float target_accept_prob: the target mean acceptance probability of the adaptation.
+    :param float target_accept_prob: the target mean acceptance probability of the adaptation;
+        default 0.574 for MALA, 0.995 for ULA (see above).
     :param float global_step_size: the global block's (initial) step size; default ``step_size``.
     :param str data_plate: the name of the data plate, when the model's plates are ambiguous.
     :param bool use_fast_path: use ``model.log_joint(*args, **kwargs, **latents) -> (B,)`` when the
         model has one and every latent site is local and real-valued.
     :param float min_stepsize: lower bound of the adapted step sizes.
     :param float max_stepsize: upper bound of the adapted step sizes.
+    :param sampler: the sampler of both blocks (:mod:`pyro_lfbm.infer.samplers`); default
+        ``MALA()`` (``ULA()`` with ``adjust=False``). Its state (a momentum, ...) is kept between
+        iterations and started afresh when MCMC passes other values.
 
     Example::
 
@@ -96,23 +114,30 @@ class LangevinKernel(MCMCKernel):
         step_size: float = 0.1,
         adjust: bool = True,
         adapt_step_size: bool = True,
-        target_accept_prob: float = MALA_OPTIMAL_ACCEPT_PROB,
+        target_accept_prob: Optional[float] = None,
         global_step_size: Optional[float] = None,
         data_plate: Optional[str] = None,
         use_fast_path: bool = True,
         *,
         min_stepsize: float = 1e-10,
         max_stepsize: float = 1e10,
+        sampler: Optional[Sampler] = None,
     ):
         for label, value in (("step_size", step_size), ("global_step_size", global_step_size)):
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{label} must be a positive finite number, got {value!r}")
-        if not 0 < target_accept_prob < 1:
-            raise ValueError(f"target_accept_prob must be in (0, 1), got {target_accept_prob!r}")
         if not 0 < min_stepsize < max_stepsize:
             raise ValueError(f"need 0 < min_stepsize < max_stepsize, got {min_stepsize!r} and {max_stepsize!r}")
+        if sampler is not None and not adjust:
+            raise ValueError("adjust=False chooses the default sampler (ULA); pass sampler=ULA() instead of both")
         self.model = model
-        self.adjust = adjust
+        #: the sampler of both blocks (:mod:`pyro_lfbm.infer.samplers`)
+        self.sampler = sampler if sampler is not None else (MALA() if adjust else ULA())
+        self.adjust = self.sampler.adjusted
+        if target_accept_prob is None:  # an unadjusted sampler rejects nothing: adapt toward a tiny bias
+            target_accept_prob = MALA_OPTIMAL_ACCEPT_PROB if self.adjust else ULA_TARGET_ACCEPT_PROB
+        if not 0 < target_accept_prob < 1:
+            raise ValueError(f"target_accept_prob must be in (0, 1), got {target_accept_prob!r}")
         self.data_plate = data_plate
         self.use_fast_path = use_fast_path
         self.target_accept_prob = float(target_accept_prob)
@@ -140,7 +165,7 @@ class LangevinKernel(MCMCKernel):
         self._mean_accept_prob = {block: 0.0 for block in _BLOCKS}  # of the current phase
         self._divergences: List[int] = []
         self._warmup_divergences = 0
-        self._last_info: Dict[str, Optional[MALAInfo]] = {block: None for block in _BLOCKS}
+        self._last_info: Dict[str, Optional[StepInfo]] = {block: None for block in _BLOCKS}
         #: evaluations of a log density and its gradient since setup (each covers every row),
         #: the initial checks and the step-size search included
         self.num_evaluations = 0
@@ -167,6 +192,11 @@ class LangevinKernel(MCMCKernel):
 
     # -- MCMCKernel interface -----------------------------------------------------------------
     def setup(self, warmup_steps, *args, **kwargs):
+        # under torch.inference_mode() the kernel runs as under torch.no_grad() (the moves need gradients)
+        with outside_inference_mode(args, kwargs, self._initial_params) as (args, kwargs, self._initial_params):
+            self._setup(warmup_steps, args, kwargs)
+
+    def _setup(self, warmup_steps, args, kwargs):
         self._args, self._kwargs = args, kwargs
         self._reset()
         self._warmup_steps = warmup_steps
@@ -226,6 +256,10 @@ class LangevinKernel(MCMCKernel):
                     adapter.reset_step_size_adaptation(initial)
 
     def sample(self, params: Latents) -> Latents:
+        with outside_inference_mode(params) as (params,):
+            return self._sample(params)
+
+    def _sample(self, params: Latents) -> Latents:
         if self._position is None or any(self._position[k] is not params[k] for k in params):
             self._states = {block: None for block in _BLOCKS}  # params not from the last call
         position = dict(params)
@@ -316,19 +350,19 @@ class LangevinKernel(MCMCKernel):
     def _move(self, block: str, position: Latents, warmup: bool) -> Latents:
         names = self._names(block)
         fn = self._log_density_fn(block, position)
-        state = self._states[block] or LangevinState({name: position[name] for name in names})
+        row_dims = self._row_dims if block == "local" else 0
+        state = self._states[block] or self.sampler.init({name: position[name] for name in names}, fn, row_dims=row_dims)
         adapter = self._adapters[block]
-        state, info = mala_step(
-            state, fn, adapter.step_size, row_dims=self._row_dims if block == "local" else 0, adjust=self.adjust
-        )
+        state, info = self.sampler.step(state, fn, adapter.step_size, row_dims=row_dims)
         self._states[block] = state
         other = "global" if block == "local" else "local"
-        if bool(info.is_accepted.any()):
-            self._states[other] = None  # its cached log density was conditioned on this block's old values
+        if bool(info.is_accepted.any()) and self._states[other] is not None:
+            # its cached log density was conditioned on this block's old values (a momentum is kept)
+            self._states[other] = self._states[other]._replace(log_density=None, grad=None)
         self._record(block, info, warmup)
         return {**position, **state.position}
 
-    def _record(self, block: str, info: MALAInfo, warmup: bool):
+    def _record(self, block: str, info: StepInfo, warmup: bool):
         self._last_info[block] = info
         accept_prob = info.acceptance_prob.mean()
         divergent = int(info.is_divergent.sum())
@@ -351,11 +385,13 @@ class LangevinKernel(MCMCKernel):
         crosses ``target_accept_prob`` (as HMC's search crosses its energy threshold)."""
         names = self._names(block)
         fn = self._log_density_fn(block, params)
-        state = evaluate(LangevinState({name: params[name] for name in names}), fn)
         row_dims = self._row_dims if block == "local" else 0
+        state = self.sampler.init({name: params[name] for name in names}, fn, row_dims=row_dims)
+        # ULA's proposals and acceptance probabilities are MALA's: search with MALA's test (as before)
+        search = MALA() if isinstance(self.sampler, ULA) else self.sampler
 
         def direction(step: float) -> int:
-            _, info = mala_step(state, fn, step, row_dims=row_dims, adjust=True)
+            _, info = search.step(state, fn, step, row_dims=row_dims)
             return 1 if info.acceptance_prob.mean().item() > self.target_accept_prob else -1
 
         step = self._adapters[block].step_size
@@ -373,7 +409,8 @@ class LangevinKernel(MCMCKernel):
                 if not names:
                     continue
                 fn = self._log_density_fn(block, initial)
-                state = evaluate(LangevinState({name: initial[name] for name in names}), fn)
+                state = self.sampler.init({name: initial[name] for name in names}, fn,
+                                          row_dims=self._row_dims if block == "local" else 0)
                 bad = ~torch.isfinite(state.log_density.reshape(-1))
                 what = "the log density"
                 for name, g in state.grad.items():

@@ -8,17 +8,25 @@
   afterwards. Inside a Langevin chain only gradients with respect to the latents are wanted; with
   frozen parameters autograd records nothing for the parameters, and parameter-only computations
   (the flow's assembled LU weight) are done once per chain instead of once per step.
+* :func:`outside_inference_mode`: a Langevin chain needs gradients with respect to the latents,
+  which ``torch.inference_mode()`` forbids; run the chain outside it, with the caller's inference
+  tensors cloned into ordinary ones.
+* :func:`refuse_jit_tracing`: a guide traced by ``torch.jit.trace`` (Pyro's ``JitTrace_ELBO``) is
+  replayed as a fixed graph, so its Python code (the chain's adaptation, its persistent chains)
+  stops running; refuse with one error.
 """
 
 from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator, Tuple
 
 import torch
 
-__all__ = ["eval_mode", "frozen_parameters", "module_mode", "train_mode"]
+__all__ = [
+    "eval_mode", "frozen_parameters", "module_mode", "outside_inference_mode", "refuse_jit_tracing", "train_mode",
+]
 
 
 @contextlib.contextmanager
@@ -68,3 +76,50 @@ def frozen_parameters(model, extra: Iterable[torch.Tensor] = ()) -> Iterator[Non
     finally:
         for p in params:
             p.requires_grad_(True)
+
+
+def _ordinary(value: Any) -> Any:
+    """``value`` with every inference tensor (also inside tuples, lists and dicts) cloned into an
+    ordinary tensor (outside inference mode, ``clone`` makes one); everything else as it is."""
+    if torch.is_tensor(value):
+        return value.clone() if value.is_inference() else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_ordinary(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _ordinary(v) for k, v in value.items()}
+    return value
+
+
+@contextlib.contextmanager
+def outside_inference_mode(*values: Any) -> Iterator[Tuple[Any, ...]]:
+    """Run the block outside ``torch.inference_mode()`` and yield ``values`` usable there.
+
+    A Langevin chain differentiates the log density with respect to the latents, which inference
+    mode forbids (``element 0 of tensors does not require grad``) and which ``torch.no_grad()``
+    allows (the chain turns gradients on for itself). Under inference mode the block runs with
+    ``inference_mode(False)`` and the caller's grad mode (off), i.e. as under ``no_grad``, and
+    every inference tensor among ``values`` (the model's arguments: tensors, or tuples, lists and
+    dicts of them) is yielded as an ordinary clone (inference tensors cannot be saved for backward).
+    Outside inference mode the block runs as it is and ``values`` are yielded unchanged. Usage::
+
+        with outside_inference_mode(args, kwargs) as (args, kwargs):
+            ...
+    """
+    if not torch.is_inference_mode_enabled():
+        yield values
+        return
+    grad = torch.is_grad_enabled()
+    with torch.inference_mode(False), torch.set_grad_enabled(grad):
+        yield tuple(_ordinary(v) for v in values)
+
+
+def refuse_jit_tracing(who: str) -> None:
+    """Raise ``RuntimeError`` when called while ``torch.jit.trace`` records (Pyro's ``JitTrace_ELBO``,
+    ``JitTraceGraph_ELBO``, ...). A traced function is replayed as its recorded graph from the next
+    call on: a Langevin guide's step-size adaptation, persistent chains and ``latents`` would freeze
+    at their first values without any error."""
+    if torch.jit.is_tracing():
+        raise RuntimeError(
+            f"{who} cannot run under torch.jit.trace (JitTrace_ELBO and the other Jit*_ELBO losses replay the "
+            "first step's graph, so the chain's Python code would stop running); use Trace_ELBO"
+        )

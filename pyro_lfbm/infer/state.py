@@ -47,7 +47,12 @@ def value_and_grad(log_density_fn: LogDensityFn, position: Latents):
     """(log p (B,), {name: ∇_name Σ_b log p_b}) with every input detached and outputs detached.
 
     Rows are independent chains, so the gradient of the batch sum is each row's own gradient.
+    A ``log_density_fn`` with a ``value_and_grad`` attribute (``position -> (log p, {name: grad})``,
+    e.g. a compiled one, :class:`~pyro_lfbm.infer.accelerate.CompiledLangevin`) computes both itself.
     """
+    own = getattr(log_density_fn, "value_and_grad", None)
+    if own is not None:
+        return own(position)
     with torch.enable_grad():
         leaves = {name: value.detach().requires_grad_(True) for name, value in position.items()}
         log_density = log_density_fn(leaves)

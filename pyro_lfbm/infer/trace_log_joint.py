@@ -17,13 +17,18 @@ particle's latents form independent chains.
 **Subsampling.** When the data plate (or any plate) subsamples, the indices drawn while finding
 the sites are recorded (:attr:`LatentSites.subsamples`) and replayed into every evaluation of
 :func:`log_joint_terms`: a chain targets the posterior of one fixed minibatch. The terms are
-*unscaled* (no ``size / subsample_size`` factor): the chain's temperature does not depend on the
-minibatch size. Scaling the local part by N/B is the caller's business (e.g. a global latent's
-full-data gradient estimate).
+free of the subsampling factor ``size / subsample_size`` of every subsampled plate: the chain's
+temperature does not depend on the minibatch size. Scaling the local part by N/B is the caller's
+business (e.g. a global latent's full-data gradient estimate).
+
+**Scales.** Every other scale of a site stays: ``poutine.scale(scale=β)`` around latent sites (KL
+annealing, as in Pyro's DMM example) makes the chain target p(x | z) p(z)^β, the posterior of the
+annealed objective. Only the plates' subsampling factors are divided out (:func:`user_scale`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -443,14 +448,33 @@ def _choose_data_plate(latent_frames: Dict[str, List[CondIndepStackFrame]], data
 # --------------------------------------------------------------------------------------------
 # Log joints
 # --------------------------------------------------------------------------------------------
+def user_scale(site: dict, skip: Sequence[str] = ()):
+    """A sample site's scale without its plates' subsampling factors: ``site["scale"]`` divided by
+    ``size / subsample_size`` of every subsampled plate around it (except the plates named in
+    ``skip``, replayed particle plates, which add no factor). What remains is the user's own scale
+    (``poutine.scale``: KL annealing β, per-example weights), a number or a tensor; exactly 1.0
+    when there is none."""
+    factor = 1.0
+    for frame in site["cond_indep_stack"]:
+        if frame.full_size is not None and frame.full_size != frame.size and frame.name not in skip:
+            factor = factor * frame.full_size / frame.size
+    scale = site["scale"]
+    if factor == 1.0:
+        return scale
+    scale = scale / factor
+    if not torch.is_tensor(scale) and math.isclose(scale, 1.0, rel_tol=1e-12):
+        return 1.0  # N/B · (B/N) up to rounding: no scale at all (the chain stays bit-identical)
+    return scale
+
+
 def log_joint_terms(model, unconstrained: Latents, args: Tuple, kwargs: Dict, sites: LatentSites):
     """``(local, global_)``: the log joint of ``model`` at latents given in unconstrained space.
 
     Each latent u of ``unconstrained`` (a subset of ``sites.sites``; the others are sampled from
     the model as usual, so pass them all) is mapped to ``z = T(u)`` through its site's bijection
     and log|det ∂z/∂u| is added to the term of that site. Every sample site contributes its
-    masked, *unscaled* log probability (no subsample scaling; the recorded subsample indices and
-    outer batch plates of ``sites`` are replayed).
+    masked log probability, scaled by the user's scale but not by subsampling (:func:`user_scale`;
+    the recorded subsample indices and outer batch plates of ``sites`` are replayed).
 
     :returns: ``local``, shape ``sites.rows_shape`` ((B,) or (S, B) under a particle plate): the
         per-example log joint of every site inside the data plate (None when no site is inside
@@ -472,11 +496,13 @@ def log_joint_terms(model, unconstrained: Latents, args: Tuple, kwargs: Dict, si
         trace = poutine.trace(replayed).get_trace(*args, **kwargs)
     trace.compute_log_prob(site_filter=lambda name, site: not site_is_subsample(site))
     plate = sites.plate
+    replayed_plates = [p.name for p in sites.batch_plates]
     local, global_ = None, None
     for name, site in trace.nodes.items():
         if site["type"] != "sample" or site_is_subsample(site):
             continue
-        log_prob = scale_and_mask(site["unscaled_log_prob"], mask=site["mask"])  # poutine.mask, no scale
+        scale = user_scale(site, replayed_plates)
+        log_prob = scale_and_mask(site["unscaled_log_prob"], scale=scale, mask=site["mask"])  # poutine.mask and .scale
         if name in ladj:
             log_prob = log_prob + ladj[name]
         in_plate = plate is not None and any(f.name == plate.name for f in site["cond_indep_stack"])
@@ -496,7 +522,8 @@ def per_example_log_joint(model, latents: Latents, args: Tuple, kwargs: Dict, pl
     """log p(x, z) per example, shape (B,) (or () without a data plate), unscaled by subsampling.
 
     Latents are given in *constrained* space and no Jacobian is added. The sum of every sample
-    site's masked, *unscaled* log probability, reduced over all dims but the data plate's. Sites
+    site's masked log probability, scaled by the user's scale only (:func:`user_scale`), reduced
+    over all dims but the data plate's. Sites
     outside the data plate (global ones) are left out; they do not depend on the local latents.
     Kept for callers of real-valued models; :func:`log_joint_terms` is the general form.
     """
@@ -509,7 +536,7 @@ def per_example_log_joint(model, latents: Latents, args: Tuple, kwargs: Dict, pl
     for name, site in trace.nodes.items():
         if site["type"] != "sample" or site_is_subsample(site):
             continue
-        log_prob = scale_and_mask(site["unscaled_log_prob"], mask=site["mask"])
+        log_prob = scale_and_mask(site["unscaled_log_prob"], scale=user_scale(site), mask=site["mask"])
         if plate is None:
             term = log_prob.sum()
         else:

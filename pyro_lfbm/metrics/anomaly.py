@@ -37,6 +37,7 @@ def anomaly_scores(
     progress: bool = True,
     inference: Optional[Callable[..., InferenceResult]] = None,
     compile: bool = False,
+    init: Optional[Callable[..., Dict[str, torch.Tensor]]] = None,
 ) -> tuple[Dict[str, torch.Tensor], InferenceResult]:
     """Scores (higher = more anomalous) of every image in ``x`` (N, C, H, W).
 
@@ -49,6 +50,8 @@ def anomaly_scores(
         :func:`~pyro_lfbm.infer.dataset.infer_dataset` (the default; data-parallel runs pass
         :func:`pyro_lfbm.train.distributed.sharded_inference`, which splits each batch over the processes).
     :param bool compile: compiled chains (``infer_dataset(..., compile=True)``).
+    :param init: ``init(x_batch, mask_batch) -> {site: z₀}`` replaces z₀ ~ N(0, I), e.g. an encoder
+        guide's ``init_fn`` (chains from the encoder mean).
 
     Images are scored in a random order, never in the order of ``x``: with ``batchnorm="train"``
     a batch made only of anomalies (a test set sorted by class) would be normalised by anomaly
@@ -63,7 +66,7 @@ def anomaly_scores(
         order = torch.randperm(x.shape[0])
         result = (inference or infer_dataset)(
             model, x[order], num_steps=num_steps, step_size=step_size, noise=False, batch_size=batch_size,
-            progress=progress, desc="scoring", **({"compile": True} if compile else {}),
+            progress=progress, desc="scoring", **({"compile": True} if compile else {}), **({"init": init} if init else {}),
         )
     restore = torch.argsort(order)
     result.z, result.log_joint = result.z[restore], result.log_joint[restore]

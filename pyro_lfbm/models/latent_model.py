@@ -51,9 +51,21 @@ class LatentModel(PyroModule):
         self.generator = generator
         self.sigma = float(sigma)
 
+    #: The latent Pyro sites, in the order of the concatenated z (one here; several in
+    #: :class:`~pyro_lfbm.models.HierarchicalLatentModel`).
+    latent_sites = ("z",)
+
     @property
     def latent_dim(self) -> int:
         return self.prior.latent_dim
+
+    def split_latents(self, z: torch.Tensor) -> dict:
+        """z (B, D) → ``{site: value}`` (here ``{"z": z}``)."""
+        return {"z": z}
+
+    def join_latents(self, latents: dict) -> torch.Tensor:
+        """``{site: value}`` (a guide's latents) → z (B, D) (here ``latents["z"]``)."""
+        return latents["z"]
 
     def likelihood(self, z: torch.Tensor, mask: Optional[torch.Tensor] = None) -> dist.Distribution:
         """p_β(x | z) with event shape (C, H, W) and batch shape (B,); ``mask`` (B or 1, C, H, W)

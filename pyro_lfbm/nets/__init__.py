@@ -4,6 +4,7 @@ from .encoders import DCGANEncoder32, DCGANEncoder64, ImageEncoder, MNISTEncoder
 from .generators import (
     DCGANGenerator32,
     DCGANGenerator64,
+    HierarchicalMNISTGenerator,
     ImageGenerator,
     MNISTGenerator,
     init_weights_xavier,
@@ -19,6 +20,7 @@ __all__ = [
     "DCGANEncoder64",
     "DCGANGenerator32",
     "DCGANGenerator64",
+    "HierarchicalMNISTGenerator",
     "ImageEncoder",
     "ImageGenerator",
     "MLP",

@@ -22,6 +22,7 @@ __all__ = [
     "init_weights_xavier",
     "ImageGenerator",
     "MNISTGenerator",
+    "HierarchicalMNISTGenerator",
     "DCGANGenerator32",
     "DCGANGenerator64",
     "make_generator",
@@ -191,6 +192,70 @@ class MNISTGenerator(ImageGenerator):
         if up2.bias is not None:
             h = h + up2.bias
         return out(h)
+
+
+class HierarchicalMNISTGenerator(ImageGenerator):
+    """A top-down MNIST generator with latents injected at three layers, z = (z₁, z₂, z₃) → x (B, 1, 28, 28).
+
+    As in ladder / hierarchical VAEs and the hierarchical generator of Cui, Wu & Han (ICCV 2023),
+    the top latent z₁ (B, d₁) drives the fully connected part and the lower latents enter at the
+    feature maps: z₂ (B, d₂) through a linear map added to the 7×7 map, z₃ (B, d₃) through a
+    linear map added to the 14×14 map::
+
+        h₇  = ReLU(BN(Linear(hidden→C·7·7)(ReLU(BN(Linear(d₁→hidden)(z₁)))) + Linear(d₂→C·7·7)(z₂)))
+        h₁₄ = ReLU(BN2d(ConvT(C→C/2, k2, s2)(h₇) + Linear(d₃→C/2·14·14)(z₃)))
+        x   = Tanh(ConvT(C/2→1, k2, s2)(h₁₄))
+
+    It is an :class:`ImageGenerator` over the concatenation z = [z₁, z₂, z₃] (``latent_dim =
+    d₁ + d₂ + d₃``): ``decode`` splits it, so the joint flow prior, the encoder and the chains see
+    one vector and :class:`~pyro_lfbm.models.HierarchicalLatentModel` gives each layer its own
+    Pyro site. Only the injections are added to :class:`MNISTGenerator`'s layers (the same sizes:
+    ``hidden_dim`` 0 drops the first hidden layer).
+
+    :param tuple layer_dims: (d₁, d₂, d₃), top first, each ≥ 1.
+    :param int hidden_dim: width of the first hidden layer (0: none).
+    :param int channels: feature channels at 7×7 (halved at 14×14); even, ≥ 2.
+    :param bool batch_norm: keep the BatchNorm layers.
+    """
+
+    def __init__(self, layer_dims=(20, 10, 10), hidden_dim: int = 1024, channels: int = 128, batch_norm: bool = True):
+        super().__init__()
+        dims = tuple(layer_dims)
+        if len(dims) != 3 or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dims):
+            raise ValueError(f"layer_dims must be three positive integers (top, 7x7, 14x14), got {layer_dims!r}")
+        if hidden_dim < 0 or channels < 2 or channels % 2:
+            raise ValueError(f"need hidden_dim >= 0 and an even channels >= 2; got hidden_dim={hidden_dim}, channels={channels}")
+        self.layer_dims, self.latent_dim, self.image_shape = dims, sum(dims), (1, 28, 28)
+        self.hidden_dim, self.channels, self.batch_norm = hidden_dim, channels, batch_norm
+        c = channels
+        fc: list[nn.Module] = []
+        d_in = dims[0]
+        if hidden_dim > 0:
+            fc += [nn.Linear(dims[0], hidden_dim), nn.BatchNorm1d(hidden_dim) if batch_norm else nn.Identity(), nn.ReLU()]
+            d_in = hidden_dim
+        fc.append(nn.Linear(d_in, c * 49))
+        self.fc = nn.Sequential(*fc)
+        self.inject7 = nn.Linear(dims[1], c * 49)
+        self.norm7 = nn.BatchNorm1d(c * 49) if batch_norm else nn.Identity()
+        self.up14 = PixelShuffleConvTranspose2d(c, c // 2, 2, stride=2)
+        self.inject14 = nn.Linear(dims[2], (c // 2) * 196)
+        self.norm14 = nn.BatchNorm2d(c // 2) if batch_norm else nn.Identity()
+        self.up28 = PixelShuffleConvTranspose2d(c // 2, 1, 2, stride=2)
+        self.apply(init_weights_xavier)
+
+    def split(self, z: torch.Tensor) -> tuple:
+        """z (..., d₁ + d₂ + d₃) → (z₁, z₂, z₃), views of shapes (..., d_l)."""
+        return tuple(z.split(self.layer_dims, dim=-1))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        z1, z2, z3 = self.split(z)
+        c = self.channels
+        h = torch.relu(self.norm7(self.fc(z1) + self.inject7(z2))).view(-1, c, 7, 7)
+        h = self.up14(h) + self.inject14(z3).view(-1, c // 2, 14, 14)
+        return torch.tanh(self.up28(torch.relu(self.norm14(h))))
+
+    def extra_repr(self) -> str:
+        return f"layer_dims={self.layer_dims}, image_shape={self.image_shape}"
 
 
 def _up_block(c_in: int, c_out: int, k: int, s: int, p: int, batch_norm: bool) -> list[nn.Module]:

@@ -1,9 +1,10 @@
 """The Langevin move, written once.
 
 It lives in this low layer (pure tensor code, no Pyro) so that every Langevin-type update of the
-package calls the same function: the guide's and the kernel's chains
-(:mod:`pyro_lfbm.infer.langevin`, which re-exports it as ``pyro_lfbm.infer.langevin.langevin_move``),
-MALA's proposal, the energy prior's negative sampling and CoopFlow's revision.
+package calls the same function: the ULA sampler (:class:`pyro_lfbm.infer.samplers.ULA`, the
+guide's default chain; :mod:`pyro_lfbm.infer.langevin` re-exports the move as
+``pyro_lfbm.infer.langevin.langevin_move``), MALA's proposal, the energy prior's negative sampling
+and CoopFlow's revision.
 
 Every standard-normal draw of a chain (its start z₀ and the move's noise ξ) goes through
 :func:`standard_normal`, so that data-parallel training can give each example the noise it gets in

@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from pyro_lfbm.data import AnomalySplit
+from pyro_lfbm.infer.modes import module_mode
 from pyro_lfbm.metrics.anomaly import DECISION_FUNCTIONS, anomaly_metrics, anomaly_scores
 from pyro_lfbm.train.distributed import sharded_inference
 from pyro_lfbm.train.checkpoint import CheckpointError, check_config_compatible, load_checkpoint
@@ -44,6 +45,8 @@ class AnomalyResult:
     :ivar list history: per-epoch training records (of the checkpoint when one was scored).
     :ivar model: the trained :class:`~pyro_lfbm.models.LatentModel`.
     :ivar dict config: the configuration saved with (and checked against) the checkpoint.
+    :ivar torch.Tensor latents: the first mode's inferred z (N_test, D) at which the scores were
+        taken (for a hierarchical model, the layers concatenated: ``model.split_latents(latents)``).
     """
 
     rows: List[Dict]
@@ -53,12 +56,14 @@ class AnomalyResult:
     history: List[Dict] = field(default_factory=list)
     model: Optional[torch.nn.Module] = None
     config: Dict = field(default_factory=dict)
+    latents: Optional[torch.Tensor] = None
     scores_by_mode: Dict[str, Dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
 def load_trained_model(model: torch.nn.Module, path: str | Path, config: Optional[dict] = None,
-                       config_keys: Sequence[str] = ("model",)) -> List[Dict]:
-    """Load the model state of a training checkpoint at ``path`` into ``model``; returns its history.
+                       config_keys: Sequence[str] = ("model",), guide: Optional[torch.nn.Module] = None) -> List[Dict]:
+    """Load the model state of a training checkpoint at ``path`` into ``model`` (and the guide's
+    state into ``guide``, e.g. the encoder of an encoder or hybrid run); returns its history.
 
     :raises CheckpointError: the file is not a finished checkpoint of a model of this configuration.
     """
@@ -69,7 +74,10 @@ def load_trained_model(model: torch.nn.Module, path: str | Path, config: Optiona
         raise CheckpointError(f"{path} has not finished one epoch of training (it was interrupted in the first); "
                               "finish the run with --resume before scoring it")
     try:
-        model.load_state_dict(trainer_state(ckpt)["model"])
+        state = trainer_state(ckpt)
+        model.load_state_dict(state["model"])
+        if guide is not None and state.get("guide") is not None:
+            guide.load_state_dict(state["guide"])
     except RuntimeError:
         raise CheckpointError(f"{path} does not fit this model; pass the --preset and --prior it was trained with") from None
     return list(ckpt.get("history", []))
@@ -102,6 +110,10 @@ def run_anomaly(
     :param preset_name: the preset's name, recorded in the rows.
     :param compile_chain: train and score with the compiled Langevin chain (see
         :func:`~pyro_lfbm.train.recipe.build`); the same model up to float rounding.
+
+    A preset with an encoder (``guide`` ``"encoder"`` or ``"hybrid"``) scores with test chains
+    started at the encoder mean μ_φ(x) instead of z₀ ~ N(0, I) (the encoder in the scoring BatchNorm
+    mode too). The rows name the ``model`` (``"latent"`` or ``"hierarchical"``) and the ``guide``.
     """
     modes = tuple(batchnorm)
     if not modes or any(mode not in BATCHNORM_MODES for mode in modes):
@@ -112,7 +124,8 @@ def run_anomaly(
         recipe = build(preset, device=device, compile_chain=compile_chain)
         model = recipe.model
         if trained_checkpoint is not None:
-            history = load_trained_model(model, trained_checkpoint, config, config_keys)
+            guide = recipe.guide if isinstance(recipe.guide, torch.nn.Module) else None
+            history = load_trained_model(model, trained_checkpoint, config, config_keys, guide=guide)
             epochs_trained = len(history)
         else:
             history = train_recipe(recipe, split.train_x, seed=seed, checkpoint_path=checkpoint_path, resume=resume,
@@ -121,22 +134,28 @@ def run_anomaly(
             epochs_trained = learn.epochs
         train_seconds = sum(row["seconds"] for row in history)
 
-        rows, scores_by_mode = [], {}
+        rows, first_scores, scores_by_mode = [], None, {}
+        encoder = recipe.encoder_guide
+        kind = "hierarchical" if preset.model.layer_dims else "latent"
         for mode in modes:
             started = time.perf_counter()
-            scores, _ = anomaly_scores(model, split.test_x, num_steps=learn.test_steps, step_size=learn.test_step_size,
-                                       batch_size=learn.test_batch_size, batchnorm=mode, seed=seed, progress=progress,
-                                       inference=sharded_inference,  # infer_dataset itself in one process
-                                       compile=compile_chain)
+            with module_mode(*([encoder] if encoder is not None else []), training=mode == "train"):
+                scores, inferred = anomaly_scores(model, split.test_x, num_steps=learn.test_steps, step_size=learn.test_step_size,
+                                           batch_size=learn.test_batch_size, batchnorm=mode, seed=seed, progress=progress,
+                                           inference=sharded_inference,  # infer_dataset itself in one process
+                                           compile=compile_chain, init=encoder.init_fn if encoder is not None else None)
             test_seconds = time.perf_counter() - started
             for name in DECISION_FUNCTIONS:
                 rows.append({
-                    "heldout": split.heldout, "prior": preset.model.prior, "score": name, "seed": seed,
+                    "heldout": split.heldout, "prior": preset.model.prior, "model": kind, "guide": preset.guide.kind,
+                    "score": name, "seed": seed,
                     **anomaly_metrics(split.test_is_anomaly, scores[name]),
                     "preset": preset_name, "epochs": epochs_trained, "test_steps": learn.test_steps, "batchnorm": mode,
                     "n_train": int(split.train_x.shape[0]), "n_test": int(split.test_x.shape[0]),
                     "train_seconds": round(train_seconds, 1), "test_seconds": round(test_seconds, 1),
                 })
             scores_by_mode[mode] = scores
-    return AnomalyResult(rows, scores_by_mode[modes[0]], split.test_is_anomaly, split.test_x, history, model, config,
+            if first_scores is None:
+                first_scores, latents = scores, inferred.z
+    return AnomalyResult(rows, first_scores, split.test_is_anomaly, split.test_x, history, model, config, latents,
                          scores_by_mode)

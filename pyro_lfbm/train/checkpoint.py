@@ -20,18 +20,27 @@ writers (a writer holds an ``flock`` on its temporary file while it writes), and
 calls it when it starts. :func:`find_nonfinite` names the first NaN/inf tensor in a state, so that
 callers can refuse to save a poisoned model.
 
+Every record of the file (the pickled structure and each tensor's bytes) carries the CRC-32 checksum
+of its contents in the zip container ``torch.save`` writes; :func:`load_checkpoint` verifies them all
+before unpickling, so damaged tensor data is refused like a truncated file (``torch.load`` itself
+does not look at them). A save that fails for lack of disk space (``torch.save`` reports it as a
+``RuntimeError`` from its zip writer) is one :class:`OSError` naming the checkpoint
+(:func:`os_error_in` finds the cause behind such errors).
+
 Checkpoints are unpickled with ``weights_only=False`` (the Pyro param store
 holds constraint objects), so only load files you wrote yourself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import pathlib
 import random
 import tempfile
-from collections.abc import Iterable, Mapping
+import zipfile
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -123,6 +132,20 @@ def _temporary_prefix(path: pathlib.Path) -> str:
     return f".{path.name}."
 
 
+def os_error_in(err: BaseException) -> OSError | None:
+    """The :class:`OSError` behind ``err``: ``err`` itself, or the first one in its chain of causes
+    (``raise ... from``) and contexts (an exception raised while handling another), e.g. the
+    ``No space left on device`` behind ``torch.save``'s ``RuntimeError: [enforce fail at
+    inline_container.cc] unexpected pos``. None when there is none."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def save_checkpoint(path: str | os.PathLike[str], /, **state: Any) -> pathlib.Path:
     """Write ``state`` plus RNG state and format version to ``path``, atomically.
 
@@ -130,13 +153,16 @@ def save_checkpoint(path: str | os.PathLike[str], /, **state: Any) -> pathlib.Pa
     under an exclusive ``flock`` while it is written), flushed and fsync'ed, then moved over
     ``path`` with :func:`os.replace`; an interrupted save (exception, Ctrl-C) leaves any previous
     file at ``path`` untouched and removes the temporary file. A killed process cannot clean up:
-    :func:`remove_stale_temporaries` removes what it left. Parent folders are created.
+    :func:`remove_stale_temporaries` removes what it left. Parent folders are created. The zip
+    records are written with their CRC-32 checksums (:func:`load_checkpoint` verifies them).
 
     :param path: destination file.
     :param state: anything ``torch.save`` can pickle, e.g. ``model=net.state_dict()``,
         ``optim=pyro_optim.get_state()``, ``step=1200``, ``config=dict(...)``.
     :returns: the path written.
     :raises ValueError: if ``state`` uses a reserved key (``format_version``, ``rng_state``).
+    :raises OSError: the file system failed (disk full, quota, permissions; also when ``torch.save``
+        reports it as a ``RuntimeError``): one line with the errno, naming ``path``.
     """
     clash = [k for k in _RESERVED if k in state]
     if clash:
@@ -151,19 +177,49 @@ def save_checkpoint(path: str | os.PathLike[str], /, **state: Any) -> pathlib.Pa
         with os.fdopen(fd, "wb") as handle:
             if fcntl is not None:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # tells remove_stale_temporaries that a live writer owns it
-            torch.save(payload, handle)
+            with _checksums_on():
+                torch.save(payload, handle)
             handle.flush()
             os.fsync(handle.fileno())
             os.chmod(tmp_name, 0o644)
             os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as err:
         try:
             os.unlink(tmp_name)
         except FileNotFoundError:
             pass
+        cause = os_error_in(err) if isinstance(err, (OSError, RuntimeError)) else None
+        if cause is not None:  # one line naming the checkpoint, not torch's zip-writer traceback
+            raise OSError(cause.errno, cause.strerror or str(cause), str(path)) from None
         raise
     _fsync_dir(path.parent)
     return path
+
+
+@contextlib.contextmanager
+def _checksums_on() -> Iterator[None]:
+    """``torch.save`` computes the records' CRC-32 checksums inside the block, whatever
+    ``torch.serialization.set_crc32_options`` says elsewhere."""
+    before = torch.serialization.get_crc32_options()
+    torch.serialization.set_crc32_options(True)
+    try:
+        yield
+    finally:
+        torch.serialization.set_crc32_options(before)
+
+
+def _damaged_record(path: pathlib.Path) -> str | None:
+    """Why the zip file ``path`` is damaged (a record whose CRC-32 does not match its bytes, or
+    an unreadable container), or None when every record checks out or the file is not a zip
+    (torch's legacy format, junk: :func:`torch.load` judges those)."""
+    if not zipfile.is_zipfile(path):
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()  # reads every record and compares its CRC-32
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as err:
+        return _one_line(err)
+    return None if bad is None else f"checksum mismatch in record {bad}"
 
 
 def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[pathlib.Path]:
@@ -236,20 +292,26 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
     :param map_location: passed to :func:`torch.load` (RNG states are moved
         back to CPU by :func:`restore_rng_state`).
     :returns: the saved dict, including ``"format_version"`` and ``"rng_state"``.
-    :raises CheckpointError: missing, unreadable/truncated, foreign or too-new file.
+    :raises CheckpointError: missing, unreadable/truncated, damaged (a record's checksum does not
+        match), foreign or too-new file.
     """
     path = pathlib.Path(path)
     if not path.is_file():
         raise CheckpointError(
             f"no checkpoint file at {path}; check --checkpoint-dir, or start a new run without resuming"
         )
+
+    def unreadable(reason: str) -> CheckpointError:
+        return CheckpointError(f"checkpoint {path} is unreadable ({reason}); it may be truncated or corrupt: "
+                               f"delete it or use another --checkpoint-dir")
+
+    damage = _damaged_record(path)
+    if damage is not None:
+        raise unreadable(damage)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as err:
-        raise CheckpointError(
-            f"checkpoint {path} is unreadable ({_one_line(err)}); it may be truncated or corrupt: "
-            f"delete it or use another --checkpoint-dir"
-        ) from err
+        raise unreadable(_one_line(err)) from err
     if not isinstance(ckpt, dict) or "format_version" not in ckpt:
         raise CheckpointError(f"{path} is not a pyro-lfbm checkpoint (no format_version entry)")
     version = ckpt["format_version"]

@@ -17,16 +17,18 @@ What the loop guarantees:
   ``skip_nonfinite=True`` the update is dropped instead and training goes on (the count per epoch is
   the history's ``nonfinite_skipped`` column; :data:`MAX_SKIPS_IN_A_ROW` in a row still stop it).
   The state written to a checkpoint is checked once more (:func:`~pyro_lfbm.train.checkpoint.find_nonfinite`).
-* **Ctrl-C resumes exactly.** While the loop runs, SIGINT only sets a flag: the current update
-  finishes, the checkpoint is written at the next batch boundary, then :class:`KeyboardInterrupt`
-  is raised. A second Ctrl-C interrupts at once; a half-done update is then discarded (the copy
-  taken before it, and its RNG state, are what gets saved). Resuming gives bit-identical parameters
-  to an uninterrupted run, and the interrupted epoch's history row is the same too.
+* **Ctrl-C and SIGTERM resume exactly.** While the loop runs, SIGINT and SIGTERM (what Slurm and
+  Kubernetes send before they kill a job) only set a flag: the current update finishes, the
+  checkpoint is written at the next batch boundary, then :class:`KeyboardInterrupt` is raised
+  (:class:`Terminated`, a subclass, after SIGTERM). A second signal interrupts at once; a half-done
+  update is then discarded (the copy taken before it, and its RNG state, are what gets saved).
+  Resuming gives bit-identical parameters to an uninterrupted run, and the interrupted epoch's
+  history row is the same too.
 * **Data-parallel runs** (a process group of several processes, :mod:`pyro_lfbm.train.distributed`):
   the trainer must be data-parallel (:class:`~pyro_lfbm.train.distributed.DataParallelSVI`, which
   :func:`~pyro_lfbm.train.svi.fit` uses there) and gets the whole global batch; every process
   starts from rank 0's state, rank 0 alone writes checkpoints and shows progress, the processes
-  agree after every batch on whether to stop (Ctrl-C, or SIGTERM from ``torchrun``), and a
+  agree after every batch on whether to stop (Ctrl-C, which ``torchrun`` passes on as SIGTERM), and a
   non-finite event raised on one process ends the run (it cannot be skipped there alone).
   ``after_step`` and ``after_epoch`` run on every process.
 * **Killed saves leave nothing behind.** Temporary files of saves killed with ``kill -9`` are
@@ -62,7 +64,8 @@ from pyro_lfbm.train.checkpoint import (
     save_checkpoint,
 )
 
-__all__ = ["History", "MAX_SKIPS_IN_A_ROW", "StepTrainer", "check_training_data", "fit_steps", "trainer_state"]
+__all__ = ["History", "MAX_SKIPS_IN_A_ROW", "StepTrainer", "Terminated", "check_training_data", "fit_steps",
+           "trainer_state"]
 
 #: With ``skip_nonfinite=True``, this many non-finite updates in a row still stop training.
 MAX_SKIPS_IN_A_ROW = 10
@@ -210,22 +213,30 @@ class _Snapshot:
         restore_rng_state(self.rng)
 
 
-class _DeferredInterrupt:
-    """While active (main thread only), the first SIGINT only sets :attr:`requested`; a second one
-    raises :class:`KeyboardInterrupt` at once. With ``sigterm`` (data-parallel runs: torchrun
-    passes Ctrl-C on to its workers as SIGTERM) SIGTERM does the same. ``announce``: print the
-    one-line notice (rank 0 only)."""
+class Terminated(KeyboardInterrupt):
+    """The run was stopped by SIGTERM (a scheduler's "stop now"), not by Ctrl-C; everything said of
+    :class:`KeyboardInterrupt` holds (the checkpoint is written first when training)."""
 
-    def __init__(self, saving: bool, sigterm: bool = False, announce: bool = True):
+
+class _DeferredInterrupt:
+    """While active (main thread only), the first SIGINT or SIGTERM only sets :attr:`requested`; a
+    second one raises at once. :meth:`exception` is what to raise: :class:`Terminated` after SIGTERM,
+    :class:`KeyboardInterrupt` after SIGINT, or after either with ``sigterm_is_ctrl_c``
+    (data-parallel runs: ``torchrun`` passes Ctrl-C on to its workers as SIGTERM). ``announce``:
+    print the one-line notice (rank 0 only). A signal set to be ignored (SIGINT under ``nohup`` or
+    ``&``) stays ignored."""
+
+    def __init__(self, saving: bool, sigterm_is_ctrl_c: bool = False, announce: bool = True):
         self.requested = False
         self.saving = saving
         self.announce = announce
-        self._signals = (signal.SIGINT, signal.SIGTERM) if sigterm else (signal.SIGINT,)
+        self.sigterm_is_ctrl_c = sigterm_is_ctrl_c
+        self.signum: Optional[int] = None
         self._previous: dict = {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            for signum in self._signals:
+            for signum in (signal.SIGINT, signal.SIGTERM):
                 current = signal.getsignal(signum)
                 # leave SIG_IGN / SIG_DFL of SIGINT alone; SIGTERM's default (die) is replaced
                 if callable(current) or (signum == signal.SIGTERM and current == signal.SIG_DFL):
@@ -233,13 +244,24 @@ class _DeferredInterrupt:
                     signal.signal(signum, self._handle)
         return self
 
+    def exception(self) -> KeyboardInterrupt:
+        if self.signum == signal.SIGTERM and not self.sigterm_is_ctrl_c:
+            return Terminated()
+        return KeyboardInterrupt()
+
     def _handle(self, signum, frame):
         if self.requested:
-            raise KeyboardInterrupt
+            raise self.exception()
         self.requested = True
+        self.signum = signum
         if self.announce:
             then = "then saving a checkpoint" if self.saving else "then stopping"
-            print(f"\nCtrl-C: finishing the current update, {then} (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+            if isinstance(self.exception(), Terminated):
+                print(f"SIGTERM: finishing the current update, {then} (a second SIGTERM stops at once)",
+                      file=sys.stderr, flush=True)
+            else:
+                print(f"\nCtrl-C: finishing the current update, {then} (Ctrl-C again to stop at once)",
+                      file=sys.stderr, flush=True)
 
     def __exit__(self, *exc):
         for signum, previous in self._previous.items():
@@ -275,7 +297,7 @@ def fit_steps(
     :param mask: optional per-example masks, same shape as ``x``; each batch is then passed as
         ``trainer.step(x_batch, mask_batch)`` (every image keeps its own mask).
     :param device: where batches are moved (default: stay where ``x`` is).
-    :param checkpoint_path: checkpoint file (written after each epoch and on Ctrl-C).
+    :param checkpoint_path: checkpoint file (written after each epoch and on Ctrl-C or SIGTERM).
     :param resume: continue from ``checkpoint_path`` when it exists (callers that must not start
         over silently check for the file first).
     :param config: saved with the checkpoint; on resume the entries named in ``config_keys``
@@ -289,7 +311,8 @@ def fit_steps(
     :raises ValueError: ``epochs`` < 1, fewer than ``batch_size`` examples, or a mask of another shape.
     :raises CheckpointError: the checkpoint does not fit, or has more epochs than ``epochs``.
     :raises FloatingPointError: a non-finite update (the trainer is left in its state before it).
-    :raises KeyboardInterrupt: after Ctrl-C, once the checkpoint is written.
+    :raises KeyboardInterrupt: after Ctrl-C, once the checkpoint is written (:class:`Terminated`
+        after SIGTERM).
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
@@ -361,7 +384,7 @@ def fit_steps(
             "(skip_nonfinite=True, --skip-nonfinite)"
         )
 
-    with _DeferredInterrupt(saving=checkpoint_path is not None, sigterm=world is not None, announce=main) as interrupt, \
+    with _DeferredInterrupt(saving=checkpoint_path is not None, sigterm_is_ctrl_c=world is not None, announce=main) as interrupt, \
             warnings.catch_warnings():
         # Pyro warns "Encountered NaN: loss" before the guard reports the same thing in one line
         warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
@@ -437,7 +460,7 @@ def fit_steps(
                 bar.close()
             if interrupt.requested:
                 save(position, None, sums, count, earlier + time.perf_counter() - started, skipped)
-                raise KeyboardInterrupt
+                raise interrupt.exception()
             seconds = earlier + time.perf_counter() - started
             row = {"epoch": epoch + 1, **{k: v / max(count, 1) for k, v in sums.items()}, "seconds": seconds,
                    "examples_per_second": count * batch_size / max(seconds, 1e-9)}
@@ -452,5 +475,5 @@ def fit_steps(
             if world is not None:
                 interrupt.requested = distributed.any_process(interrupt.requested)
             if interrupt.requested:
-                raise KeyboardInterrupt
+                raise interrupt.exception()
     return history

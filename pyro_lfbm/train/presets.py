@@ -17,17 +17,25 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from pyro_lfbm.models import LatentModel
-from pyro_lfbm.nets import make_encoder, make_generator
+from pyro_lfbm.models import HierarchicalLatentModel, LatentModel
+from pyro_lfbm.nets import HierarchicalMNISTGenerator, make_encoder, make_generator
 from pyro_lfbm.priors import EnergyPrior, FlowPrior, GaussianPrior, LatentPrior
 from pyro_lfbm.train.svi import OptimConfig
 
 PRIORS = ("flow", "gaussian", "ebm")
 
+#: ``"latent"``: :class:`~pyro_lfbm.models.LatentModel` (one latent vector at the top of the
+#: generator); ``"hierarchical"``: :class:`~pyro_lfbm.models.HierarchicalLatentModel` (latents at
+#: three generator layers, the prior over their concatenation).
+MODELS = ("latent", "hierarchical")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Everything needed to rebuild a :class:`~pyro_lfbm.models.LatentModel`."""
+    """Everything needed to rebuild a :class:`~pyro_lfbm.models.LatentModel`, or with ``layer_dims``
+    (d₁, d₂, d₃) a :class:`~pyro_lfbm.models.HierarchicalLatentModel` whose
+    :class:`~pyro_lfbm.nets.HierarchicalMNISTGenerator` takes z₁ at the top and z₂, z₃ at the 7×7
+    and 14×14 maps (MNIST shape only; ``latent_dim`` must be d₁ + d₂ + d₃, the prior's dimension)."""
 
     prior: str = "flow"
     image_shape: Tuple[int, int, int] = (1, 28, 28)
@@ -41,6 +49,7 @@ class ModelConfig:
     ebm_hidden: int = 200
     ebm_prior_steps: int = 60
     ebm_prior_step_size: float = 0.4
+    layer_dims: Tuple[int, ...] = ()
 
     def check(self) -> "ModelConfig":
         """Raise a one-line ``ValueError`` naming the first field with an impossible value; returns self."""
@@ -56,6 +65,14 @@ class ModelConfig:
             _check_positive(name, getattr(self, name))
         if not isinstance(self.batch_norm, bool):
             raise ValueError(f"batch_norm must be true or false, got {self.batch_norm!r}")
+        if self.layer_dims:
+            dims = tuple(self.layer_dims)
+            if len(dims) != 3 or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dims):
+                raise ValueError(f"layer_dims must be three positive integers (top, 7x7, 14x14), got {self.layer_dims!r}")
+            if sum(dims) != self.latent_dim:
+                raise ValueError(f"latent_dim ({self.latent_dim}) must be the sum of layer_dims {dims} ({sum(dims)})")
+            if shape != (1, 28, 28):
+                raise ValueError(f"the hierarchical generator is for (1, 28, 28) images, got image_shape {shape}")
         return self
 
     def build_prior(self) -> LatentPrior:
@@ -72,7 +89,16 @@ class ModelConfig:
             )
         raise ValueError(f"unknown prior {self.prior!r}; choose one of {', '.join(PRIORS)}")
 
+    def latent_sites(self) -> Tuple[str, ...]:
+        """The model's latent Pyro sites: ``("z",)``, or ``("z1", "z2", "z3")`` with ``layer_dims``."""
+        return tuple(f"z{i + 1}" for i in range(len(self.layer_dims))) if self.layer_dims else ("z",)
+
     def build(self) -> LatentModel:
+        if self.layer_dims:
+            dims = tuple(self.layer_dims)
+            generator = HierarchicalMNISTGenerator(dims, **self._net_kwargs())
+            return HierarchicalLatentModel(self.build_prior(), generator, sigma=self.sigma, latent_dims=dims,
+                                           site_names=self.latent_sites())
         generator = make_generator(tuple(self.image_shape), self.latent_dim, **self._net_kwargs())
         return LatentModel(self.build_prior(), generator, sigma=self.sigma)
 
@@ -166,6 +192,20 @@ class Preset:
         """The same preset trained with another guide (``"langevin"``, ``"encoder"``, ``"hybrid"``)."""
         return replace(self, guide=replace(self.guide, kind=kind, **settings).check())
 
+    def with_model(self, model: str) -> "Preset":
+        """The same preset as a ``"latent"`` or ``"hierarchical"`` model. The hierarchical one keeps the
+        preset's latent size for the top layer z₁ and adds z₂ and z₃ of half that size each (20 → (20, 10, 10))."""
+        if model not in MODELS:
+            raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
+        config = self.model
+        if model == "latent":
+            if config.layer_dims:
+                config = replace(config, layer_dims=(), latent_dim=config.layer_dims[0])
+        elif not config.layer_dims:
+            top, lower = config.latent_dim, max(1, config.latent_dim // 2)
+            config = replace(config, layer_dims=(top, lower, lower), latent_dim=top + 2 * lower)
+        return replace(self, model=config)
+
     def with_epochs(self, epochs: Optional[int]) -> "Preset":
         """The preset with ``learn.epochs`` replaced (``None`` keeps it)."""
         if epochs is None:
@@ -177,6 +217,8 @@ class Preset:
         """``{"model": ..., "learn": ...}`` (plus ``"guide"`` when it is not the default Langevin guide,
         so that the checkpoint names and configs of Langevin runs stay those of earlier versions)."""
         out = {"model": asdict(self.model), "learn": asdict(self.learn)}
+        if not self.model.layer_dims:  # (configs of one-layer models stay those of earlier versions)
+            del out["model"]["layer_dims"]
         if self.guide != GuideConfig():
             out["guide"] = asdict(self.guide)
         return out
@@ -214,13 +256,15 @@ def _tiny() -> Preset:
 PRESETS = {"paper": _paper, "cpu": _cpu, "tiny": _tiny}
 
 
-def get_preset(name: str, prior: str = "flow", guide: str = "langevin") -> Preset:
-    """The named preset (``paper``, ``cpu`` or ``tiny``) for ``prior`` and the training ``guide``.
+def get_preset(name: str, prior: str = "flow", guide: str = "langevin", model: str = "latent") -> Preset:
+    """The named preset (``paper``, ``cpu`` or ``tiny``) for ``prior``, the training ``guide`` and the ``model``.
 
     ``get_preset("cpu", "flow", "encoder")`` is LFBM-VAE, ``get_preset("cpu", "gaussian", "encoder")``
-    a VAE, ``get_preset("cpu", "flow", "hybrid")`` LFBM-hybrid.
+    a VAE, ``get_preset("cpu", "flow", "hybrid")`` LFBM-hybrid. ``model="hierarchical"``
+    (:meth:`Preset.with_model`) makes each of them hierarchical: with the encoder guide and the
+    flow prior it is this project's hierarchical-VAE baseline (a mean-field encoder over the layers).
     """
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    preset = PRESETS[name]().with_prior(prior)
+    preset = PRESETS[name]().with_prior(prior).with_model(model)
     return preset if guide == "langevin" else preset.with_guide(guide)

@@ -29,7 +29,7 @@ import pyro
 import torch
 
 from pyro_lfbm.infer import EncoderGuide, HybridGuide, LangevinGuide
-from pyro_lfbm.infer.accelerate import FusedLangevinGuide
+from pyro_lfbm.infer.accelerate import FusedLangevinGuide, has_fused_chain
 from pyro_lfbm.models import LatentModel
 from pyro_lfbm.train.loop import History
 from pyro_lfbm.train.presets import Preset
@@ -79,8 +79,12 @@ class Recipe:
 
 
 def build_encoder_guide(preset: Preset, device: torch.device | str = "cpu") -> EncoderGuide:
-    """An :class:`~pyro_lfbm.infer.EncoderGuide` whose encoder mirrors the preset's generator."""
-    return EncoderGuide(preset.model.build_encoder()).to(device)
+    """An :class:`~pyro_lfbm.infer.EncoderGuide` whose encoder mirrors the preset's generator (for a
+    hierarchical model: one encoder over the concatenated layers, one Gaussian site per layer)."""
+    config = preset.model
+    if config.layer_dims:
+        return EncoderGuide(config.build_encoder(), site=config.latent_sites(), sizes=tuple(config.layer_dims)).to(device)
+    return EncoderGuide(config.build_encoder()).to(device)
 
 
 def build(preset: Preset, *, device: torch.device | str = "cpu", loss: Optional[pyro.infer.ELBO] = None,
@@ -99,7 +103,7 @@ def build(preset: Preset, *, device: torch.device | str = "cpu", loss: Optional[
     learn, kind = preset.learn, preset.guide.kind
     model = preset.model.build().to(device)
     encoder_guide = build_encoder_guide(preset, device) if kind in ("encoder", "hybrid") else None
-    if kind == "langevin" and compile_chain:
+    if kind == "langevin" and compile_chain and has_fused_chain(model):
         guide = FusedLangevinGuide(model, num_steps=learn.num_steps, step_size=learn.step_size)
     elif kind == "langevin":
         guide = LangevinGuide(model, num_steps=learn.num_steps, step_size=learn.step_size)
