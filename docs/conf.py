@@ -70,7 +70,9 @@ sphinx_gallery_conf = {
     "download_all_examples": False,
     "remove_config_comments": True,
     "abort_on_example_error": True,
-    "plot_gallery": "True",
+    # PYRO_LFBM_DOCS_RUN=0: render the tutorials without running them (a quick check of the pages;
+    # without -W, as sphinx-gallery then warns that nothing ran)
+    "plot_gallery": "False" if os.environ.get("PYRO_LFBM_DOCS_RUN") == "0" else "True",
     "min_reported_time": 1,
     "show_memory": False,
     "matplotlib_animations": False,

@@ -15,8 +15,10 @@ probability that measures the discretisation error, divergences and what the lib
 them, the adaptive default ``step_size="auto"`` of :class:`~pyro_lfbm.infer.LangevinGuide`, and
 unadjusted Langevin (ULA) against MALA in :class:`~pyro_lfbm.infer.LangevinKernel`.
 
-(The samplers available today are the Langevin move, its MALA test and the kernel; the tutorial
-uses only these.)
+The chains take other moves as plug-ins (``LangevinGuide(model, sampler=...)`` with
+:class:`~pyro_lfbm.infer.ULA`, :class:`~pyro_lfbm.infer.MALA` and the samplers of
+:mod:`pyro_lfbm.infer.samplers`); this tutorial uses the default, unadjusted move, and MALA
+through the kernel.
 """
 
 # %%
