@@ -56,18 +56,21 @@ def save_ranked_grid(images: torch.Tensor, score: torch.Tensor, path: Path, coun
 
 
 def plot_auprc_against_epochs(table, path: Path, title: str = "") -> None:
-    """AUPRC against training epochs, one panel per held-out digit, one line per (BatchNorm mode, score).
+    """AUPRC against training epochs, one panel per held-out digit, one line per (BatchNorm mode, score):
+    a colour per score, dashed for running statistics (eval), solid for batch statistics (train).
 
     :param table: a :class:`pandas.DataFrame` with columns heldout, epochs, batchnorm, score, auprc
         (more than one row per point, e.g. several seeds, is averaged).
     """
     digits = sorted(table.heldout.unique())
     fig, axes = plt.subplots(1, len(digits), figsize=(4.5 * len(digits), 3.6), squeeze=False, sharey=True)
+    colours = {score: plt.cm.tab10(i % 10) for i, score in enumerate(table.score.unique())}
     for ax, digit in zip(axes[0], digits):
         rows = table[table.heldout == digit]
         for (mode, score), line in rows.groupby(["batchnorm", "score"]):
             mean = line.groupby("epochs").auprc.mean()
-            ax.plot(mean.index, mean.values, marker="o", ls="-" if mode == "train" else "--", label=f"{score}, BN {mode}")
+            ax.plot(mean.index, mean.values, marker="o", color=colours[score], ls="-" if mode == "train" else "--",
+                    label=f"{score}, BN {mode}")
         ax.set(title=f"held-out {digit}", xlabel="epochs", ylabel="AUPRC")
     axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
     fig.suptitle(title)
