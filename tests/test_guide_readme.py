@@ -1,5 +1,5 @@
-"""Every code block of the README sections "Using your own Pyro model" and "The API in 20 lines" runs,
-in order, as written."""
+"""Every code block of the user-guide page "Using your own Pyro model" (docs/guide/own_model.md, once a
+README section) and of the README section "The API in 20 lines" runs, in order, as written."""
 
 import re
 from pathlib import Path
@@ -7,28 +7,29 @@ from pathlib import Path
 import pyro
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-SECTION = "## Using your own Pyro model"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+OWN_MODEL = ROOT / "docs" / "guide" / "own_model.md"
 
 
-def section_code_blocks(title: str = SECTION):
-    text = README.read_text()
+def section_code_blocks(title: str, path: Path = README):
+    text = path.read_text()
     start = text.index(title)
     end = text.find("\n## ", start + len(title))
     section = text[start : end if end >= 0 else len(text)]
     return re.findall(r"```python\n(.*?)```", section, flags=re.S)
 
 
-def test_readme_section_snippets_run(capsys):
-    blocks = section_code_blocks()
+def test_own_model_page_snippets_run(capsys):
+    blocks = re.findall(r"```python\n(.*?)```", OWN_MODEL.read_text(), flags=re.S)  # the whole page
     assert len(blocks) >= 5
     pyro.set_rng_seed(0)
     namespace = {}
     for number, block in enumerate(blocks, 1):
         try:
-            exec(compile(block, f"README '{SECTION[3:]}' block {number}", "exec"), namespace)
+            exec(compile(block, f"docs/guide/own_model.md block {number}", "exec"), namespace)
         except Exception as err:  # name the failing block
-            raise AssertionError(f"README block {number} failed: {err!r}\n{block}") from err
+            raise AssertionError(f"docs/guide/own_model.md block {number} failed: {err!r}\n{block}") from err
 
 
 @pytest.mark.slow

@@ -181,6 +181,7 @@ class CompiledLangevin:
     :param str mode: ``torch.compile`` mode; ``None`` picks ``"reduce-overhead"`` (CUDA graphs) on a
         CUDA model and the default mode on the CPU.
     :param str label: a name for :func:`compile_times`.
+
     If compiling fails (no C++ compiler for inductor, an operation it cannot trace), the chain
     warns once (``RuntimeWarning``), keeps the reason in ``compile_error`` and runs eagerly.
 
@@ -366,8 +367,10 @@ class FusedLangevinGuide(LangevinGuide):
 
     :param model: a LatentModel.
     :param bool compile: compile the value-and-gradient evaluation (see :class:`CompiledLangevin`).
-    :param str backend: ``torch.compile`` backend. :param str mode: ``torch.compile`` mode.
+    :param str backend: ``torch.compile`` backend.
+    :param str mode: ``torch.compile`` mode.
     :param bool native_order: see :class:`CompiledLangevin`.
+
     Other arguments: those of :class:`~pyro_lfbm.infer.LangevinGuide`.
     """
 

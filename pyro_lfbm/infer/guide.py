@@ -102,7 +102,7 @@ class LangevinGuide(torch.nn.Module):
     (as :class:`~pyro_lfbm.models.LatentModel` does) it is used directly (fast path); otherwise
     the log joint comes from Pyro traces (:func:`~pyro_lfbm.infer.trace_log_joint.log_joint_terms`).
 
-    What it supports (see the README section "Using your own Pyro model"):
+    What it supports (see the user guide, "Using your own Pyro model", ``docs/guide/own_model.md``):
 
     - **Subsampling.** A plate with ``subsample_size`` draws its minibatch once per guide call;
       every step of the chain sees those indices, and the guide emits the plate with
@@ -332,7 +332,7 @@ class LangevinGuide(torch.nn.Module):
                 f"latent site(s) {names} are outside the data plate '{sites.plate.name}' (global latents); "
                 "LangevinGuide moves local latents only. Give the globals their own guide: "
                 f"LangevinGuide(model, global_guide=AutoNormal(poutine.block(model, expose={names}))) "
-                "(see the README, 'Using your own Pyro model'), or use LangevinKernel with MCMC"
+                "(see docs/guide/own_model.md), or use LangevinKernel with MCMC"
             )
         return sites
 

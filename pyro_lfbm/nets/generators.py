@@ -67,17 +67,20 @@ class ImageGenerator(nn.Module):
         return tuple(self.image_shape)
 
     def to_native_order(self, images: torch.Tensor) -> torch.Tensor:
-        """Images (..., C, H, W) → the same pixels in native order, (..., *native_shape)."""
+        """Images (..., C, H, W) → the same pixels in native order, ``(..., *native_shape)``."""
         return images
 
     def decode_native(self, z: torch.Tensor) -> torch.Tensor:
-        """z (N, latent_dim) → ``to_native_order(decode(z))``, shape (N, *native_shape)."""
+        """z (N, latent_dim) → ``to_native_order(decode(z))``, shape ``(N, *native_shape)``."""
         return self.decode(z)
 
     def forward(self, z: torch.Tensor, *, native_order: bool = False) -> torch.Tensor:
-        """:param z: shape (..., latent_dim). :param native_order: return the pixels in the
-        generator's native order (see :meth:`to_native_order`).
-        :returns: images, shape (..., C, H, W) (or (..., *native_shape)), in [-1, 1]."""
+        """Decode latents into images.
+
+        :param z: shape (..., latent_dim).
+        :param native_order: return the pixels in the generator's native order (see :meth:`to_native_order`).
+        :returns: images, shape (..., C, H, W) (or ``(..., *native_shape)``), in [-1, 1].
+        """
         if z.dim() < 1 or z.shape[-1] != self.latent_dim:
             raise ValueError(f"expected z of shape (..., {self.latent_dim}), got {tuple(z.shape)}")
         batch_shape = z.shape[:-1]

@@ -190,8 +190,11 @@ class FlowPrior(LatentPrior):
         self.flow = ComposeTransformModule(parts)
 
     def dist(self) -> dist.Distribution:
-        """:returns: ``TransformedDistribution(N(0, I), [flow.inv])``, event shape ``(latent_dim,)``
-        (a :class:`FlowDistribution`, whose ``log_prob`` is the single pass of :meth:`log_prob`)."""
+        """The prior as a Pyro distribution.
+
+        :returns: ``TransformedDistribution(N(0, I), [flow.inv])``, event shape ``(latent_dim,)``
+            (a :class:`FlowDistribution`, whose ``log_prob`` is the single pass of :meth:`log_prob`).
+        """
         return FlowDistribution(self)
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:

@@ -71,6 +71,7 @@ def inpaint(
     """K completions of each image of x (N, C, H, W) with mask (N or 1, C, H, W); returns (N, K, C, H, W).
 
     :param start: ``"prior"`` starts each chain from z₀ ~ p_α(z) (the paper), ``"normal"`` from N(0, I).
+
     Observed pixels of every completion equal those of x exactly.
     """
     if num_completions < 1:

@@ -218,7 +218,7 @@ def process_group(device: torch.device | str = "cpu", timeout: Optional[float] =
     except (ValueError, RuntimeError) as err:
         text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DistributedError(f"could not join the process group of {env.size} processes as rank {env.rank}: {text}; "
-                               "start the script with torchrun (see the README, 'More than one process or machine')") from None
+                               "start the script with torchrun (see docs/guide/distributed.md)") from None
     try:
         yield current()
     except RuntimeError as err:

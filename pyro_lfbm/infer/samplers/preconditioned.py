@@ -51,8 +51,11 @@ Latents = Dict[str, torch.Tensor]
 
 
 class PreconditionedState(NamedTuple):
-    """:ivar second_moment: {site: V}, the running second moment of the gradient (same shapes as the
-    sites); None with a fixed preconditioner."""
+    """The chain state of :class:`PreconditionedLangevin`.
+
+    :ivar second_moment: {site: V}, the running second moment of the gradient (same shapes as the
+        sites); None with a fixed preconditioner.
+    """
 
     position: Latents
     log_density: Optional[torch.Tensor] = None

@@ -10,7 +10,7 @@ step h = ``step_size`` and friction γ, c = exp(-γh/2), one step is
 - O: p ← c p + √(1 - c²) ξ₂.
 
 ``adjust=True`` tests the BAB part with Metropolis-Hastings, α = exp(H(z, p) - H(z', p')) with
-H = -log p(z) + |p|²/2, and on rejection flips the momentum (p ← -p, then the last O): Horowitz's
+H = -log p(z) + ``|p|²/2``, and on rejection flips the momentum (p ← -p, then the last O): Horowitz's
 generalised HMC (A. M. Horowitz (1991), "A generalized guided Monte Carlo algorithm", Phys. Lett. B
 268(2), 247-252), exact for p(z) N(p; 0, I) for every h and γ. Unadjusted, every finite proposal
 is taken (a divergent row keeps its position, its momentum flipped), and the info reports the
