@@ -100,7 +100,7 @@ def test_presets_are_frozen_and_langevin_presets_keep_their_checkpoint_names():
         preset.model.latent_dim = 4
     assert "guide" not in preset.to_dict()                   # configs and run tags of Langevin runs unchanged
     vae = get_preset("tiny", "flow", "encoder")
-    assert vae.to_dict()["guide"]["kind"] == "encoder" and run_tag(vae, {}) != run_tag(preset, {})
+    assert vae.to_dict()["guide"] == {"kind": "encoder", "hybrid_steps": 5} and run_tag(vae, {}) != run_tag(preset, {})
     assert preset.with_epochs(3).learn.epochs == 3 and preset.with_epochs(None) is preset
     with pytest.raises(ValueError, match="unknown guide"):
         get_preset("tiny", "flow", "amortised")

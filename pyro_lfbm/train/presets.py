@@ -229,6 +229,8 @@ class Preset:
             del out["model"]["layer_dims"]
         if self.guide != GuideConfig():
             out["guide"] = asdict(self.guide)
+            if self.guide.sampler == "ula":  # (configs of encoder and hybrid runs stay those of earlier versions)
+                del out["guide"]["sampler"]
         return out
 
     def check(self) -> "Preset":
