@@ -41,6 +41,7 @@ from pyro_lfbm.harness.anomaly_experiment import (
     run_variant,
     save_anomaly_run,
 )
+from pyro_lfbm.infer.samplers import SAMPLER_NAMES
 from pyro_lfbm.train.presets import GUIDES, MODELS, PRIORS, ModelConfig
 
 
@@ -56,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "amortized Gaussian encoder: LFBM-VAE; with --model hierarchical the hierarchical-VAE "
                              "baseline) or hybrid (Langevin from the encoder mean); test chains start at the encoder "
                              "mean for encoder and hybrid")
+    parser.add_argument("--sampler", choices=SAMPLER_NAMES, default="ula",
+                        help="the training chain's sampler (langevin guide): ula (the paper), preconditioned (pSGLD's "
+                             "diagonal) or underdamped (OBABO); one gradient evaluation per step each")
     parser.add_argument("--test-steps", type=cli.positive_int, default=None, help="test-time Langevin steps (paper: 400)")
     parser.add_argument("--test-batch-size", type=cli.positive_int, default=None,
                         help="images per scoring batch (cpu preset: 500; the official code: 100)")
@@ -87,6 +91,7 @@ def run_config(args: argparse.Namespace) -> AnomalyRunConfig:
         resume=args.resume, eval_only=args.eval_only, progress=not args.no_progress, sigma=args.sigma, lr=args.lr,
         model_overrides=cli.parse_overrides(args.overrides, ModelConfig(), refused=("prior", "image_shape", "sigma", "layer_dims")),
         skip_nonfinite=args.skip_nonfinite, chain=args.chain or default_chain(args.model), model=args.model, guide=args.guide,
+        sampler=args.sampler,
     )
     anomaly_preset(cfg)
     cli.refuse_finished_run(Path(args.out) / run_folder_name(cfg.heldout, cfg.prior, cfg.seed, run_variant(cfg)), "run.json",

@@ -298,3 +298,45 @@ def test_png_code_length_orders_images_by_complexity():
     assert lengths[2] > 784 * 8 * math.log(2)
     with pytest.raises(ValueError, match="shape"):
         png_code_length(torch.zeros(3, 28, 28))
+
+
+def test_the_sampler_option_reaches_the_training_guide_and_names_its_runs(tmp_path):
+    from pyro_lfbm.harness.anomaly_experiment import anomaly_preset, checkpoint_name, run_folder_name, run_variant
+    from pyro_lfbm.train import build
+    from pyro_lfbm.infer.samplers.underdamped import UnderdampedLangevin
+    from tests.conftest import experiment_script
+
+    anomaly = experiment_script("anomaly")
+
+    def config(*args):
+        return anomaly.run_config(anomaly.build_parser().parse_args(["--preset", "tiny", "--out", str(tmp_path), *args]))
+
+    cfg = config("--sampler", "underdamped")
+    assert run_folder_name(7, "flow", 1, run_variant(cfg)) == "heldout7-flow-underdamped-seed1"
+    assert checkpoint_name(cfg) == "lfbm-flow-underdamped-heldout7-seed1-tiny.pt"
+    assert checkpoint_name(config()) == "lfbm-flow-heldout7-seed1-tiny.pt"  # ULA runs keep their names
+    preset = anomaly_preset(cfg)
+    assert preset.guide.sampler == "underdamped"
+    assert isinstance(build(preset, compile_chain=True).guide.sampler, UnderdampedLangevin)
+    with pytest.raises(SystemExit):
+        config("--sampler", "hmc")
+    with pytest.raises(Exception, match="option of the langevin guide"):
+        config("--sampler", "underdamped", "--guide", "encoder")
+
+
+def test_sampler_comparison_tiny_run_trains_one_model_per_sampler(tmp_path):
+    from tests.conftest import experiment_script
+
+    root = require_mnist()
+    script = experiment_script("compare_samplers")
+    args = script.build_parser().parse_args([
+        "--samplers", "ula", "underdamped", "--preset", "tiny", "--epochs", "1", "--limit-train", "100",
+        "--limit-test", "40", "--iwae-images", "4", "--iwae-particles", "3", "--chain", "eager", "--no-progress",
+        "--device", "cpu", "--data-root", str(root), "--out", str(tmp_path)])
+    table = script.main(args)
+    assert list(table.sampler) == ["ula", "underdamped"] and (table.iwae_images == 4).all()
+    assert table.auprc.between(0, 1).all() and table.iwae_log_px.map(math.isfinite).all()
+    assert table.iwae_log_px.nunique() == 2  # two different trained models
+    assert pd.read_csv(tmp_path / "samplers.csv").command.str.startswith("python ").all()
+    names = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.pt"))
+    assert names == ["lfbm-flow-heldout3-seed1-tiny.pt", "lfbm-flow-underdamped-heldout3-seed1-tiny.pt"]

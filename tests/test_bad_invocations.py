@@ -116,6 +116,17 @@ CASES = [
     ("guide_step_size", ["--steps", "0.1", "fast"], 2, "--steps"),
     ("guide_step_size", ["--target", "1.5"], 2, "--target"),
     ("guide_step_size", ["--epochs", "0"], 2, "--epochs"),
+    # anomaly_decision.py
+    ("anomaly_decision", ["{tmp}/no-such-run"], 2, "not a finished anomaly run"),
+    ("anomaly_decision", ["{tmp}/done/heldout7-flow-seed1"], 2, "no scores.pt"),
+    # compare_samplers.py
+    ("compare_samplers", ["--samplers", "hmc"], 2, "--samplers"),
+    ("compare_samplers", ["--heldout", "10"], 2, "digit 0-9"),
+    ("compare_samplers", ["--iwae-particles", "0"], 2, "--iwae-particles"),
+    ("compare_samplers", ["--limit-train", "10", *TINY], 2, "--limit-train 10"),
+    ("compare_samplers", ["--out", "{file}", *TINY], 2, "--out"),
+    ("compare_samplers", ["--data-root", "{tmp}/no-data-here", *TINY], 2, "--data-root"),
+    ("compare_samplers", ["--resume", *TINY], 2, "no checkpoint to resume"),
 ]
 
 
@@ -167,7 +178,7 @@ def test_bad_invocation_is_one_line_and_leaves_nothing(folder, capsys, name, arg
     assert tree(folder) == before  # no file, no folder, no checkpoint, no claim left behind
 
 
-SCRIPTS = {"anomaly", "anomaly_table", "compare_inference", "coopflow", "generation_table", "glf", "guide_step_size",
+SCRIPTS = {"anomaly", "anomaly_decision", "anomaly_table", "compare_inference", "compare_samplers", "coopflow", "generation_table", "glf", "guide_step_size",
            "inpainting", "recovery", "recovery_table", "synthesis"}
 
 

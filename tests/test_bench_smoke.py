@@ -52,3 +52,29 @@ def test_step_benchmark_latent_dim_option_overrides_the_preset():
     bench = experiment_script("bench_langevin")
     model = bench.build_model("cpu", 7, bench.torch.device("cpu"), train=False)
     assert model.latent_dim == 7 and not model.training
+
+
+def test_user_model_benchmark_smoke_writes_its_table(tmp_path):
+    bench = experiment_script("bench_user_models")
+    bench.main(bench.parse_args(["--smoke", "--out", str(tmp_path)]))
+    table = pd.read_csv(tmp_path / "user_models.csv")
+    assert set(zip(table.model, table.method)) == {(m, k) for m in ("sequential", "digits")
+                                                   for k in ("handwritten", "eager", "compiled")}
+    assert {"ms_per_step", "speedup_vs_handwritten", "speedup_vs_eager", "cpu", "threads"} <= set(table.columns)
+    assert (table.ms_per_step > 0).all() and table.cpu.str.contains("CPUs").all()
+    assert (table[table.method == "eager"].speedup_vs_eager == 1).all()
+    env = pd.read_csv(tmp_path / "environment_user_models.csv", index_col=0)["value"]
+    assert env["command"].startswith("python ")
+
+
+def test_user_model_benchmark_handwritten_log_joint_is_the_pyro_models():
+    """The hand-written loop targets the same density as the guides: its log joint is the Pyro model's."""
+    bench = experiment_script("bench_user_models")
+    for name in ("sequential", "digits"):
+        user = bench.UserModel(name, seed=0)
+        x = user.data(3, seed=1)
+        z = bench.torch.randn(3, user.latent_dim)
+        trace = bench.pyro.poutine.trace(bench.pyro.poutine.condition(user.model, data={"z": z})).get_trace(x)
+        trace.compute_log_prob()
+        expected = trace.nodes["z"]["log_prob"] + trace.nodes["x"]["log_prob"]
+        bench.torch.testing.assert_close(user.log_joint(x, z), expected)

@@ -100,7 +100,7 @@ def test_presets_are_frozen_and_langevin_presets_keep_their_checkpoint_names():
         preset.model.latent_dim = 4
     assert "guide" not in preset.to_dict()                   # configs and run tags of Langevin runs unchanged
     vae = get_preset("tiny", "flow", "encoder")
-    assert vae.to_dict()["guide"]["kind"] == "encoder" and run_tag(vae, {}) != run_tag(preset, {})
+    assert vae.to_dict()["guide"] == {"kind": "encoder", "hybrid_steps": 5} and run_tag(vae, {}) != run_tag(preset, {})
     assert preset.with_epochs(3).learn.epochs == 3 and preset.with_epochs(None) is preset
     with pytest.raises(ValueError, match="unknown guide"):
         get_preset("tiny", "flow", "amortised")
@@ -122,3 +122,44 @@ def test_build_with_a_compiled_chain_gives_the_fused_guide_for_langevin_recipes_
         encoder = build(replace(get_preset("tiny", "flow"), guide=replace(get_preset("tiny", "flow").guide, kind="encoder")),
                         compile_chain=True)
     assert isinstance(encoder.guide, EncoderGuide)
+
+
+@pytest.mark.parametrize("sampler", ["preconditioned", "underdamped"])
+def test_a_langevin_preset_with_another_sampler_is_its_hand_written_svi_run(sampler):
+    from pyro_lfbm.infer.samplers import sampler_by_name
+
+    preset = get_preset("tiny", "flow").with_guide("langevin", sampler=sampler)
+    preset = replace(preset, learn=replace(preset.learn, batch_size=20, epochs=1, num_steps=2))
+    assert preset.to_dict()["guide"]["sampler"] == sampler  # checkpoints record it (and refuse a ULA run's)
+    x = blobs(40)
+    pyro.clear_param_store()
+    torch.manual_seed(3)
+    expected = preset.model.build()
+    guide = LangevinGuide(expected, num_steps=2, step_size=preset.learn.step_size, sampler=sampler_by_name(sampler))
+    svi = SVI(expected, guide, preset.learn.optim.build(), Trace_ELBO())
+    order = torch.randperm(40, generator=torch.Generator().manual_seed(3 * 100_003))
+    for b in range(2):
+        svi.step(x[order[b * 20:(b + 1) * 20]])
+    ula = None
+    for name in (sampler, "ula"):
+        p = preset if name == sampler else get_preset("tiny", "flow")
+        p = replace(p, learn=replace(p.learn, batch_size=20, epochs=1, num_steps=2))
+        with isolated(seed=3):
+            recipe = build(p)
+            train_recipe(recipe, x, seed=3, progress=False)
+        if name == sampler:
+            assert type(recipe.guide.sampler) is type(sampler_by_name(sampler))
+            for (key, got), (_, want) in zip(recipe.model.state_dict().items(), expected.state_dict().items()):
+                assert torch.equal(got, want), key
+            trained = recipe.model
+        else:
+            assert recipe.guide.sampler is None
+            ula = recipe.model
+    assert any(not torch.equal(a, b) for a, b in zip(trained.state_dict().values(), ula.state_dict().values()))
+
+
+def test_the_sampler_option_is_checked_in_one_line():
+    with pytest.raises(ValueError, match="unknown sampler 'hmc'; choose one of ula, preconditioned, underdamped"):
+        get_preset("tiny", "flow").with_guide("langevin", sampler="hmc")
+    with pytest.raises(ValueError, match="option of the langevin guide"):
+        get_preset("tiny", "flow").with_guide("encoder", sampler="underdamped")

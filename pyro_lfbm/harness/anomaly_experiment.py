@@ -47,6 +47,7 @@ class AnomalyRunConfig:
     chain: str = "compiled"
     model: str = "latent"
     guide: str = "langevin"
+    sampler: str = "ula"
 
 
 #: What a checkpoint must agree on to be resumed or scored: the model config and, for the encoder and
@@ -60,9 +61,10 @@ RUN_FILES = ("metrics.csv", "history.csv", "scores.pt", "precision_recall.png", 
 
 def run_variant(cfg: AnomalyRunConfig) -> str:
     """The model and guide of a run when not the default LFBM (``"hierarchical"``, ``"encoder"``,
-    ``"hierarchical-encoder"``, ...; ``""`` for ``--model latent --guide langevin``): part of its
+    ``"hierarchical-encoder"``, ``"underdamped"``, ...; ``""`` for ``--model latent --guide langevin --sampler ula``): part of its
     folder and checkpoint names, so that runs of different models never share them."""
-    return "-".join(part for part, default in ((cfg.model, "latent"), (cfg.guide, "langevin")) if part != default)
+    parts = ((cfg.model, "latent"), (cfg.guide, "langevin"), (cfg.sampler, "ula"))
+    return "-".join(part for part, default in parts if part != default)
 
 
 def run_folder_name(heldout: int, prior: str, seed: int, variant: str = "") -> str:
@@ -85,6 +87,8 @@ def anomaly_preset(cfg: AnomalyRunConfig):
     """
     try:
         preset = get_preset(cfg.preset, cfg.prior, cfg.guide, cfg.model)
+        if cfg.sampler != "ula":
+            preset = preset.with_guide(preset.guide.kind, sampler=cfg.sampler)
     except ValueError as err:
         raise UsageError(str(err)) from None
     model, learn = preset.model, preset.learn

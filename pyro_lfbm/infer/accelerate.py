@@ -5,8 +5,8 @@ builds Pyro distribution objects at every step and lets autograd record every sm
 This module computes the same numbers with fewer, larger kernels:
 
 - :func:`fused_log_joint` is ``model.log_joint`` as plain tensor code: the prior's log density
-  without transform or distribution objects (:func:`~pyro_lfbm.priors.flow.flow_forward`,
-  :func:`~pyro_lfbm.priors.gaussian.standard_normal_log_prob`), the generator, and the Gaussian
+  without transform or distribution objects (each prior's own
+  :meth:`~pyro_lfbm.priors.base.LatentPrior.tensor_log_prob_fn`), the generator, and the Gaussian
   pixel likelihood written out with the same element-wise expression as
   ``Normal(g(z), σ).mask(m).to_event(3).log_prob(x)``;
 - :class:`CompiledLangevin` compiles the value *and* gradient of that function in one graph
@@ -18,10 +18,9 @@ This module computes the same numbers with fewer, larger kernels:
 - :class:`FusedLangevinGuide` is a :class:`~pyro_lfbm.infer.LangevinGuide` whose chain evaluates
   the fused (optionally compiled) log joint: ``SVI(model, FusedLangevinGuide(model), ...)`` is
   LFBM's Algorithm 1 with the faster chain;
-- :class:`TracedLangevinGuide` is a :class:`~pyro_lfbm.infer.LangevinGuide` for *any* Pyro model
-  whose chain evaluates its log density through a graph traced once per chain with
-  ``torch.jit.trace`` (:func:`traced_log_density`, as Pyro's HMC with ``jit_compile=True``
-  traces its potential function): no Pyro handler runs after the chain's first evaluation;
+- any Pyro model's chain runs from its log density traced once per chain with ``torch.jit.trace``
+  with ``LangevinGuide(model, compile=True)`` (:func:`~pyro_lfbm.infer.traced.traced_log_density`;
+  :class:`TracedLangevinGuide` is that guide's former name);
 - :class:`CUDAGraphLangevin` replays one captured CUDA graph per gradient evaluation, in the same
   driver (CUDA only; written without a GPU at hand and never run: the project's CI is CPU only).
 
@@ -48,9 +47,8 @@ from pyro_lfbm._context import posterior_inference
 from pyro_lfbm.infer.guide import LangevinGuide
 from pyro_lfbm.infer.modes import frozen_parameters
 from pyro_lfbm.infer.chain import run_chain
+from pyro_lfbm.infer.traced import traced_log_density
 from pyro_lfbm.ops.gaussian import gaussian_log_likelihood
-from pyro_lfbm.priors.flow import FlowPrior, flow_forward
-from pyro_lfbm.priors.gaussian import GaussianPrior, standard_normal_log_prob
 
 __all__ = [
     "CompiledLangevin",
@@ -76,27 +74,13 @@ def compile_times() -> List[Dict[str, object]]:
 
 
 def _prior_log_prob_fn(prior) -> Callable[[torch.Tensor], torch.Tensor]:
-    """z (B, D) -> log p(z) (B,) as plain tensor code, with the prior's modules captured here
-    (outside any compiled region: the Pyro module machinery is not traced). The energy prior
-    gives its unnormalised density -E(z) + log N(z; 0, I), as inside posterior inference."""
-    if isinstance(prior, FlowPrior):
-        parts = list(prior.flow.parts)
-
-        def flow_log_prob(z: torch.Tensor) -> torch.Tensor:
-            eps, log_det = flow_forward(parts, z)
-            return standard_normal_log_prob(eps) + log_det
-
-        return flow_log_prob
-    if isinstance(prior, GaussianPrior):
-        return standard_normal_log_prob
-    energy_net = getattr(prior, "energy_net", None)
-    if energy_net is not None and type(prior).__name__ == "EnergyPrior":
-
-        def energy_log_prob(z: torch.Tensor) -> torch.Tensor:
-            return -energy_net(z).squeeze(-1) + standard_normal_log_prob(z)
-
-        return energy_log_prob
-    return prior.log_prob  # any other prior: its own code (may not compile into one graph)
+    """z (B, D) -> log p(z) (B,): the prior's own plain tensor code
+    (:meth:`~pyro_lfbm.priors.base.LatentPrior.tensor_log_prob_fn`, with its modules captured here,
+    outside any compiled region), or its ``log_prob`` when it has none (the same numbers; it may
+    not compile into one graph)."""
+    method = getattr(prior, "tensor_log_prob_fn", None)
+    fn = method() if callable(method) else None
+    return prior.log_prob if fn is None else fn
 
 
 _CODE_COUNTER = itertools.count()
@@ -475,40 +459,10 @@ class CUDAGraphLangevin:
         return state.position["z"]
 
 
-def traced_log_density(log_density_fn: Callable[[Dict[str, torch.Tensor]], torch.Tensor]):
-    """``log_density_fn`` (latents {site: tensor} -> log density) traced with ``torch.jit.trace`` at
-    its first call for each set of latent names, shapes and dtypes, and run from the traced graph
-    afterwards (gradients by autograd through that graph, as Pyro's HMC with ``jit_compile=True``).
-
-    Everything else the function reads (the data, the model's parameters, Python control flow) is
-    recorded as it was at that first call: use one traced function per chain (fixed data, frozen
-    parameters) and only for models whose control flow does not depend on latent values."""
-    traced: Dict[tuple, Callable] = {}
-
-    def run(latents: Dict[str, torch.Tensor]) -> torch.Tensor:
-        names = tuple(latents)
-        key = tuple((name, tuple(v.shape), v.dtype, v.device) for name, v in latents.items())
-        if key not in traced:
-
-            def pure(*values):
-                return log_density_fn(dict(zip(names, values)))
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", torch.jit.TracerWarning)
-                warnings.filterwarnings("ignore", message=".*torch.jit.trace. is deprecated", category=FutureWarning)
-                traced[key] = torch.jit.trace(pure, tuple(latents.values()), check_trace=False)
-        return traced[key](*latents.values())
-
-    return run
-
-
 class TracedLangevinGuide(LangevinGuide):
-    """:class:`~pyro_lfbm.infer.LangevinGuide` whose chain evaluates the model's log density from a
-    graph traced at the chain's first evaluation (:func:`traced_log_density`; one trace per call,
-    since the data and the parameters change between calls). Any Pyro model whose control flow
-    does not depend on latent values; the same numbers as ``LangevinGuide`` with the same arguments.
-    """
+    """``LangevinGuide(model, ..., compile=True)`` under its former name (kept for old code)."""
 
-    def log_density_fn(self, sites, args, kwargs, model=None):
-        return traced_log_density(super().log_density_fn(sites, args, kwargs, model))
+    def __init__(self, model, *args, **kwargs):
+        kwargs.setdefault("compile", True)
+        super().__init__(model, *args, **kwargs)
 

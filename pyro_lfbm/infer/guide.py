@@ -18,6 +18,7 @@ from pyro_lfbm.infer.modes import frozen_parameters, outside_inference_mode, ref
 from pyro_lfbm.infer.chain import ChainInfo, run_chain
 from pyro_lfbm.infer.langevin import LangevinState
 from pyro_lfbm.infer.persistent import PersistentChains
+from pyro_lfbm.infer.traced import traced_log_density
 from pyro_lfbm.infer.trace_log_joint import LatentSites, find_latent_sites, log_joint_terms
 
 Latents = Dict[str, torch.Tensor]
@@ -157,6 +158,15 @@ class LangevinGuide(torch.nn.Module):
     :param str data_plate: the name of the data plate when the model has several outermost plates.
     :param sampler: the chain's sampler (:mod:`pyro_lfbm.infer.samplers`: ``ULA()``, ``MALA()``,
         ...); None (default): ``ULA(noise)``, the paper's chain.
+    :param bool compile: run the chain from the model's log density traced into one graph
+        (:func:`~pyro_lfbm.infer.traced.traced_log_density`, ``torch.jit.trace``, as Pyro's HMC
+        with ``jit_compile=True`` traces its potential function): the first evaluation of each
+        call runs the model (Pyro handlers, distribution objects) and records a pure tensor
+        function of the unconstrained latents; every later step runs that graph. The same
+        numbers as ``compile=False``. One trace per call (the data, the parameters and a plate's
+        subsample indices change between calls). For models whose control flow does not depend
+        on latent values. (``FusedLangevinGuide``'s ``torch.compile`` of a LatentModel is faster
+        on that model.)
     :param int persistent: the number N of training examples: keep one persistent chain per
         example (ABP, Han et al. 2017): each call starts an example's chain from its latents of
         the previous call. Examples are identified by their dataset positions: the subsample
@@ -194,6 +204,7 @@ class LangevinGuide(torch.nn.Module):
         initial_step_size: float = 0.1,
         persistent: Optional[int] = None,
         sampler=None,
+        compile: bool = False,
     ):
         super().__init__()
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
@@ -236,6 +247,7 @@ class LangevinGuide(torch.nn.Module):
         self.noise = noise
         #: the chain's sampler (:mod:`pyro_lfbm.infer.samplers`); None: ``ULA(noise)``
         self.sampler = sampler
+        self.compile = bool(compile)
         self.init = init
         self.use_fast_path = use_fast_path
         self.tolerance = tolerance
@@ -382,6 +394,8 @@ class LangevinGuide(torch.nn.Module):
         sites = self._find_sites(model, args, kwargs)
         initial, positions = self._initial(sites, args, kwargs)
         model_layout = self.log_density_fn(sites, args, kwargs, model)
+        if getattr(self, "compile", False):  # (a guide pickled before the flag existed has none)
+            model_layout = traced_log_density(model_layout)
 
         def packed(latents: Latents) -> torch.Tensor:
             unpacked = {name: sites.unpack(name, u) for name, u in latents.items()}
@@ -539,4 +553,4 @@ class LangevinGuide(torch.nn.Module):
 
     def extra_repr(self) -> str:
         step = f"'auto' (now {self.step_size:.4g})" if self.auto else f"{self.step_size:.4g}"
-        return f"num_steps={self.num_steps}, step_size={step}, noise={self.noise}"
+        return f"num_steps={self.num_steps}, step_size={step}, noise={self.noise}" + (", compile=True" if self.compile else "")

@@ -18,6 +18,7 @@ from pyro_lfbm.infer.langevin import LangevinState
 from pyro_lfbm.infer.modes import outside_inference_mode
 from pyro_lfbm.infer.samplers import MALA, MALA_OPTIMAL_ACCEPT_PROB, ULA, Sampler, StepInfo
 from pyro_lfbm.infer.trace_log_joint import LatentSites, find_latent_sites, log_joint_terms
+from pyro_lfbm.infer.traced import traced_log_density
 
 Latents = Dict[str, torch.Tensor]
 
@@ -99,6 +100,11 @@ class LangevinKernel(MCMCKernel):
     :param sampler: the sampler of both blocks (:mod:`pyro_lfbm.infer.samplers`); default
         ``MALA()`` (``ULA()`` with ``adjust=False``). Its state (a momentum, ...) is kept between
         iterations and started afresh when MCMC passes other values.
+    :param bool compile: evaluate each block's log density from a graph traced at its first
+        evaluation after setup (:func:`~pyro_lfbm.infer.traced.traced_log_density`, as Pyro's HMC
+        with ``jit_compile=True``): a pure tensor function of every latent site (the other block's
+        values are inputs, not constants), traced once per ``MCMC.run``; the same numbers as
+        ``compile=False``. For models whose control flow does not depend on latent values.
 
     Example::
 
@@ -122,6 +128,7 @@ class LangevinKernel(MCMCKernel):
         min_stepsize: float = 1e-10,
         max_stepsize: float = 1e10,
         sampler: Optional[Sampler] = None,
+        compile: bool = False,
     ):
         for label, value in (("step_size", step_size), ("global_step_size", global_step_size)):
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -140,6 +147,8 @@ class LangevinKernel(MCMCKernel):
             raise ValueError(f"target_accept_prob must be in (0, 1), got {target_accept_prob!r}")
         self.data_plate = data_plate
         self.use_fast_path = use_fast_path
+        self.compile = bool(compile)
+        self._traced: Dict[str, Callable] = {}
         self.target_accept_prob = float(target_accept_prob)
         self._min_stepsize, self._max_stepsize = min_stepsize, max_stepsize
         initial = {"local": float(step_size), "global": float(global_step_size or step_size)}
@@ -198,6 +207,7 @@ class LangevinKernel(MCMCKernel):
 
     def _setup(self, warmup_steps, args, kwargs):
         self._args, self._kwargs = args, kwargs
+        self._traced = {}  # traced log densities belong to one setup's data
         self._reset()
         self._warmup_steps = warmup_steps
         sites = find_latent_sites(self.model, args, kwargs, data_plate=self.data_plate, batch_plates=())
@@ -254,6 +264,12 @@ class LangevinKernel(MCMCKernel):
             if adapter.adapt_step_size and warmup_steps > 0:
                 with posterior_inference():
                     adapter.reset_step_size_adaptation(initial)
+
+    def __getstate__(self) -> dict:
+        """Pickling (MCMC's parallel chains) leaves out the traced graphs; the next setup traces afresh."""
+        state = dict(self.__dict__)
+        state["_traced"] = {}
+        return state
 
     def sample(self, params: Latents) -> Latents:
         with outside_inference_mode(params) as (params,):
@@ -328,24 +344,38 @@ class LangevinKernel(MCMCKernel):
 
     def _log_density_fn(self, block: str, position: Latents):
         """The block's log density as a function of its own sites, the other block held at ``position``."""
-        if block == "local" and self._fast:
-            log_joint = self.model.log_joint
-
-            def fast(latents: Latents) -> torch.Tensor:
-                self.num_evaluations += 1
-                return log_joint(*self._args, **self._kwargs, **latents)
-
-            return fast
         fixed = {name: position[name] for name in self._names("global" if block == "local" else "local")}
+        full = self._block_log_density(block)
 
         def log_density(latents: Latents) -> torch.Tensor:
             self.num_evaluations += 1
-            local, global_ = log_joint_terms(self.model, {**fixed, **latents}, self._args, self._kwargs, self.sites)
-            if block == "local":
-                return local
-            return global_ if local is None else global_ + local.sum()
+            return full({**fixed, **latents})
 
         return log_density
+
+    def _block_log_density(self, block: str) -> Callable[[Latents], torch.Tensor]:
+        """The block's log density as a function of every latent site ({site: unconstrained value});
+        with ``compile=True`` traced once per setup (the other block's values are inputs)."""
+        if block in self._traced:
+            return self._traced[block]
+        if block == "local" and self._fast:
+            log_joint = self.model.log_joint
+
+            def fn(latents: Latents) -> torch.Tensor:
+                return log_joint(*self._args, **self._kwargs, **latents)
+
+        else:
+
+            def fn(latents: Latents) -> torch.Tensor:
+                local, global_ = log_joint_terms(self.model, latents, self._args, self._kwargs, self.sites)
+                if block == "local":
+                    return local
+                return global_ if local is None else global_ + local.sum()
+
+        if self.compile:
+            fn = traced_log_density(fn)
+            self._traced[block] = fn
+        return fn
 
     def _move(self, block: str, position: Latents, warmup: bool) -> Latents:
         names = self._names(block)

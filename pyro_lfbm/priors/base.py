@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable, Optional
+
 import torch
 import pyro.distributions as dist
 from pyro.nn import PyroModule
@@ -35,6 +37,16 @@ class LatentPrior(PyroModule):
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """log p(z) for ``z`` of shape (..., D); returns shape (...)."""
         return self.dist().log_prob(z)
+
+    def tensor_log_prob_fn(self) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+        """log p(z) as plain tensor code, z (B, D) -> (B,), with the prior's modules captured
+        (no distribution or transform objects, no Pyro module machinery: what
+        ``torch.compile`` can put into one graph), the density as inside posterior inference
+        (an unnormalised one is fine: the chain needs its gradient). The fused chain of
+        :mod:`pyro_lfbm.infer.accelerate` uses it. ``None`` (this default): the prior has none,
+        and the fused chain calls :meth:`log_prob` (the same numbers; it may not compile into
+        one graph). Override it in a prior of your own."""
+        return None
 
     def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
         """Draw z of shape ``sample_shape + (D,)`` (no gradient)."""

@@ -12,6 +12,7 @@ from pyro_lfbm._context import in_posterior_inference
 from pyro_lfbm.nets.mlp import MLP
 from pyro_lfbm.ops.langevin import langevin_move, standard_normal
 from pyro_lfbm.priors.base import LatentPrior
+from pyro_lfbm.priors.gaussian import standard_normal_log_prob
 
 
 class EnergyDistribution(dist.TorchDistribution):
@@ -95,6 +96,16 @@ class EnergyPrior(LatentPrior):
     def energy(self, z: torch.Tensor) -> torch.Tensor:
         """E_α(z) for z of shape (..., D); returns (...)."""
         return self.energy_net(z).squeeze(-1)
+
+    def tensor_log_prob_fn(self):
+        """z (B, D) -> -E(z) + log N(z; 0, I) (B,), the unnormalised density posterior inference
+        uses (no contrastive term; see :meth:`~pyro_lfbm.priors.base.LatentPrior.tensor_log_prob_fn`)."""
+        energy_net = self.energy_net
+
+        def energy_log_prob(z: torch.Tensor) -> torch.Tensor:
+            return -energy_net(z).squeeze(-1) + standard_normal_log_prob(z)
+
+        return energy_log_prob
 
     def dist(self) -> EnergyDistribution:
         # Touching self.energy_net here (inside the model's PyroModule context) registers its

@@ -209,6 +209,17 @@ class FlowPrior(LatentPrior):
             self.base_dist()._validate_sample(x)
         return standard_normal_log_prob(x) + log_det
 
+    def tensor_log_prob_fn(self):
+        """z (B, D) -> log p(z) (B,) by one pass of :func:`flow_forward` over the flow's parts (see
+        :meth:`~pyro_lfbm.priors.base.LatentPrior.tensor_log_prob_fn`)."""
+        parts = list(self.flow.parts)
+
+        def flow_log_prob(z: torch.Tensor) -> torch.Tensor:
+            eps, log_det = flow_forward(parts, z)
+            return standard_normal_log_prob(eps) + log_det
+
+        return flow_log_prob
+
     def clear_cache(self) -> None:
         """Clear every transform cache of the flow (none is used by default; safe to call)."""
         flow = self.flow

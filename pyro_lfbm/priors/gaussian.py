@@ -41,6 +41,10 @@ class GaussianPrior(LatentPrior):
         """:returns: ``Normal(0, 1).to_event(1)`` with event shape ``(latent_dim,)``."""
         return self.base_dist()
 
+    def tensor_log_prob_fn(self):
+        """:func:`standard_normal_log_prob` (see :meth:`LatentPrior.tensor_log_prob_fn`)."""
+        return standard_normal_log_prob
+
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """log N(z; 0, I) for ``z`` of shape (..., D); returns (...). The value of
         ``self.dist().log_prob(z)`` (:func:`standard_normal_log_prob`; the support check of the

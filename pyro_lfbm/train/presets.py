@@ -19,6 +19,7 @@ import torch
 
 from pyro_lfbm.models import HierarchicalLatentModel, LatentModel
 from pyro_lfbm.nets import HierarchicalMNISTGenerator, make_encoder, make_generator
+from pyro_lfbm.infer.samplers import SAMPLER_NAMES
 from pyro_lfbm.priors import EnergyPrior, FlowPrior, GaussianPrior, LatentPrior
 from pyro_lfbm.train.svi import OptimConfig
 
@@ -157,16 +158,23 @@ class GuideConfig:
     """The training guide: ``"langevin"`` (short-run Langevin from z₀ ~ N(0, I): LFBM's Algorithm 1),
     ``"encoder"`` (an amortized Gaussian encoder trained jointly by the ELBO: LFBM-VAE with the flow
     prior, a VAE with the Gaussian prior) or ``"hybrid"`` (``hybrid_steps`` Langevin steps started at
-    the encoder's mean, which learns to predict the refined latents)."""
+    the encoder's mean, which learns to predict the refined latents). ``sampler``: the Langevin
+    guide's sampler by name (:data:`~pyro_lfbm.infer.samplers.SAMPLER_NAMES`: ``"ula"``, the paper's
+    chain, ``"preconditioned"``, ``"underdamped"``; one gradient evaluation per step each)."""
 
     kind: str = "langevin"
     hybrid_steps: int = 5
+    sampler: str = "ula"
 
     def check(self) -> "GuideConfig":
         """Raise a one-line ``ValueError`` for an unknown kind or a step count below 0; returns self."""
         if self.kind not in GUIDES:
             raise ValueError(f"unknown guide {self.kind!r}; choose one of {', '.join(GUIDES)}")
         _check_int("hybrid_steps", self.hybrid_steps, 0)
+        if self.sampler not in SAMPLER_NAMES:
+            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLER_NAMES)}")
+        if self.sampler != "ula" and self.kind != "langevin":
+            raise ValueError(f"sampler {self.sampler!r} is an option of the langevin guide, not of {self.kind!r}")
         return self
 
 
@@ -221,6 +229,8 @@ class Preset:
             del out["model"]["layer_dims"]
         if self.guide != GuideConfig():
             out["guide"] = asdict(self.guide)
+            if self.guide.sampler == "ula":  # (configs of encoder and hybrid runs stay those of earlier versions)
+                del out["guide"]["sampler"]
         return out
 
     def check(self) -> "Preset":

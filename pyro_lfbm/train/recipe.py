@@ -30,6 +30,7 @@ import torch
 
 from pyro_lfbm.infer import EncoderGuide, HybridGuide, LangevinGuide
 from pyro_lfbm.infer.accelerate import FusedLangevinGuide, has_fused_chain
+from pyro_lfbm.infer.samplers import sampler_by_name
 from pyro_lfbm.models import LatentModel
 from pyro_lfbm.train.loop import History
 from pyro_lfbm.train.presets import Preset
@@ -103,10 +104,11 @@ def build(preset: Preset, *, device: torch.device | str = "cpu", loss: Optional[
     learn, kind = preset.learn, preset.guide.kind
     model = preset.model.build().to(device)
     encoder_guide = build_encoder_guide(preset, device) if kind in ("encoder", "hybrid") else None
+    sampler = sampler_by_name(preset.guide.sampler) if preset.guide.sampler != "ula" else None
     if kind == "langevin" and compile_chain and has_fused_chain(model):
-        guide = FusedLangevinGuide(model, num_steps=learn.num_steps, step_size=learn.step_size)
+        guide = FusedLangevinGuide(model, num_steps=learn.num_steps, step_size=learn.step_size, sampler=sampler)
     elif kind == "langevin":
-        guide = LangevinGuide(model, num_steps=learn.num_steps, step_size=learn.step_size)
+        guide = LangevinGuide(model, num_steps=learn.num_steps, step_size=learn.step_size, sampler=sampler)
     elif kind == "hybrid":
         guide = HybridGuide(model, encoder_guide, num_steps=preset.guide.hybrid_steps, step_size=learn.step_size)
     else:
