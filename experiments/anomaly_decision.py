@@ -12,7 +12,7 @@ AUPRC, for each BatchNorm mode the run scored:
   added, which weighs the prior term (tens of nats) as much as the reconstruction term (hundreds).
 
 Use it on **development digits** (3 and 8) to choose a decision function; it prints a table and writes
-``decision.csv`` beside the runs' common parent (or ``--out``), with the command in ``decision.json``
+``decision.csv`` into ``--out`` (default ``runs/anomaly_decision``), with the command in ``decision.json``
 (and ``auprc_epochs.png`` when the runs differ in training length).
 """
 
@@ -74,7 +74,7 @@ def main(args: argparse.Namespace) -> pd.DataFrame:
                              "epochs": config["learn"]["epochs"], "test_steps": config["learn"]["test_steps"],
                              "batchnorm": mode, "score": name, **anomaly_metrics(saved["is_anomaly"], score)})
     table = pd.DataFrame(rows)
-    out = Path(args.out) if args.out else run_dirs[0].parent
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "decision.csv", index=False)
     write_json(out / "decision.json", run_record({"runs": [str(d) for d in run_dirs]}))
@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="run folders written by experiments/anomaly.py")
     parser.add_argument("--data-root", default=None, help="data folder (default: the run's, else the usual search)")
-    parser.add_argument("--out", default=None, help="folder for decision.csv (default: the first run's parent)")
+    parser.add_argument("--out", default="runs/anomaly_decision", help="folder for decision.csv, decision.json and the plot")
     return parser
 
 

@@ -66,7 +66,12 @@ def results(out: Path) -> tuple:
     history = pd.read_csv(folder / "history.csv")
     scores = torch.load(folder / "scores.pt", weights_only=False)
     return (metrics[["auprc", "ap", "auroc"]].values.tolist(), history.drop(columns=["seconds", "examples_per_second"]).values.tolist(),
-            {k: v.tolist() for k, v in scores.items()})
+            _as_lists(scores))
+
+
+def _as_lists(value):
+    """Tensors (in nested dicts, e.g. scores.pt's per-BatchNorm-mode scores) as nested lists."""
+    return {k: _as_lists(v) for k, v in value.items()} if isinstance(value, dict) else value.tolist()
 
 
 def tree(root: Path) -> set:
