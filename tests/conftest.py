@@ -1,3 +1,4 @@
+import errno
 import importlib.util
 import os
 import signal
@@ -60,3 +61,19 @@ def experiment_script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+class FullDisk:
+    """A file object that takes ``room`` bytes, then fails with ``ENOSPC`` as a full disk does."""
+
+    def __init__(self, handle, room: int):
+        self.handle, self.room = handle, room
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.handle.write(data)
+
+    def flush(self):
+        self.handle.flush()

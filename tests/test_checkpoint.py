@@ -19,6 +19,7 @@ from pyro_lfbm.train.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+from tests.conftest import FullDisk
 
 
 def _trained_net():
@@ -239,24 +240,6 @@ def test_checksums_are_written_even_when_torch_is_told_not_to(tmp_path):
     assert load_checkpoint(path)["weights"].equal(torch.arange(10.0))
 
 
-class _FullDisk:
-    """A file object with ``room`` bytes left, then ``ENOSPC`` as a full disk gives."""
-
-    def __init__(self, handle, room: int):
-        self.handle, self.room = handle, room
-
-    def write(self, data) -> int:
-        import errno
-        import os
-
-        if len(data) > self.room:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self.room -= len(data)
-        return self.handle.write(data)
-
-    def flush(self):
-        self.handle.flush()
-
 
 def test_a_full_disk_is_one_oserror_naming_the_checkpoint_and_keeps_the_previous_one(tmp_path, monkeypatch):
     """``torch.save`` meets ``ENOSPC`` and raises ``RuntimeError: [enforce fail at inline_container.cc]
@@ -270,7 +253,7 @@ def test_a_full_disk_is_one_oserror_naming_the_checkpoint_and_keeps_the_previous
 
     def full(obj, f, *args, **kwargs):
         try:
-            return real(obj, _FullDisk(f, 500), *args, **kwargs)
+            return real(obj, FullDisk(f, 500), *args, **kwargs)
         except BaseException as err:
             seen.append(err)
             raise

@@ -20,7 +20,6 @@ the file passes when pytest runs in the background (``nohup``, ``&``: SIGINT ign
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import signal
@@ -36,7 +35,7 @@ import torch
 
 from pyro_lfbm.harness.cli import run_cli
 from pyro_lfbm.train.checkpoint import load_checkpoint
-from tests.conftest import REPO, experiment_script, require_mnist
+from tests.conftest import REPO, FullDisk, experiment_script, require_mnist
 
 ARGS = ["--preset", "tiny", "--no-progress", "--chain", "eager", "--epochs", "3", "--limit-train", "200",
         "--limit-test", "60", "--test-steps", "3", "--batchnorm", "eval"]  # 4 batches of 50 per epoch
@@ -184,21 +183,6 @@ def test_sigterm_at_a_batch_boundary_stops_with_a_checkpoint_and_resume_is_exact
     assert results(out) == reference
 
 
-class _FullDisk:
-    """A file object that takes ``room`` bytes, then fails like a full disk."""
-
-    def __init__(self, handle, room: int):
-        self.handle, self.room = handle, room
-
-    def write(self, data) -> int:
-        if len(data) > self.room:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self.room -= len(data)
-        return self.handle.write(data)
-
-    def flush(self):
-        self.handle.flush()
-
 
 def patch_torch_save(monkeypatch, call: int, *, sigterms: int = 0, room: int | None = None) -> None:
     """The ``call``-th ``torch.save`` (1 = the first) first raises SIGTERM ``sigterms`` times, and
@@ -215,7 +199,7 @@ def patch_torch_save(monkeypatch, call: int, *, sigterms: int = 0, room: int | N
             return real(obj, f, *args, **kwargs)
         handle = open(f, "wb") if isinstance(f, (str, os.PathLike)) else f
         try:
-            return real(obj, _FullDisk(handle, room), *args, **kwargs)
+            return real(obj, FullDisk(handle, room), *args, **kwargs)
         finally:
             if handle is not f:
                 handle.close()
