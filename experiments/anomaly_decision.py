@@ -25,8 +25,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from pyro_lfbm.data import heldout_digit_split
 from pyro_lfbm.harness import cli
+from pyro_lfbm.harness.anomaly_experiment import run_split
 from pyro_lfbm.harness.cli import UsageError, run_record, write_json
 from pyro_lfbm.harness.plots import plot_auprc_against_epochs
 from pyro_lfbm.metrics.anomaly import anomaly_metrics, png_code_length
@@ -51,9 +51,8 @@ def candidates(scores: dict, code_length: torch.Tensor) -> dict:
 def run_test_images(run_dir: Path, data_root) -> tuple[dict, torch.Tensor]:
     config = json.loads((run_dir / "run.json").read_text())["config"]
     run = config["run"]
-    split = heldout_digit_split(data_root or run.get("data_root"), heldout=run["heldout"], seed=run["seed"])
-    if run.get("limit_train") or run.get("limit_test"):
-        split = split.subset(run.get("limit_train"), run.get("limit_test"), seed=run["seed"])
+    split = run_split(data_root or run.get("data_root"), run["heldout"], run["seed"], run.get("limit_train"),
+                      run.get("limit_test"))
     return config, split.test_x
 
 

@@ -177,15 +177,25 @@ def run_config_dict(cfg: AnomalyRunConfig, preset) -> Dict:
     return config
 
 
+def run_split(data_root, heldout: int, seed: int, limit_train: Optional[int] = None,
+              limit_test: Optional[int] = None):
+    """The held-out-digit split of a run (its subset under ``--limit-train`` / ``--limit-test``).
+
+    :raises UsageError: an impossible ``heldout``; :class:`~pyro_lfbm.data.DataError`: missing files.
+    """
+    try:
+        split = heldout_digit_split(data_root, heldout=heldout, seed=seed)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if limit_train or limit_test:
+        split = split.subset(limit_train, limit_test, seed=seed)
+    return split
+
+
 def run_anomaly(cfg: AnomalyRunConfig) -> AnomalyResult:
     """Train LFBM (or ABP / LEBM) on the normal images of the held-out-digit split and score its test set."""
     preset = anomaly_preset(cfg)
-    try:
-        split = heldout_digit_split(cfg.data_root, heldout=cfg.heldout, seed=cfg.seed)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
-    if cfg.limit_train or cfg.limit_test:
-        split = split.subset(cfg.limit_train, cfg.limit_test, seed=cfg.seed)
+    split = run_split(cfg.data_root, cfg.heldout, cfg.seed, cfg.limit_train, cfg.limit_test)
     config = run_config_dict(cfg, preset)
     checkpoint_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
     return run_anomaly_task(
