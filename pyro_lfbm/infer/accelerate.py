@@ -19,8 +19,7 @@ This module computes the same numbers with fewer, larger kernels:
   the fused (optionally compiled) log joint: ``SVI(model, FusedLangevinGuide(model), ...)`` is
   LFBM's Algorithm 1 with the faster chain;
 - any Pyro model's chain runs from its log density traced once per chain with ``torch.jit.trace``
-  with ``LangevinGuide(model, compile=True)`` (:func:`~pyro_lfbm.infer.traced.traced_log_density`;
-  :class:`TracedLangevinGuide` is that guide's former name);
+  with ``LangevinGuide(model, compile=True)`` (:func:`~pyro_lfbm.infer.traced.traced_log_density`);
 - :class:`CUDAGraphLangevin` replays one captured CUDA graph per gradient evaluation, in the same
   driver (CUDA only; written without a GPU at hand and never run: the project's CI is CPU only).
 
@@ -54,7 +53,6 @@ __all__ = [
     "CompiledLangevin",
     "CUDAGraphLangevin",
     "FusedLangevinGuide",
-    "TracedLangevinGuide",
     "compile_times",
     "frozen_parameters",
     "fused_log_joint",
@@ -457,12 +455,3 @@ class CUDAGraphLangevin:
             state, _ = run_chain(_Target(self._replay), {"z": z0.detach()}, num_steps, self.step_size, noise=self.noise,
                                  generator=generator, on_divergence=on_divergence, where="CUDAGraphLangevin")
         return state.position["z"]
-
-
-class TracedLangevinGuide(LangevinGuide):
-    """``LangevinGuide(model, ..., compile=True)`` under its former name (kept for old code)."""
-
-    def __init__(self, model, *args, **kwargs):
-        kwargs.setdefault("compile", True)
-        super().__init__(model, *args, **kwargs)
-
