@@ -12,7 +12,7 @@ from pyro_lfbm.infer import MALA
 from pyro_lfbm.infer.accelerate import CompiledLangevin, fused_log_joint
 from pyro_lfbm.infer.samplers.preconditioned import PreconditionedLangevin
 from pyro_lfbm.infer.samplers.underdamped import UnderdampedLangevin
-from pyro_lfbm.infer.traced import traced_log_density
+from pyro_lfbm.infer.traced import compile_times, traced_log_density
 from pyro_lfbm.nets import MNISTGenerator
 from pyro_lfbm.priors.base import LatentPrior
 from tests.test_langevin import FastLinearGaussian, LinearGaussian
@@ -72,7 +72,7 @@ def test_the_compile_flag_is_kept_and_shown():
     assert "compile=True" in repr(guide)
 
 
-def test_compiled_guide_evaluates_the_model_once_per_call():
+def test_compiled_guide_records_once_per_signature_and_reuses_the_graph_for_new_data():
     lg = LinearGaussian()
     runs = []
 
@@ -81,12 +81,108 @@ def test_compiled_guide_evaluates_the_model_once_per_call():
         lg.model(x)
 
     guide = LangevinGuide(counted, num_steps=10, step_size=0.2, compile=True)
+    before = len(compile_times())
+    guide.infer(torch.randn(4, 5))
+    first = len(runs)
+    eager = LangevinGuide(counted, num_steps=10, step_size=0.2)
+    for seed in (1, 2):  # new data of the same shape: the same graph, with the new data as its input
+        x = torch.randn(4, 5, generator=torch.Generator().manual_seed(seed))
+        runs.clear()
+        pyro.set_rng_seed(seed)
+        b = guide.infer(x)
+        # per call: site discovery and the first (validated) evaluation run the model; the steps run the graph.
+        # The first call: discovery, the recording (its first evaluation) and a forward pass for the argument checks
+        assert len(runs) == 2 and first == 3
+        pyro.set_rng_seed(seed)
+        torch.testing.assert_close(b["z"], eager.infer(x)["z"], rtol=0, atol=1e-5)
+    assert len(compile_times()) == before + 1
+    guide.infer(torch.randn(7, 5))  # a new shape: a second graph
+    assert len(compile_times()) == before + 2
+
+
+def subsampled_model(lg, data):
+    def model():
+        with pyro.plate("data", data.shape[0], subsample_size=4) as idx:
+            z = pyro.sample("z", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ lg.W.T + lg.b, lg.sigma).to_event(1), obs=data[idx])
+
+    return model
+
+
+def test_compiled_guide_takes_each_calls_subsample_indices():
+    lg = LinearGaussian()
+    model = subsampled_model(lg, torch.randn(20, 5, generator=torch.Generator().manual_seed(0)))
+    compiled = LangevinGuide(model, num_steps=10, step_size=0.1, compile=True)
+    eager = LangevinGuide(model, num_steps=10, step_size=0.1)
+    seen = set()
+    for seed in range(3):
+        pyro.set_rng_seed(seed)
+        a = eager.infer()
+        seen.add(tuple(eager._sites.subsamples["data"].tolist()))
+        pyro.set_rng_seed(seed)
+        torch.testing.assert_close(compiled.infer()["z"], a["z"], rtol=0, atol=1e-5)
+    assert len(seen) == 3  # three different subsamples, one graph
+
+
+class DecoderModel(torch.nn.Module):
+    """A user's model with an nn.Module decoder (and, optionally, BatchNorm in it)."""
+
+    def __init__(self, batch_norm=False):
+        super().__init__()
+        torch.manual_seed(0)
+        layers = [torch.nn.Linear(3, 16)] + ([torch.nn.BatchNorm1d(16)] if batch_norm else []) + [torch.nn.Tanh(),
+                                                                                                 torch.nn.Linear(16, 5)]
+        self.decoder = torch.nn.Sequential(*layers)
+
+    def forward(self, x):
+        pyro.module("decoder", self.decoder)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(self.decoder(z), 0.5).to_event(1), obs=x)
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_compiled_guide_trains_like_the_eager_guide(batch_norm):
+    """SVI updates the parameters in place between calls: the compiled graph reads them where they
+    live. BatchNorm in training mode writes its running statistics (the graph runs uncompiled,
+    writes included); switching to eval mode records a new graph."""
+    import copy
+
+    from pyro.infer import SVI, Trace_ELBO
+    from pyro.optim import Adam
+
+    x = torch.randn(8, 5, generator=torch.Generator().manual_seed(0))
+    results = []
+    for compile in (False, True):
+        pyro.clear_param_store()
+        model = DecoderModel(batch_norm)
+        guide = LangevinGuide(model, num_steps=5, step_size=0.05, compile=compile)
+        svi = SVI(model, guide, Adam({"lr": 0.01}), Trace_ELBO())
+        pyro.set_rng_seed(0)
+        losses = [svi.step(x) for _ in range(4)]
+        model.eval()
+        pyro.set_rng_seed(1)
+        z = guide.infer(x)["z"]
+        results.append((losses, copy.deepcopy(model.state_dict()), z))
+    (la, sa, za), (lb, sb, zb) = results
+    assert lb == pytest.approx(la, rel=1e-4)
+    for name in sa:
+        torch.testing.assert_close(sb[name], sa[name], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(zb, za, rtol=0, atol=1e-4)
+
+
+def test_compiled_guide_pickles_and_compiles_again():
+    import pickle
+
+    lg = LinearGaussian()
+    guide = LangevinGuide(lg.model, num_steps=5, step_size=0.1, compile=True)
     x = torch.randn(4, 5)
     guide.infer(x)
-    first = len(runs)
-    guide.infer(x)
-    # per call: site discovery runs the model, then one traced evaluation; the 10 steps run the graph
-    assert len(runs) - first == first <= 3
+    copy = pickle.loads(pickle.dumps(guide))
+    pyro.set_rng_seed(0)
+    a = guide.infer(x)
+    pyro.set_rng_seed(0)
+    torch.testing.assert_close(copy.infer(x)["z"], a["z"])
 
 
 @pytest.mark.parametrize("which", ["fast", "generic", "global"])
@@ -180,3 +276,40 @@ def test_the_library_priors_supply_their_tensor_log_density():
         expected = prior.dist().unnormalised_log_prob(z) if isinstance(prior, EnergyPrior) else prior.log_prob(z)
         torch.testing.assert_close(fn(z), expected)
     assert StudentPrior(3).tensor_log_prob_fn() is None
+
+
+def test_compiled_guide_checks_every_calls_data_and_keys_on_non_tensor_arguments():
+    def model(x, noise_scale=0.5):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=z.sum(-1, keepdim=True) * noise_scale).to_event(1), obs=x)
+
+    compiled = LangevinGuide(model, num_steps=5, step_size=0.1, compile=True)
+    eager = LangevinGuide(model, num_steps=5, step_size=0.1)
+    good = torch.tensor([[0.0], [1.0], [1.0]])
+    with pyro.validation_enabled(True):
+        for call in range(2):  # the recording call and a call that reuses the graph
+            with pytest.raises(ValueError, match="support"):
+                compiled.infer(torch.tensor([[0.0], [2.0], [1.0]]) if call else good * 2)
+            compiled.infer(good)
+    for scale in (0.5, 2.0, 0.5):  # another value of a non-tensor argument is another graph
+        pyro.set_rng_seed(0)
+        a = eager.infer(good, noise_scale=scale)
+        pyro.set_rng_seed(0)
+        torch.testing.assert_close(compiled.infer(good, noise_scale=scale)["z"], a["z"], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("context", ["no_grad", "inference_mode"])
+def test_compiled_guide_under_no_grad_and_inference_mode(context):
+    lg = LinearGaussian()
+    x = torch.randn(5, 5, generator=torch.Generator().manual_seed(4))
+    compiled = LangevinGuide(lg.model, num_steps=8, step_size=0.1, compile=True)
+    eager = LangevinGuide(lg.model, num_steps=8, step_size=0.1)
+    wrapper = torch.no_grad if context == "no_grad" else torch.inference_mode
+    for _ in range(2):  # the recording call, then a call of the recorded graph
+        pyro.set_rng_seed(0)
+        a = eager.infer(x)
+        pyro.set_rng_seed(0)
+        with wrapper():
+            b = compiled.infer(x)
+        torch.testing.assert_close(b["z"], a["z"], rtol=0, atol=1e-5)

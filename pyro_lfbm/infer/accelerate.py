@@ -18,8 +18,9 @@ This module computes the same numbers with fewer, larger kernels:
 - :class:`FusedLangevinGuide` is a :class:`~pyro_lfbm.infer.LangevinGuide` whose chain evaluates
   the fused (optionally compiled) log joint: ``SVI(model, FusedLangevinGuide(model), ...)`` is
   LFBM's Algorithm 1 with the faster chain;
-- any Pyro model's chain runs from its log density traced once per chain with ``torch.jit.trace``
-  with ``LangevinGuide(model, compile=True)`` (:func:`~pyro_lfbm.infer.traced.traced_log_density`);
+- any Pyro model's chain runs from one compiled graph of its log density and gradient with
+  ``LangevinGuide(model, compile=True)`` (:class:`~pyro_lfbm.infer.traced.CompiledLogDensity`,
+  recorded once per input signature);
 - :class:`CUDAGraphLangevin` replays one captured CUDA graph per gradient evaluation, in the same
   driver (CUDA only; written without a GPU at hand and never run: the project's CI is CPU only).
 
@@ -37,7 +38,7 @@ import itertools
 import time
 import types
 import warnings
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import pyro
 import torch
@@ -46,7 +47,7 @@ from pyro_lfbm._context import posterior_inference
 from pyro_lfbm.infer.guide import LangevinGuide
 from pyro_lfbm.infer.modes import frozen_parameters
 from pyro_lfbm.infer.chain import run_chain
-from pyro_lfbm.infer.traced import traced_log_density
+from pyro_lfbm.infer.traced import compile_times, record_compile_time, traced_log_density
 from pyro_lfbm.ops.gaussian import gaussian_log_likelihood
 
 __all__ = [
@@ -60,16 +61,6 @@ __all__ = [
     "traced_log_density",
     "gaussian_log_likelihood",
 ]
-
-_COMPILE_TIMES: List[Dict[str, object]] = []
-
-
-def compile_times() -> List[Dict[str, object]]:
-    """What this process compiled: one dict per first call of a compiled chain on a new input
-    signature (``label``, ``shape``, ``training``, ``seconds``: the wall time of that first
-    call, compilation included). Later calls with the same signature reuse the compiled code."""
-    return list(_COMPILE_TIMES)
-
 
 def _prior_log_prob_fn(prior) -> Callable[[torch.Tensor], torch.Tensor]:
     """z (B, D) -> log p(z) (B,): the prior's own plain tensor code
@@ -249,8 +240,8 @@ class CompiledLangevin:
                 return value, grad
         if first:
             self._seen.add(key)
-            _COMPILE_TIMES.append(dict(label=self.label, shape=tuple(z.shape), training=self.model.training,
-                                       backend=self.backend, seconds=time.perf_counter() - started))
+            record_compile_time(label=self.label, shape=tuple(z.shape), training=self.model.training,
+                                backend=self.backend, seconds=time.perf_counter() - started)
         if self.mode == "reduce-overhead":  # CUDA graphs overwrite their outputs at the next replay
             return value.detach().clone(), grad.detach().clone()
         return value.detach(), grad.detach()

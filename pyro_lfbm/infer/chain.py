@@ -150,7 +150,7 @@ def run_chain(
         if evaluate:
             evaluations += 1
             proposal = info.proposal
-            bad = diverged_rows(proposal.log_density, proposal.grad, previous.log_density, max_drop)
+            bad = diverged_rows(proposal.log_density, proposal.grad, previous.log_density, max_drop, info.is_divergent)
         else:
             bad = nonfinite_rows(None, state.position)
         diverged = bool(bad.any())
@@ -222,7 +222,8 @@ def _step_moving_rows(sampler, state, moving, log_density_fn, restrict, step_siz
         new, info = sampler.step(sub, restrict(index), step_size, generator=generator, evaluate=evaluate,
                                  acceptance=False)
         merged = _map_fields(lambda full, part: full.index_copy(0, index, part), state, new)
-        info = info._replace(proposal=_map_fields(lambda full, part: full.index_copy(0, index, part), state, info.proposal))
+        info = info._replace(proposal=_map_fields(lambda full, part: full.index_copy(0, index, part), state, info.proposal),
+                             is_divergent=None)  # (over the stepped rows only; the driver checks the merged proposal)
         return merged, info, moving
     if index.numel() == moving.numel():
         new, info = sampler.step(state, log_density_fn, step_size, generator=generator, evaluate=evaluate,

@@ -55,10 +55,12 @@ def diverged_rows(
     grad: Latents,
     previous_log_density: Optional[torch.Tensor] = None,
     max_drop: Optional[float] = None,
+    nonfinite: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """(R,) bool: :func:`nonfinite_rows`, and, given the log density before the move and
-    ``max_drop``, the rows whose log density fell by more than ``max_drop``."""
-    bad = nonfinite_rows(log_density, grad)
+    """(R,) bool: :func:`nonfinite_rows` (or ``nonfinite``, those rows when already known, e.g. a
+    sampler's ``is_divergent``), and, given the log density before the move and ``max_drop``, the
+    rows whose log density fell by more than ``max_drop``."""
+    bad = nonfinite_rows(log_density, grad) if nonfinite is None else nonfinite.reshape(-1)
     if previous_log_density is not None and max_drop is not None:
         bad = bad | ((previous_log_density - log_density).reshape(-1) > max_drop)
     return bad

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Callable, Dict, Optional, Tuple, Union
 
@@ -18,7 +19,7 @@ from pyro_lfbm.infer.modes import frozen_parameters, outside_inference_mode, ref
 from pyro_lfbm.infer.chain import ChainInfo, run_chain
 from pyro_lfbm.infer.langevin import LangevinState
 from pyro_lfbm.infer.persistent import PersistentChains
-from pyro_lfbm.infer.traced import traced_log_density
+from pyro_lfbm.infer.traced import CompiledLogDensity, flatten_call
 from pyro_lfbm.infer.trace_log_joint import LatentSites, find_latent_sites, log_joint_terms
 
 Latents = Dict[str, torch.Tensor]
@@ -60,6 +61,25 @@ def validate_first_call_only(fn: Callable[[Latents], torch.Tensor]) -> Callable[
             return fn(latents)
 
     return wrapped
+
+
+def _sites_key(sites: LatentSites) -> tuple:
+    """What a compiled graph of the chain's target depends on in a call's site description: the
+    sites, their shapes and transforms (with small tensor arguments, e.g. an interval's bounds, by
+    value), the data plate and the particle plates."""
+
+    def transform_key(transform) -> tuple:
+        parts = getattr(transform, "parts", None)
+        if parts is not None:
+            return tuple(transform_key(t) for t in parts)
+        tensors = tuple((k, tuple(v.reshape(-1).tolist()) if v.numel() <= 64 else id(v))
+                        for k, v in sorted(vars(transform).items()) if torch.is_tensor(v))
+        return (type(transform).__name__, tensors)
+
+    site_keys = tuple((name, s.local, s.event_dim, tuple(s.shape), transform_key(s.transform))
+                      for name, s in sites.sites.items())
+    plates = tuple((p.name, p.size, p.subsample_size, p.dim) for p in (sites.plate, *sites.batch_plates) if p is not None)
+    return site_keys, plates
 
 
 def _couples_rows(model) -> bool:
@@ -158,15 +178,17 @@ class LangevinGuide(torch.nn.Module):
     :param str data_plate: the name of the data plate when the model has several outermost plates.
     :param sampler: the chain's sampler (:mod:`pyro_lfbm.infer.samplers`: ``ULA()``, ``MALA()``,
         ...); None (default): ``ULA(noise)``, the paper's chain.
-    :param bool compile: run the chain from the model's log density traced into one graph
-        (:func:`~pyro_lfbm.infer.traced.traced_log_density`, ``torch.jit.trace``, as Pyro's HMC
-        with ``jit_compile=True`` traces its potential function): the first evaluation of each
-        call runs the model (Pyro handlers, distribution objects) and records a pure tensor
-        function of the unconstrained latents; every later step runs that graph. The same
-        numbers as ``compile=False``. One trace per call (the data, the parameters and a plate's
-        subsample indices change between calls). For models whose control flow does not depend
-        on latent values. (``FusedLangevinGuide``'s ``torch.compile`` of a LatentModel is faster
-        on that model.)
+    :param bool compile: run the chain from one compiled graph of the model's log density and
+        its gradient (:class:`~pyro_lfbm.infer.traced.CompiledLogDensity`): the model is run once
+        on tracing tensors (Pyro handlers, distribution objects and all) to record the tensor
+        operations of the log joint and of its backward pass to the latents, with the call's
+        tensors (data, plate subsample indices) as graph inputs; ``torch.compile`` compiles that
+        graph once per input signature (shapes, dtypes, non-tensor arguments, parameter tensors,
+        train/eval mode), and every later step and call of that signature runs it. The first
+        signature costs seconds of compiling; the same numbers as ``compile=False`` up to float
+        rounding. As Pyro's HMC with ``jit_compile=True``: for models whose control flow depends
+        neither on latent values nor on data values. With a ``global_guide`` (whose values change
+        every call) the chain runs eagerly.
     :param int persistent: the number N of training examples: keep one persistent chain per
         example (ABP, Han et al. 2017): each call starts an example's chain from its latents of
         the previous call. Examples are identified by their dataset positions: the subsample
@@ -393,15 +415,11 @@ class LangevinGuide(torch.nn.Module):
     def _run(self, model, args, kwargs) -> Latents:
         sites = self._find_sites(model, args, kwargs)
         initial, positions = self._initial(sites, args, kwargs)
-        model_layout = self.log_density_fn(sites, args, kwargs, model)
-        if getattr(self, "compile", False):  # (a guide pickled before the flag existed has none)
-            model_layout = traced_log_density(model_layout)
-
-        def packed(latents: Latents) -> torch.Tensor:
-            unpacked = {name: sites.unpack(name, u) for name, u in latents.items()}
-            return model_layout(unpacked).reshape(-1)
-
-        log_density_fn = validate_first_call_only(packed)
+        log_density_fn = None
+        if getattr(self, "compile", False) and self.global_guide is None:  # (a guide pickled before the flag: none)
+            log_density_fn = self._compiled_log_density(sites, args, kwargs, model, initial)
+        if log_density_fn is None:
+            log_density_fn = validate_first_call_only(self._packed_log_density(sites, args, kwargs, model))
         with posterior_inference(), frozen_parameters(self.model, sites.params):
             restrict = None
             if self.tolerance is not None and self.uses_fast_path and not _couples_rows(self.model) and not sites.batch_plates:
@@ -432,6 +450,38 @@ class LangevinGuide(torch.nn.Module):
         unconstrained = {name: sites.unpack(name, u) for name, u in state.position.items()}
         self.latents = {name: value.detach() for name, value in sites.constrain(unconstrained).items()}
         return self.latents
+
+    def _packed_log_density(self, sites: LatentSites, args, kwargs, model) -> Callable[[Latents], torch.Tensor]:
+        """The chain's target on packed latents {site: (R, ...)} -> (R,)."""
+        model_layout = self.log_density_fn(sites, args, kwargs, model)
+
+        def packed(latents: Latents) -> torch.Tensor:
+            unpacked = {name: sites.unpack(name, u) for name, u in latents.items()}
+            return model_layout(unpacked).reshape(-1)
+
+        return packed
+
+    def _compiled_log_density(self, sites: LatentSites, args, kwargs, model, initial: Latents):
+        """The packed target with a compiled ``value_and_grad`` (``compile=True``), the call's tensors
+        and subsample indices as graph inputs; None when the call's other arguments are not hashable."""
+        try:
+            tensors, rebuild, call_key = flatten_call(args, kwargs)
+        except TypeError:
+            return None
+        subsample_names = tuple(sites.subsamples)
+        inputs = list(tensors) + [sites.subsamples[name] for name in subsample_names]
+
+        def build(values):
+            call_args, call_kwargs = rebuild(values[: len(tensors)])
+            replayed = dataclasses.replace(sites, subsamples=dict(zip(subsample_names, values[len(tensors):])))
+            return self._packed_log_density(replayed, call_args, call_kwargs, model)
+
+        modules = model.modules() if isinstance(model, torch.nn.Module) else ()
+        key = (call_key, subsample_names, _sites_key(sites), tuple(id(p) for p in sites.params),
+               tuple(m.training for m in modules), id(model), self.uses_fast_path)
+        if getattr(self, "_compiled", None) is None:
+            self._compiled = CompiledLogDensity("LangevinGuide")
+        return self._compiled.target(build, inputs, initial, key)
 
     def _adapt(self, accept_prob: float) -> None:
         """One dual-averaging update of log s toward the target acceptance (Pyro's HMC scheme).

@@ -93,7 +93,10 @@ class ULA(Sampler):
         divergent = ~finite_rows(proposal.log_density, proposal.grad, dims)
         log_ratio = langevin_log_ratio(state, proposal, step_size, dims) if adjust or acceptance else None
         acceptance_prob, accepted = accept_or_reject(log_ratio, divergent, adjust, generator)
-        return select_state(accepted, proposal, state, dims), StepInfo(acceptance_prob, accepted, divergent, proposal)
+        info = StepInfo(acceptance_prob, accepted, divergent, proposal)
+        if not adjust and not bool(divergent.any()):  # every row moves: the proposal is the new state
+            return proposal._replace(**{f: None for f, v in zip(state._fields, state) if v is None}), info
+        return select_state(accepted, proposal, state, dims), info
 
 
 def langevin_log_ratio(frm, to, step_size: StepSize, dims) -> torch.Tensor:
