@@ -69,7 +69,8 @@ def main(args: argparse.Namespace) -> pd.DataFrame:
         code_length = png_code_length(test_x)
         for mode, scores in by_mode.items():
             for name, score in candidates(scores, code_length).items():
-                rows.append({"run": d.name, "heldout": config["run"]["heldout"], "seed": config["run"]["seed"],
+                rows.append({"run": d.name, "preset": config["run"].get("preset", "cpu"),
+                             "heldout": config["run"]["heldout"], "seed": config["run"]["seed"],
                              "epochs": config["learn"]["epochs"], "test_steps": config["learn"]["test_steps"],
                              "batchnorm": mode, "score": name, **anomaly_metrics(saved["is_anomaly"], score)})
     table = pd.DataFrame(rows)
@@ -78,8 +79,10 @@ def main(args: argparse.Namespace) -> pd.DataFrame:
     table.to_csv(out / "decision.csv", index=False)
     write_json(out / "decision.json", run_record({"runs": [str(d) for d in run_dirs]}))
     if table.epochs.nunique() > 1:
-        plot_auprc_against_epochs(table, out / "auprc_epochs.png", "decision functions against training length")
-    print(table.pivot_table(index=["batchnorm", "score"], columns=["heldout", "seed", "epochs"], values="auprc").round(3).to_string())
+        shown = table[table.score.isin(args.plot_scores)] if args.plot_scores else table
+        plot_auprc_against_epochs(shown, out / "auprc_epochs.png", "decision functions against training length")
+    columns = ["preset", "heldout", "seed", "epochs"] if table.preset.nunique() > 1 else ["heldout", "seed", "epochs"]
+    print(table.pivot_table(index=["batchnorm", "score"], columns=columns, values="auprc").round(3).to_string())
     return table
 
 
@@ -88,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("runs", nargs="+", help="run folders written by experiments/anomaly.py")
     parser.add_argument("--data-root", default=None, help="data folder (default: the run's, else the usual search)")
     parser.add_argument("--out", default="runs/anomaly_decision", help="folder for decision.csv, decision.json and the plot")
+    parser.add_argument("--plot-scores", nargs="+", default=None, metavar="SCORE",
+                        help="decision functions drawn in auprc_epochs.png (default: all), e.g. joint prior")
     return parser
 
 

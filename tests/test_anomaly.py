@@ -340,3 +340,15 @@ def test_sampler_comparison_tiny_run_trains_one_model_per_sampler(tmp_path):
     assert pd.read_csv(tmp_path / "samplers.csv").command.str.startswith("python ").all()
     names = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.pt"))
     assert names == ["lfbm-flow-heldout3-seed1-tiny.pt", "lfbm-flow-underdamped-heldout3-seed1-tiny.pt"]
+
+
+def test_auprc_against_epochs_plot_separates_presets(tmp_path):
+    from pyro_lfbm.harness.plots import plot_auprc_against_epochs
+
+    rows = [dict(heldout=7, epochs=e, batchnorm="train", score=s, auprc=0.5 + 0.01 * e, preset=p)
+            for e in (3, 6) for s in ("joint", "prior") for p in ("cpu", "paper")]
+    labels = plot_auprc_against_epochs(pd.DataFrame(rows), tmp_path / "a.png")
+    assert sorted(labels) == sorted(f"{s}, BN train, {p}" for s in ("joint", "prior") for p in ("cpu", "paper"))
+    one = [r for r in rows if r["preset"] == "cpu"]
+    assert sorted(plot_auprc_against_epochs(pd.DataFrame(one), tmp_path / "b.png")) == ["joint, BN train", "prior, BN train"]
+    assert (tmp_path / "a.png").stat().st_size > 0

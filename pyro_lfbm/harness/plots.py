@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict
+from typing import Dict, List
 
 import matplotlib
 
@@ -55,25 +55,33 @@ def save_ranked_grid(images: torch.Tensor, score: torch.Tensor, path: Path, coun
     save_image((picked + 1) / 2, path, nrow=16, padding=1, pad_value=1.0)
 
 
-def plot_auprc_against_epochs(table, path: Path, title: str = "") -> None:
+def plot_auprc_against_epochs(table, path: Path, title: str = "") -> List[str]:
     """AUPRC against training epochs, one panel per held-out digit, one line per (BatchNorm mode, score):
-    a colour per score, dashed for running statistics (eval), solid for batch statistics (train).
+    a colour per score, dashed for running statistics (eval), solid for batch statistics (train). With
+    a ``preset`` column naming more than one preset, each preset's lines get their own marker and label.
 
     :param table: a :class:`pandas.DataFrame` with columns heldout, epochs, batchnorm, score, auprc
         (more than one row per point, e.g. several seeds, is averaged).
+    :returns: the lines' labels (of the last panel).
     """
     digits = sorted(table.heldout.unique())
     fig, axes = plt.subplots(1, len(digits), figsize=(4.5 * len(digits), 3.6), squeeze=False, sharey=True)
     colours = {score: plt.cm.tab10(i % 10) for i, score in enumerate(table.score.unique())}
+    presets = list(table.preset.unique()) if "preset" in table and table.preset.nunique() > 1 else [None]
+    markers = dict(zip(presets, "os^vD"))
     for ax, digit in zip(axes[0], digits):
         rows = table[table.heldout == digit]
-        for (mode, score), line in rows.groupby(["batchnorm", "score"]):
-            mean = line.groupby("epochs").auprc.mean()
-            ax.plot(mean.index, mean.values, marker="o", color=colours[score], ls="-" if mode == "train" else "--",
-                    label=f"{score}, BN {mode}")
+        for preset in presets:
+            part = rows if preset is None else rows[rows.preset == preset]
+            for (mode, score), line in part.groupby(["batchnorm", "score"]):
+                mean = line.groupby("epochs").auprc.mean()
+                label = f"{score}, BN {mode}" + ("" if preset is None else f", {preset}")
+                ax.plot(mean.index, mean.values, marker=markers[preset], color=colours[score],
+                        ls="-" if mode == "train" else "--", label=label)
         ax.set(title=f"held-out {digit}", xlabel="epochs", ylabel="AUPRC")
     axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return [line.get_label() for line in axes[0][-1].get_lines()]
