@@ -11,6 +11,8 @@ AUPRC, for each BatchNorm mode the run scored:
 - ``z(prior)+z(recon-png)``, ``z(prior)+z(joint)``: scores standardised over the test set (no labels) and
   added, which weighs the prior term (tens of nats) as much as the reconstruction term (hundreds).
 
+Runs kept without their ``scores.pt`` (``--with-metrics``) add their own ``metrics.csv`` rows only.
+
 Use it on **development digits** (3 and 8) to choose a decision function; it prints a table and writes
 ``decision.csv`` into ``--out`` (default ``runs/anomaly_decision``), with the command in ``decision.json``
 (and ``auprc_epochs.png`` when the runs differ in training length).
@@ -73,11 +75,20 @@ def main(args: argparse.Namespace) -> pd.DataFrame:
                              "heldout": config["run"]["heldout"], "seed": config["run"]["seed"],
                              "epochs": config["learn"]["epochs"], "test_steps": config["learn"]["test_steps"],
                              "batchnorm": mode, "score": name, **anomaly_metrics(saved["is_anomaly"], score)})
+    for d in map(Path, args.with_metrics or []):  # runs kept without their scores: their own metrics rows
+        if not (d / "metrics.csv").is_file() or not (d / "run.json").is_file():
+            raise UsageError(f"{d} has no metrics.csv / run.json; pass folders written by anomaly.py")
+        config = json.loads((d / "run.json").read_text())["config"]
+        for row in pd.read_csv(d / "metrics.csv").itertuples():
+            rows.append({"run": d.name, "preset": config["run"].get("preset", "cpu"), "heldout": config["run"]["heldout"],
+                         "seed": config["run"]["seed"], "epochs": config["learn"]["epochs"],
+                         "test_steps": config["learn"]["test_steps"], "batchnorm": row.batchnorm, "score": row.score,
+                         "auprc": row.auprc, "ap": row.ap, "auroc": row.auroc})
     table = pd.DataFrame(rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "decision.csv", index=False)
-    write_json(out / "decision.json", run_record({"runs": [str(d) for d in run_dirs]}))
+    write_json(out / "decision.json", run_record({"runs": [str(d) for d in run_dirs], "with_metrics": args.with_metrics or []}))
     if table.epochs.nunique() > 1:
         shown = table[table.score.isin(args.plot_scores)] if args.plot_scores else table
         plot_auprc_against_epochs(shown, out / "auprc_epochs.png", "decision functions against training length")
@@ -91,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("runs", nargs="+", help="run folders written by experiments/anomaly.py")
     parser.add_argument("--data-root", default=None, help="data folder (default: the run's, else the usual search)")
     parser.add_argument("--out", default="runs/anomaly_decision", help="folder for decision.csv, decision.json and the plot")
+    parser.add_argument("--with-metrics", nargs="+", default=None, metavar="RUN",
+                        help="finished runs kept without scores.pt (e.g. the committed reference runs): their own "
+                             "metrics.csv rows (joint, recon, prior) join the table and the plot")
     parser.add_argument("--plot-scores", nargs="+", default=None, metavar="SCORE",
                         help="decision functions drawn in auprc_epochs.png (default: all), e.g. joint prior")
     return parser

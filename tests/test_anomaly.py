@@ -1,5 +1,6 @@
 import json
 import math
+import shutil
 import subprocess
 import sys
 
@@ -79,6 +80,16 @@ def test_end_to_end_smoke_run_writes_results(tmp_path):
     assert {"joint-png", "recon-png", "z(prior)+z(recon-png)"} <= set(compared.score)
     merged = compared.merge(table, on=["batchnorm", "score"], suffixes=("", "_run"))
     assert len(merged) == len(table) and np.allclose(merged.auprc, merged.auprc_run)
+    # a run kept without its scores adds its own metrics rows (e.g. the committed reference runs)
+    kept = tmp_path / "kept" / run_dir.name
+    shutil.copytree(run_dir, kept)
+    (kept / "scores.pt").unlink()
+    both = subprocess.run([sys.executable, str(REPO / "experiments" / "anomaly_decision.py"), str(run_dir), "--with-metrics",
+                           str(kept), "--data-root", str(root), "--out", str(tmp_path / "decision2")],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert both.returncode == 0, both.stderr
+    joint = pd.read_csv(tmp_path / "decision2" / "decision.csv").query("score == 'joint'")
+    assert len(joint) == 2 * table.batchnorm.nunique() and joint.groupby("batchnorm").auprc.nunique().eq(1).all()
     assert json.loads((run_dir / "run.json").read_text())["config"]["learn"]["test_batch_size"] == 64
     ckpt = out / "checkpoints" / "lfbm-flow-heldout7-seed1-tiny.pt"
     assert ckpt.exists()
