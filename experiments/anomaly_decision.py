@@ -58,11 +58,22 @@ def run_test_images(run_dir: Path, data_root) -> tuple[dict, torch.Tensor]:
     return config, split.test_x
 
 
+def run_fields(run_dir: Path, config: dict) -> dict:
+    """The columns of every row of one run: its folder, preset, split, training length and test chain."""
+    run, learn = config["run"], config["learn"]
+    return {"run": run_dir.name, "preset": run.get("preset", "cpu"), "heldout": run["heldout"], "seed": run["seed"],
+            "epochs": learn["epochs"], "test_steps": learn["test_steps"]}
+
+
 def main(args: argparse.Namespace) -> pd.DataFrame:
     run_dirs = [Path(d) for d in args.runs]
     for d in run_dirs:
         if not (d / "scores.pt").is_file() or not (d / "run.json").is_file():
             raise UsageError(f"{d} is not a finished anomaly run (no scores.pt / run.json); pass folders written by anomaly.py")
+    kept_dirs = [Path(d) for d in args.with_metrics or []]
+    for d in kept_dirs:
+        if not (d / "metrics.csv").is_file() or not (d / "run.json").is_file():
+            raise UsageError(f"{d} has no metrics.csv / run.json; pass folders written by anomaly.py")
     rows = []
     for d in run_dirs:
         config, test_x = run_test_images(d, args.data_root)
@@ -71,18 +82,12 @@ def main(args: argparse.Namespace) -> pd.DataFrame:
         code_length = png_code_length(test_x)
         for mode, scores in by_mode.items():
             for name, score in candidates(scores, code_length).items():
-                rows.append({"run": d.name, "preset": config["run"].get("preset", "cpu"),
-                             "heldout": config["run"]["heldout"], "seed": config["run"]["seed"],
-                             "epochs": config["learn"]["epochs"], "test_steps": config["learn"]["test_steps"],
-                             "batchnorm": mode, "score": name, **anomaly_metrics(saved["is_anomaly"], score)})
-    for d in map(Path, args.with_metrics or []):  # runs kept without their scores: their own metrics rows
-        if not (d / "metrics.csv").is_file() or not (d / "run.json").is_file():
-            raise UsageError(f"{d} has no metrics.csv / run.json; pass folders written by anomaly.py")
+                rows.append({**run_fields(d, config), "batchnorm": mode, "score": name,
+                             **anomaly_metrics(saved["is_anomaly"], score)})
+    for d in kept_dirs:  # runs kept without their scores: their own metrics rows
         config = json.loads((d / "run.json").read_text())["config"]
         for row in pd.read_csv(d / "metrics.csv").itertuples():
-            rows.append({"run": d.name, "preset": config["run"].get("preset", "cpu"), "heldout": config["run"]["heldout"],
-                         "seed": config["run"]["seed"], "epochs": config["learn"]["epochs"],
-                         "test_steps": config["learn"]["test_steps"], "batchnorm": row.batchnorm, "score": row.score,
+            rows.append({**run_fields(d, config), "batchnorm": row.batchnorm, "score": row.score,
                          "auprc": row.auprc, "ap": row.ap, "auroc": row.auroc})
     table = pd.DataFrame(rows)
     out = Path(args.out)

@@ -182,8 +182,8 @@ class LangevinGuide(torch.nn.Module):
         its gradient (:class:`~pyro_lfbm.infer.traced.CompiledLogDensity`): the model is run once
         on tracing tensors (Pyro handlers, distribution objects and all) to record the tensor
         operations of the log joint and of its backward pass to the latents, with the call's
-        tensors (data, plate subsample indices) as graph inputs; ``torch.compile`` compiles that
-        graph once per input signature (shapes, dtypes, non-tensor arguments, parameter tensors,
+        tensors (data, plate subsample indices) as graph inputs; inductor compiles that graph
+        once per input signature (shapes, dtypes, non-tensor arguments, parameter tensors,
         train/eval mode), and every later step and call of that signature runs it. The first
         signature costs seconds of compiling; the same numbers as ``compile=False`` up to float
         rounding. As Pyro's HMC with ``jit_compile=True``: for models whose control flow depends

@@ -6,7 +6,7 @@
 - :class:`CompiledLogDensity` records the value *and* gradient of a log density built from a
   call's tensors (data, plate subsample indices) as one graph of tensor operations
   (:func:`torch.fx.experimental.proxy_tensor.make_fx`, the tracer under ``torch.compile``'s
-  AOTAutograd) and compiles it with ``torch.compile`` once per input signature
+  AOTAutograd) and compiles it with inductor once per input signature
   (``LangevinGuide(model, compile=True)``: the data are graph inputs, so the next batch of the
   same shape reuses the compiled code).
 
@@ -24,6 +24,8 @@ from typing import Callable, Dict, Hashable, List, Optional, Sequence, Tuple
 
 import torch
 from torch.utils import _pytree as pytree
+
+from pyro_lfbm.infer.state import value_and_grad
 
 Latents = Dict[str, torch.Tensor]
 
@@ -83,8 +85,8 @@ class CompiledLogDensity:
     pass to every latent, for the latents and ``inputs`` as graph inputs. The graph is recorded
     by running ``build`` on tracing tensors (:func:`~torch.fx.experimental.proxy_tensor.make_fx`)
     the first time a signature is seen (``key``: everything else the graph depends on, e.g. the
-    non-tensor arguments, the ids of the parameters, train/eval mode), and compiled with
-    ``torch.compile``; later calls with the same signature reuse it.
+    non-tensor arguments, the ids of the parameters, train/eval mode), and compiled by inductor
+    (:func:`_compile_graph`); later calls with the same signature reuse it.
 
     A graph that writes into a tensor (BatchNorm's running statistics in training mode) runs
     uncompiled (the recorded operations, without Pyro's handlers); a graph that cannot be recorded
@@ -113,14 +115,16 @@ class CompiledLogDensity:
         inputs = tuple(inputs)
         full_key = (key, tuple((n, tensor_signature(v)) for n, v in latents.items()),
                     tuple(tensor_signature(t) for t in inputs))
+        eager = build(inputs)
         first = None
         if full_key not in self._graphs:
-            self._graphs[full_key], first = self._record(build, names, inputs, latents)
-        return _CompiledTarget(self._graphs[full_key], build(inputs), names, inputs, latents, first)
+            self._graphs[full_key], first = self._record(build, eager, names, inputs, latents)
+        return _CompiledTarget(self._graphs[full_key], eager, names, inputs, latents, first)
 
-    def _record(self, build, names, inputs, latents) -> Tuple[Optional[Callable], Optional[tuple]]:
+    def _record(self, build, eager, names, inputs, latents) -> Tuple[Optional[Callable], Optional[tuple]]:
         """(the compiled graph, or None to run eagerly; the recording run's own outputs, which are
-        the first evaluation at ``latents``, so that a graph that writes into tensors writes once)."""
+        the first evaluation at ``latents``, so that a graph that writes into tensors writes once).
+        ``eager`` is ``build(inputs)``, which checks this call's data."""
         import pyro
         from torch.fx.experimental.proxy_tensor import make_fx
 
@@ -128,12 +132,8 @@ class CompiledLogDensity:
         outputs: List[tuple] = []
 
         def value_and_grads(*values):
-            fn = build(values[count:])
-            with torch.enable_grad():
-                leaves = {n: v.detach().requires_grad_(True) for n, v in zip(names, values[:count])}
-                value = fn(leaves)
-                grads = torch.autograd.grad(value.sum(), list(leaves.values()), allow_unused=True)
-            result = (value.detach(), *(torch.zeros_like(v) if g is None else g for g, v in zip(grads, leaves.values())))
+            value, grad = value_and_grad(build(values[count:]), dict(zip(names, values[:count])))
+            result = (value, *grad.values())
             outputs.append(result)  # real tensors (make_fx records while computing them)
             return result
 
@@ -149,7 +149,7 @@ class CompiledLogDensity:
         except Exception as err:  # noqa: BLE001 - any failure to record; eager is the reference
             return self._failed(err), None
         with torch.no_grad():  # Pyro's argument checks of this call's data, on a forward pass that writes nothing
-            build(inputs)({n: v.detach() for n, v in latents.items()})
+            eager({n: v.detach() for n, v in latents.items()})
         try:
             compiled = _compile_graph(graph, example, self.backend)
         except Exception as err:  # noqa: BLE001 - any failure to compile; eager is the reference
@@ -218,8 +218,6 @@ class _CompiledTarget:
             if all(position[n] is latents[n] or torch.equal(position[n], latents[n]) for n in self._names):
                 return value, dict(zip(self._names, grads))
         if self._graph is None or not self._validated:
-            from pyro_lfbm.infer.state import value_and_grad
-
             self._validated = True
             return value_and_grad(self._eager, position)
         with torch.no_grad():  # (the graph computes the gradient itself; no Pyro code runs)
