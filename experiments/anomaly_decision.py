@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 
 from pyro_lfbm.harness import cli
-from pyro_lfbm.harness.anomaly_experiment import run_split
+from pyro_lfbm.harness.anomaly_experiment import run_recipe, run_split
 from pyro_lfbm.harness.cli import UsageError, run_record, write_json
 from pyro_lfbm.harness.plots import plot_auprc_against_epochs
 from pyro_lfbm.metrics.anomaly import anomaly_metrics, png_code_length
@@ -59,10 +59,11 @@ def run_test_images(run_dir: Path, data_root) -> tuple[dict, torch.Tensor]:
 
 
 def run_fields(run_dir: Path, config: dict) -> dict:
-    """The columns of every row of one run: its folder, preset, split, training length and test chain."""
+    """The columns of every row of one run: its folder, recipe (preset and overrides, :func:`run_recipe`),
+    split, training length and test chain."""
     run, learn = config["run"], config["learn"]
-    return {"run": run_dir.name, "preset": run.get("preset", "cpu"), "heldout": run["heldout"], "seed": run["seed"],
-            "epochs": learn["epochs"], "test_steps": learn["test_steps"]}
+    return {"run": run_dir.name, "recipe": run_recipe({"preset": "cpu", **run}), "heldout": run["heldout"],
+            "seed": run["seed"], "epochs": learn["epochs"], "test_steps": learn["test_steps"]}
 
 
 def main(args: argparse.Namespace) -> pd.DataFrame:
@@ -96,8 +97,9 @@ def main(args: argparse.Namespace) -> pd.DataFrame:
     write_json(out / "decision.json", run_record({"runs": [str(d) for d in run_dirs], "with_metrics": args.with_metrics or []}))
     if table.epochs.nunique() > 1:
         shown = table[table.score.isin(args.plot_scores)] if args.plot_scores else table
-        plot_auprc_against_epochs(shown, out / "auprc_epochs.png", "decision functions against training length")
-    columns = ["preset", "heldout", "seed", "epochs"] if table.preset.nunique() > 1 else ["heldout", "seed", "epochs"]
+        plot_auprc_against_epochs(shown, out / "auprc_epochs.png", "decision functions against training length",
+                                  by="recipe")
+    columns = ["recipe", "heldout", "seed", "epochs"] if table.recipe.nunique() > 1 else ["heldout", "seed", "epochs"]
     print(table.pivot_table(index=["batchnorm", "score"], columns=columns, values="auprc").round(3).to_string())
     return table
 

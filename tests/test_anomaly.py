@@ -335,6 +335,24 @@ def test_the_sampler_option_reaches_the_training_guide_and_names_its_runs(tmp_pa
         config("--sampler", "underdamped", "--guide", "encoder")
 
 
+def test_a_runs_recipe_names_its_preset_variant_and_every_override(tmp_path):
+    from dataclasses import asdict
+
+    from pyro_lfbm.harness.anomaly_experiment import run_recipe
+    from tests.conftest import experiment_script
+
+    anomaly = experiment_script("anomaly")
+
+    def recipe(*args):
+        cfg = anomaly.run_config(anomaly.build_parser().parse_args(["--out", str(tmp_path), *args]))
+        return run_recipe(json.loads(json.dumps(asdict(cfg))))  # as read back from run.json
+
+    assert recipe() == recipe("--seed", "2", "--epochs", "4", "--test-steps", "20") == "cpu"
+    assert recipe("--preset", "paper", "--model", "hierarchical", "--guide", "encoder") == "paper hierarchical-encoder"
+    assert recipe("--lr", "4e-4", "--set", "generator_hidden=512", "--set", "generator_channels=64") == \
+        "cpu lr=0.0004 generator_hidden=512 generator_channels=64"
+
+
 def test_sampler_comparison_tiny_run_trains_one_model_per_sampler(tmp_path):
     from tests.conftest import experiment_script
 

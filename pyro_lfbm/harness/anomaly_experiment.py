@@ -67,6 +67,16 @@ def run_variant(cfg: AnomalyRunConfig) -> str:
     return "-".join(part for part, default in parts if part != default)
 
 
+def run_recipe(run: Dict) -> str:
+    """A readable name for what a run trained, from its ``run.json`` ``config["run"]``: the preset, the
+    :func:`run_variant` and every override, e.g. ``"cpu"``, ``"paper"``, ``"cpu hierarchical-encoder"``,
+    ``"cpu lr=0.0004 generator_hidden=512"``. Runs of one recipe at different lengths or seeds share it."""
+    cfg = AnomalyRunConfig(**{k: v for k, v in run.items() if k in AnomalyRunConfig.__dataclass_fields__})
+    overrides = {"lr": cfg.lr, "sigma": cfg.sigma, **(cfg.model_overrides or {})}
+    parts = [cfg.preset, run_variant(cfg), *(f"{key}={value}" for key, value in overrides.items() if value is not None)]
+    return " ".join(part for part in parts if part)
+
+
 def run_folder_name(heldout: int, prior: str, seed: int, variant: str = "") -> str:
     """The folder of one run's files: ``heldout<d>-<prior>[-<variant>]-seed<s>`` (see :func:`run_variant`)."""
     return f"heldout{heldout}-{prior}{'-' + variant if variant else ''}-seed{seed}"

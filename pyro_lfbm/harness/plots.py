@@ -55,10 +55,11 @@ def save_ranked_grid(images: torch.Tensor, score: torch.Tensor, path: Path, coun
     save_image((picked + 1) / 2, path, nrow=16, padding=1, pad_value=1.0)
 
 
-def plot_auprc_against_epochs(table, path: Path, title: str = "") -> List[str]:
+def plot_auprc_against_epochs(table, path: Path, title: str = "", by: str = "preset") -> List[str]:
     """AUPRC against training epochs, one panel per held-out digit, one line per (BatchNorm mode, score):
     a colour per score, dashed for running statistics (eval), solid for batch statistics (train). With
-    a ``preset`` column naming more than one preset, each preset's lines get their own marker and label.
+    a column ``by`` (e.g. ``preset`` or ``recipe``) naming more than one group, each group's lines get
+    their own marker and label.
 
     :param table: a :class:`pandas.DataFrame` with columns heldout, epochs, batchnorm, score, auprc
         (more than one row per point, e.g. several seeds, is averaged).
@@ -67,16 +68,16 @@ def plot_auprc_against_epochs(table, path: Path, title: str = "") -> List[str]:
     digits = sorted(table.heldout.unique())
     fig, axes = plt.subplots(1, len(digits), figsize=(4.5 * len(digits), 3.6), squeeze=False, sharey=True)
     colours = {score: plt.cm.tab10(i % 10) for i, score in enumerate(table.score.unique())}
-    presets = list(table.preset.unique()) if "preset" in table and table.preset.nunique() > 1 else [None]
-    markers = dict(zip(presets, "os^vD"))
+    groups = list(table[by].unique()) if by in table and table[by].nunique() > 1 else [None]
+    markers = dict(zip(groups, "os^vDPX*<>"))
     for ax, digit in zip(axes[0], digits):
         rows = table[table.heldout == digit]
-        for preset in presets:
-            part = rows if preset is None else rows[rows.preset == preset]
+        for group in groups:
+            part = rows if group is None else rows[rows[by] == group]
             for (mode, score), line in part.groupby(["batchnorm", "score"]):
                 mean = line.groupby("epochs").auprc.mean()
-                label = f"{score}, BN {mode}" + ("" if preset is None else f", {preset}")
-                ax.plot(mean.index, mean.values, marker=markers[preset], color=colours[score],
+                label = f"{score}, BN {mode}" + ("" if group is None else f", {group}")
+                ax.plot(mean.index, mean.values, marker=markers.get(group, "o"), color=colours[score],
                         ls="-" if mode == "train" else "--", label=label)
         ax.set(title=f"held-out {digit}", xlabel="epochs", ylabel="AUPRC")
     axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
