@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sampler", choices=SAMPLER_NAMES, default="ula",
                         help="the training chain's sampler (langevin guide): ula (the paper), preconditioned (pSGLD's "
                              "diagonal) or underdamped (OBABO); one gradient evaluation per step each")
-    parser.add_argument("--test-steps", type=cli.positive_int, default=None, help="test-time Langevin steps (paper: 400)")
+    parser.add_argument("--test-steps", type=cli.nonnegative_int, default=None,
+                        help="test-time Langevin steps (paper: 400); 0 scores at the encoder's z (--guide encoder or hybrid)")
     parser.add_argument("--test-batch-size", type=cli.positive_int, default=None,
                         help="images per scoring batch (cpu preset: 500; the official code: 100)")
     parser.add_argument("--batchnorm", choices=("eval", "train", "both"), default="both",

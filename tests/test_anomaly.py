@@ -286,6 +286,35 @@ def test_the_anomaly_task_takes_explicit_arguments_and_leaves_global_state_alone
         run_anomaly(preset, split, batchnorm=("running",))
 
 
+@pytest.mark.parametrize("guide", ["encoder", "hybrid"])
+def test_zero_test_steps_score_at_the_encoders_mean(tmp_path, guide):
+    from dataclasses import replace
+
+    from pyro_lfbm.data import AnomalySplit
+    from pyro_lfbm.infer.encoder_guide import encode_dataset
+    from pyro_lfbm.infer.modes import eval_mode
+    from pyro_lfbm.tasks.anomaly import load_trained_model, run_anomaly
+    from pyro_lfbm.train.recipe import build, isolated
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.tanh(2 * torch.nn.functional.interpolate(torch.randn(90, 1, 7, 7, generator=g), size=28, mode="bilinear"))
+    is_anomaly = (torch.arange(40) % 4 == 0).long()
+    split = AnomalySplit(train_x=x[:50], train_digits=torch.zeros(50, dtype=torch.long), test_x=x[50:],
+                         test_is_anomaly=is_anomaly, test_digits=is_anomaly * 7, heldout=7, seed=1)
+    tiny = get_preset("tiny", "flow", guide)
+    preset = replace(tiny, learn=replace(tiny.learn, test_steps=0))
+    result = run_anomaly(preset, split, seed=1, checkpoint_path=tmp_path / "c.pt", batchnorm=("eval",))
+    with isolated(1):
+        recipe = build(preset)
+    load_trained_model(recipe.model, tmp_path / "c.pt", guide=recipe.guide)
+    with eval_mode(recipe.model, recipe.encoder_guide):
+        expected = encode_dataset(recipe.encoder_guide, split.test_x, recipe.model, progress=False)
+    torch.testing.assert_close(result.scores["recon"], -expected.log_joint_terms["likelihood"])
+    torch.testing.assert_close(result.scores["prior"], -expected.log_joint_terms["prior"])
+    with pytest.raises(ValueError, match="no encoder"):
+        replace(preset, guide=get_preset("tiny").guide).check()
+
+
 def test_chains_are_compiled_only_in_one_process(monkeypatch):
     from pyro_lfbm.harness import anomaly_experiment
     from pyro_lfbm.harness.cli import UsageError

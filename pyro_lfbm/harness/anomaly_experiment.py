@@ -119,8 +119,9 @@ def anomaly_preset(cfg: AnomalyRunConfig):
             raise UsageError(f"--epochs must be at least 1, got {cfg.epochs}")
         learn = replace(learn, epochs=cfg.epochs)
     if cfg.test_steps is not None:
-        if cfg.test_steps < 1:
-            raise UsageError(f"--test-steps must be at least 1, got {cfg.test_steps}")
+        if cfg.test_steps < 0 or (cfg.test_steps == 0 and cfg.guide == "langevin"):
+            raise UsageError(f"--test-steps must be at least 1 (0, scoring at the encoder's z, needs --guide encoder "
+                             f"or hybrid), got {cfg.test_steps}")
         learn = replace(learn, test_steps=cfg.test_steps)
     smallest = 1 if cfg.batchnorm == "eval" else 2  # BatchNorm on batch statistics needs two images
     if cfg.test_batch_size is not None:

@@ -115,7 +115,8 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LearnConfig:
-    """Algorithm 1's settings and the test-time inference."""
+    """Algorithm 1's settings and the test-time inference (``test_steps`` noise-free Langevin steps of
+    ``test_step_size``; 0 scores at the encoder's mean, for the guides that have an encoder)."""
 
     epochs: int = 21
     batch_size: int = 100
@@ -128,8 +129,9 @@ class LearnConfig:
 
     def check(self) -> "LearnConfig":
         """Raise a one-line ``ValueError`` naming the first field with an impossible value; returns self."""
-        for name in ("epochs", "batch_size", "num_steps", "test_steps", "test_batch_size"):
+        for name in ("epochs", "batch_size", "num_steps", "test_batch_size"):
             _check_int(name, getattr(self, name), 1)
+        _check_int("test_steps", self.test_steps, 0)
         for name in ("step_size", "test_step_size"):
             _check_positive(name, getattr(self, name))
         _check_positive("lr", self.optim.lr)
@@ -238,6 +240,9 @@ class Preset:
         self.model.check()
         self.learn.check()
         self.guide.check()
+        if self.learn.test_steps == 0 and self.guide.kind == "langevin":
+            raise ValueError("test_steps 0 scores at the encoder's z, and the langevin guide has no encoder; "
+                             "use at least 1 step, or the encoder or hybrid guide")
         return self
 
 
