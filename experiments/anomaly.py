@@ -42,7 +42,7 @@ from pyro_lfbm.harness.anomaly_experiment import (
     save_anomaly_run,
 )
 from pyro_lfbm.infer.samplers import SAMPLER_NAMES
-from pyro_lfbm.train.presets import GUIDES, MODELS, PRIORS, ModelConfig
+from pyro_lfbm.train.presets import ANOMALY_PRESETS, GUIDES, MODELS, PRIORS, ModelConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,8 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", choices=MODELS, default="latent",
                         help="latent = one latent vector (LFBM); hierarchical = latents z1, z2, z3 at three generator "
                              "layers with the prior over their concatenation")
-    parser.add_argument("--guide", choices=GUIDES, default="langevin",
-                        help="training guide: langevin (short-run Langevin from N(0, I), the paper), encoder (an "
+    parser.add_argument("--guide", choices=GUIDES, default=None,
+                        help="training guide (default: the preset's: hybrid for cpu-hybrid, else langevin): langevin (short-run Langevin from N(0, I), the paper), encoder (an "
                              "amortized Gaussian encoder: LFBM-VAE; with --model hierarchical the hierarchical-VAE "
                              "baseline) or hybrid (Langevin from the encoder mean); test chains start at the encoder "
                              "mean for encoder and hybrid")
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="use only this many test images (anomaly share kept; at least 2)")
     parser.add_argument("--eval-only", metavar="CHECKPOINT", default=None, help="score a trained checkpoint, no training")
     parser.add_argument("--chain", choices=CHAINS, default=None, help=CHAIN_HELP)
-    cli.add_common_arguments(parser, default_out="runs/anomaly")
+    cli.add_common_arguments(parser, default_out="runs/anomaly", presets=ANOMALY_PRESETS)
     return parser
 
 

@@ -27,12 +27,13 @@ from pyro_lfbm.harness.anomaly_experiment import (
     checkpoint_name,
     run_anomaly,
     run_folder_name,
+    run_variant,
     save_anomaly_run,
 )
 from pyro_lfbm.harness.anomaly_report import PAPER_AUPRC, append_rows, has_run, read_table, write_report
 from pyro_lfbm.harness.locking import run_claim
 from pyro_lfbm.harness.cli import UsageError, run_record
-from pyro_lfbm.train.presets import PRIORS
+from pyro_lfbm.train.presets import ANOMALY_PRESETS, PRIORS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--digits", type=cli.digit, nargs="+", default=sorted(PAPER_AUPRC["LFBM"]))
     parser.add_argument("--priors", nargs="+", choices=PRIORS, default=list(PRIORS))
     parser.add_argument("--seeds", type=cli.nonnegative_int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--test-steps", type=cli.positive_int, default=None)
+    parser.add_argument("--test-steps", type=cli.nonnegative_int, default=None,
+                        help="test-time Langevin steps (default: the preset's; 0 scores at the encoder's z)")
     parser.add_argument("--batchnorm", choices=("eval", "train", "both"), default="both")
     parser.add_argument("--sigma", type=cli.positive_float, default=None)
     parser.add_argument("--limit-train", type=cli.positive_int, default=None, help="training images per run (at least one batch)")
@@ -48,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--report-only", action="store_true", help="only rewrite README.md from table.csv")
     # no --resume: finished runs are skipped and unfinished ones continue from their checkpoints anyway;
     # no --overwrite: runs are added to the table, never replaced
-    cli.add_common_arguments(parser, default_out="runs/anomaly_table", resume=False, overwrite=False)
+    cli.add_common_arguments(parser, default_out="runs/anomaly_table", resume=False, overwrite=False,
+                             presets=ANOMALY_PRESETS)
     return parser
 
 
@@ -94,7 +97,7 @@ def main(args: argparse.Namespace) -> pd.DataFrame:
                 print(f"skip {run_id}: already in {table_path}")
                 continue
             result = run_anomaly(cfg)
-            save_anomaly_run(result, cfg, out / "runs" / run_folder_name(cfg.heldout, cfg.prior, cfg.seed))
+            save_anomaly_run(result, cfg, out / "runs" / run_folder_name(cfg.heldout, cfg.prior, cfg.seed, run_variant(cfg)))
             rows = pd.DataFrame(result.rows)
             print(rows[["heldout", "prior", "seed", "score", "auprc", "train_seconds", "test_seconds"]].to_string(index=False))
             table = append_rows(table_path, rows)

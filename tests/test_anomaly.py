@@ -364,6 +364,26 @@ def test_the_sampler_option_reaches_the_training_guide_and_names_its_runs(tmp_pa
         config("--sampler", "underdamped", "--guide", "encoder")
 
 
+def test_the_cpu_hybrid_preset_brings_its_guide_and_scores_at_the_encoders_z(tmp_path):
+    from pyro_lfbm.harness.anomaly_experiment import anomaly_preset, checkpoint_name, run_recipe, run_variant
+    from tests.conftest import experiment_script
+
+    anomaly = experiment_script("anomaly")
+
+    def config(*args):
+        return anomaly.run_config(anomaly.build_parser().parse_args(["--out", str(tmp_path), *args]))
+
+    cfg = config("--preset", "cpu-hybrid")
+    preset = anomaly_preset(cfg)
+    assert (cfg.guide, preset.guide.kind, preset.learn.test_steps) == ("hybrid", "hybrid", 0)
+    assert (run_variant(cfg), checkpoint_name(cfg)) == ("hybrid", "lfbm-flow-hybrid-heldout7-seed1-cpu-hybrid.pt")
+    assert run_recipe(vars(cfg)) == "cpu-hybrid" and run_recipe(vars(config("--guide", "hybrid"))) == "cpu hybrid"
+    assert anomaly_preset(config("--preset", "cpu-hybrid", "--test-steps", "20")).learn.test_steps == 20
+    assert config().guide == "langevin" and anomaly_preset(config()).learn.test_steps == 100
+    with pytest.raises(Exception, match="no encoder"):
+        config("--preset", "cpu-hybrid", "--guide", "langevin")
+
+
 def test_a_runs_recipe_names_its_preset_variant_and_every_override(tmp_path):
     from dataclasses import asdict
 

@@ -19,7 +19,7 @@ from pyro_lfbm.harness.cli import UsageError, run_record, save_tensors, staged_o
 from pyro_lfbm.harness.plots import plot_precision_recall, plot_score_histograms, save_ranked_grid
 from pyro_lfbm.tasks.anomaly import AnomalyResult, run_anomaly as run_anomaly_task
 from pyro_lfbm.train import distributed
-from pyro_lfbm.train.presets import get_preset
+from pyro_lfbm.train.presets import PRESETS, get_preset
 
 
 @dataclass
@@ -46,8 +46,12 @@ class AnomalyRunConfig:
     skip_nonfinite: bool = False
     chain: str = "compiled"
     model: str = "latent"
-    guide: str = "langevin"
+    guide: Optional[str] = None
     sampler: str = "ula"
+
+    def __post_init__(self) -> None:
+        if self.guide is None and self.preset in PRESETS:  # the preset's own guide (an unknown preset is refused later)
+            self.guide = PRESETS[self.preset]().guide.kind
 
 
 #: What a checkpoint must agree on to be resumed or scored: the model config and, for the encoder and
@@ -72,8 +76,11 @@ def run_recipe(run: Dict) -> str:
     :func:`run_variant` and every override, e.g. ``"cpu"``, ``"paper"``, ``"cpu hierarchical-encoder"``,
     ``"cpu lr=0.0004 generator_hidden=512"``. Runs of one recipe at different lengths or seeds share it."""
     cfg = AnomalyRunConfig(**{k: v for k, v in run.items() if k in AnomalyRunConfig.__dataclass_fields__})
+    own_guide = PRESETS[cfg.preset]().guide.kind if cfg.preset in PRESETS else "langevin"
+    variant = ((cfg.model, "latent"), (cfg.guide, own_guide), (cfg.sampler, "ula"))
     overrides = {"lr": cfg.lr, "sigma": cfg.sigma, **(cfg.model_overrides or {})}
-    parts = [cfg.preset, run_variant(cfg), *(f"{key}={value}" for key, value in overrides.items() if value is not None)]
+    parts = [cfg.preset, "-".join(part for part, default in variant if part != default),
+             *(f"{key}={value}" for key, value in overrides.items() if value is not None)]
     return " ".join(part for part in parts if part)
 
 
@@ -119,9 +126,8 @@ def anomaly_preset(cfg: AnomalyRunConfig):
             raise UsageError(f"--epochs must be at least 1, got {cfg.epochs}")
         learn = replace(learn, epochs=cfg.epochs)
     if cfg.test_steps is not None:
-        if cfg.test_steps < 0 or (cfg.test_steps == 0 and cfg.guide == "langevin"):
-            raise UsageError(f"--test-steps must be at least 1 (0, scoring at the encoder's z, needs --guide encoder "
-                             f"or hybrid), got {cfg.test_steps}")
+        if cfg.test_steps < 0:
+            raise UsageError(f"--test-steps must be at least 0, got {cfg.test_steps}")
         learn = replace(learn, test_steps=cfg.test_steps)
     smallest = 1 if cfg.batchnorm == "eval" else 2  # BatchNorm on batch statistics needs two images
     if cfg.test_batch_size is not None:
