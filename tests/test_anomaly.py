@@ -396,7 +396,8 @@ def test_a_runs_recipe_names_its_preset_variant_and_every_override(tmp_path):
         cfg = anomaly.run_config(anomaly.build_parser().parse_args(["--out", str(tmp_path), *args]))
         return run_recipe(json.loads(json.dumps(asdict(cfg))))  # as read back from run.json
 
-    assert recipe() == recipe("--seed", "2", "--epochs", "4", "--test-steps", "20") == "cpu"
+    assert recipe() == recipe("--seed", "2", "--epochs", "4") == "cpu"
+    assert recipe("--test-steps", "20") == "cpu test_steps=20"
     assert recipe("--preset", "paper", "--model", "hierarchical", "--guide", "encoder") == "paper hierarchical-encoder"
     assert recipe("--lr", "4e-4", "--set", "generator_hidden=512", "--set", "generator_channels=64") == \
         "cpu lr=0.0004 generator_hidden=512 generator_channels=64"

@@ -74,11 +74,12 @@ def run_variant(cfg: AnomalyRunConfig) -> str:
 def run_recipe(run: Dict) -> str:
     """A readable name for what a run trained, from its ``run.json`` ``config["run"]``: the preset, the
     :func:`run_variant` and every override, e.g. ``"cpu"``, ``"paper"``, ``"cpu hierarchical-encoder"``,
-    ``"cpu lr=0.0004 generator_hidden=512"``. Runs of one recipe at different lengths or seeds share it."""
+    ``"cpu lr=0.0004 generator_hidden=512"``, ``"cpu-hybrid test_steps=20"``. Runs of one recipe at
+    different lengths or seeds share it."""
     cfg = AnomalyRunConfig(**{k: v for k, v in run.items() if k in AnomalyRunConfig.__dataclass_fields__})
     own_guide = PRESETS[cfg.preset]().guide.kind if cfg.preset in PRESETS else "langevin"
     variant = ((cfg.model, "latent"), (cfg.guide, own_guide), (cfg.sampler, "ula"))
-    overrides = {"lr": cfg.lr, "sigma": cfg.sigma, **(cfg.model_overrides or {})}
+    overrides = {"lr": cfg.lr, "sigma": cfg.sigma, "test_steps": cfg.test_steps, **(cfg.model_overrides or {})}
     parts = [cfg.preset, "-".join(part for part, default in variant if part != default),
              *(f"{key}={value}" for key, value in overrides.items() if value is not None)]
     return " ".join(part for part in parts if part)
