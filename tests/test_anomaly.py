@@ -431,3 +431,16 @@ def test_auprc_against_epochs_plot_separates_presets(tmp_path):
     one = [r for r in rows if r["preset"] == "cpu"]
     assert sorted(plot_auprc_against_epochs(pd.DataFrame(one), tmp_path / "b.png")) == ["joint, BN train", "prior, BN train"]
     assert (tmp_path / "a.png").stat().st_size > 0
+
+
+def test_run_records_name_the_cpu_model_as_lscpu_does():
+    from pyro_lfbm.harness.cli import cpu_model, run_record
+
+    lscpu = shutil.which("lscpu")
+    if lscpu is None:
+        pytest.skip("no lscpu here")
+    lines = subprocess.run([lscpu], capture_output=True, text=True, env={"LC_ALL": "C"}).stdout.splitlines()
+    name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name")), None)
+    if name is None:
+        pytest.skip("lscpu names no model")
+    assert cpu_model().startswith(name) and run_record()["cpu"] == cpu_model()

@@ -9,7 +9,7 @@ from typing import Dict
 
 import pandas as pd
 
-from pyro_lfbm.harness.anomaly_experiment import run_folder_name
+from pyro_lfbm.harness.anomaly_experiment import AnomalyRunConfig, run_folder_name, run_variant
 from pyro_lfbm.harness.cli import read_result_file
 from pyro_lfbm.harness.formatting import mean_std
 from pyro_lfbm.harness.locking import locked
@@ -133,24 +133,27 @@ def readable_targets(targets: pd.DataFrame) -> pd.DataFrame:
 
 def run_table(table: pd.DataFrame, runs_dir: Path) -> pd.DataFrame:
     """One row per run (held-out digit, prior, seed) with its settings, time and, where its
-    ``runs_dir/heldout<d>-<prior>-seed<s>/run.json`` exists, the machine and command."""
+    ``runs_dir/heldout<d>-<prior>[-<variant>]-seed<s>/run.json`` exists, the machine and command."""
+    table = table.assign(**{column: table[column] if column in table else default
+                            for column, default in (("model", "latent"), ("guide", "langevin"))})
     per_mode = table.groupby(["heldout", "prior", "seed", "batchnorm"]).agg(
         preset=("preset", "first"), epochs=("epochs", "first"), test_steps=("test_steps", "first"),
         n_train=("n_train", "first"), n_test=("n_test", "first"), train_seconds=("train_seconds", "first"),
-        test_seconds=("test_seconds", "first")).reset_index()
+        test_seconds=("test_seconds", "first"), model=("model", "first"), guide=("guide", "first")).reset_index()
     runs = per_mode.groupby(["heldout", "prior", "seed"]).agg(
-        preset=("preset", "first"), epochs=("epochs", "first"), test_steps=("test_steps", "first"),
+        preset=("preset", "first"), model=("model", "first"), guide=("guide", "first"), epochs=("epochs", "first"), test_steps=("test_steps", "first"),
         n_train=("n_train", "first"), n_test=("n_test", "first"), train_seconds=("train_seconds", "first"),
         test_seconds=("test_seconds", "sum")).reset_index()
     runs["minutes"] = ((runs.train_seconds + runs.test_seconds) / 60).round(1)
     machines, commands = [], []
     for row in runs.itertuples():
-        record_path = runs_dir / run_folder_name(row.heldout, row.prior, row.seed) / "run.json"
+        variant = run_variant(AnomalyRunConfig(model=row.model, guide=row.guide))
+        record_path = runs_dir / run_folder_name(row.heldout, row.prior, row.seed, variant) / "run.json"
         record = json.loads(record_path.read_text()) if record_path.exists() else {}
-        machines.append(record.get("machine", ""))
+        machines.append("; ".join(part for part in (record.get("machine"), record.get("cpu")) if part))
         commands.append(f"`{record['command']}`" if "command" in record else "")
     runs["machine"], runs["command"] = machines, commands
-    return runs
+    return runs.drop(columns=["model", "guide"])
 
 
 def write_report(table: pd.DataFrame, path: Path, record: dict) -> None:
@@ -165,7 +168,8 @@ def write_report(table: pd.DataFrame, path: Path, record: dict) -> None:
         "AUPRC = trapezoidal area under `sklearn.metrics.precision_recall_curve` with the held-out digit as the",
         "positive class. Cells are mean ± standard deviation **over training seeds** (the count in brackets);",
         "the seed also fixes the data split. Decision functions: `joint` = −log p(x, z) (the paper's),",
-        "`recon` = −log p(x | z), `prior` = −log p(z), all at z inferred by test-time Langevin.",
+        "`recon` = −log p(x | z), `prior` = −log p(z), all at the test-time z: `test_steps` noise-free Langevin",
+        "steps from z₀ ~ N(0, I), or from the encoder's z for encoder and hybrid runs (0 steps: the encoder's z).",
         "",
         *(["See `NOTES.md` for what decides the score.", ""] if (path.parent / "NOTES.md").exists() else []),
         *[f"Another table, run differently: `{other.relative_to(path.parent)}`." for other in sorted(path.parent.glob("*/README.md"))],

@@ -568,6 +568,24 @@ def command_line() -> str:
     return "python " + " ".join(shlex.quote(a) for a in sys.argv)
 
 
+def cpu_model() -> str:
+    """The processor's name as ``lscpu`` shows it, with its family and model numbers (Linux), e.g.
+    ``"Intel(R) Xeon(R) Processor (family 6, model 167)"``; elsewhere :func:`platform.processor`."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                if not line.strip():
+                    break  # the first processor's block is enough
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    if "model name" not in fields:
+        return platform.processor() or "unknown CPU"
+    return f"{fields['model name']} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
+
+
 def run_record(extra: dict | None = None) -> dict:
     """The command, time, machine and versions, for writing beside results."""
     import pyro
@@ -576,6 +594,7 @@ def run_record(extra: dict | None = None) -> dict:
         "command": command_line(),
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}",
+        "cpu": cpu_model(),
         "processes": (distributed.current().size if distributed.current() is not None else 1),  # > 1 under torchrun
         "malloc_retained": allocator.freed_memory_retained(),  # glibc keeps freed memory (run_cli; see allocator)
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
