@@ -50,8 +50,13 @@ class AnomalyRunConfig:
     sampler: str = "ula"
 
     def __post_init__(self) -> None:
-        if self.guide is None and self.preset in PRESETS:  # the preset's own guide (an unknown preset is refused later)
-            self.guide = PRESETS[self.preset]().guide.kind
+        if self.guide is None:
+            self.guide = preset_guide(self.preset)
+
+
+def preset_guide(preset: str) -> str:
+    """The training guide a named preset brings (``"langevin"`` for an unknown name, which is refused later)."""
+    return PRESETS[preset]().guide.kind if preset in PRESETS else "langevin"
 
 
 #: What a checkpoint must agree on to be resumed or scored: the model config and, for the encoder and
@@ -63,11 +68,12 @@ RUN_FILES = ("metrics.csv", "history.csv", "scores.pt", "precision_recall.png", 
              "ranked_joint.png", "run.json")
 
 
-def run_variant(cfg: AnomalyRunConfig) -> str:
+def run_variant(cfg: AnomalyRunConfig, guide: str = "langevin") -> str:
     """The model and guide of a run when not the default LFBM (``"hierarchical"``, ``"encoder"``,
     ``"hierarchical-encoder"``, ``"underdamped"``, ...; ``""`` for ``--model latent --guide langevin --sampler ula``): part of its
-    folder and checkpoint names, so that runs of different models never share them."""
-    parts = ((cfg.model, "latent"), (cfg.guide, "langevin"), (cfg.sampler, "ula"))
+    folder and checkpoint names, so that runs of different models never share them. ``guide``: the guide
+    left unnamed (:func:`run_recipe` passes the preset's own)."""
+    parts = ((cfg.model, "latent"), (cfg.guide, guide), (cfg.sampler, "ula"))
     return "-".join(part for part, default in parts if part != default)
 
 
@@ -77,10 +83,8 @@ def run_recipe(run: Dict) -> str:
     ``"cpu lr=0.0004 generator_hidden=512"``, ``"cpu-hybrid test_steps=20"``. Runs of one recipe at
     different lengths or seeds share it."""
     cfg = AnomalyRunConfig(**{k: v for k, v in run.items() if k in AnomalyRunConfig.__dataclass_fields__})
-    own_guide = PRESETS[cfg.preset]().guide.kind if cfg.preset in PRESETS else "langevin"
-    variant = ((cfg.model, "latent"), (cfg.guide, own_guide), (cfg.sampler, "ula"))
     overrides = {"lr": cfg.lr, "sigma": cfg.sigma, "test_steps": cfg.test_steps, **(cfg.model_overrides or {})}
-    parts = [cfg.preset, "-".join(part for part, default in variant if part != default),
+    parts = [cfg.preset, run_variant(cfg, guide=preset_guide(cfg.preset)),
              *(f"{key}={value}" for key, value in overrides.items() if value is not None)]
     return " ".join(part for part in parts if part)
 

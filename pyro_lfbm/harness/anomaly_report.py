@@ -141,7 +141,8 @@ def run_table(table: pd.DataFrame, runs_dir: Path) -> pd.DataFrame:
         n_train=("n_train", "first"), n_test=("n_test", "first"), train_seconds=("train_seconds", "first"),
         test_seconds=("test_seconds", "first"), model=("model", "first"), guide=("guide", "first")).reset_index()
     runs = per_mode.groupby(["heldout", "prior", "seed"]).agg(
-        preset=("preset", "first"), model=("model", "first"), guide=("guide", "first"), epochs=("epochs", "first"), test_steps=("test_steps", "first"),
+        preset=("preset", "first"), model=("model", "first"), guide=("guide", "first"), epochs=("epochs", "first"),
+        test_steps=("test_steps", "first"),
         n_train=("n_train", "first"), n_test=("n_test", "first"), train_seconds=("train_seconds", "first"),
         test_seconds=("test_seconds", "sum")).reset_index()
     runs["minutes"] = ((runs.train_seconds + runs.test_seconds) / 60).round(1)
