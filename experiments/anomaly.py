@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="use only this many test images (anomaly share kept; at least 2)")
     parser.add_argument("--eval-only", metavar="CHECKPOINT", default=None, help="score a trained checkpoint, no training")
     parser.add_argument("--chain", choices=CHAINS, default=None, help=CHAIN_HELP)
+    parser.add_argument("--iwae-particles", type=cli.nonnegative_int, default=0, metavar="P",
+                        help="also score by -log p(x), an importance-weighted estimate with P draws from the encoder "
+                             "(encoder and hybrid guides; BatchNorm eval); 0 = off")
     cli.add_common_arguments(parser, default_out="runs/anomaly", presets=ANOMALY_PRESETS)
     return parser
 
@@ -92,7 +95,7 @@ def run_config(args: argparse.Namespace) -> AnomalyRunConfig:
         resume=args.resume, eval_only=args.eval_only, progress=not args.no_progress, sigma=args.sigma, lr=args.lr,
         model_overrides=cli.parse_overrides(args.overrides, ModelConfig(), refused=("prior", "image_shape", "sigma", "layer_dims")),
         skip_nonfinite=args.skip_nonfinite, chain=args.chain or default_chain(args.model), model=args.model, guide=args.guide,
-        sampler=args.sampler,
+        sampler=args.sampler, iwae_particles=args.iwae_particles,
     )
     anomaly_preset(cfg)
     cli.refuse_finished_run(Path(args.out) / run_folder_name(cfg.heldout, cfg.prior, cfg.seed, run_variant(cfg)), "run.json",

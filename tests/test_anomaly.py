@@ -315,6 +315,50 @@ def test_zero_test_steps_score_at_the_encoders_mean(tmp_path, guide):
         replace(preset, guide=get_preset("tiny").guide).check()
 
 
+@pytest.mark.parametrize("model", ["latent", "hierarchical"])
+def test_the_iwae_score_is_minus_the_importance_weighted_log_px_under_the_encoder(tmp_path, model):
+    from dataclasses import replace
+
+    from pyro_lfbm.data import AnomalySplit
+    from pyro_lfbm.metrics.evaluation import GaussianProposal, iwae_log_px
+    from pyro_lfbm.tasks.anomaly import load_trained_model, run_anomaly
+    from pyro_lfbm.train.recipe import build, isolated
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.tanh(2 * torch.nn.functional.interpolate(torch.randn(90, 1, 7, 7, generator=g), size=28, mode="bilinear"))
+    is_anomaly = (torch.arange(40) % 4 == 0).long()
+    split = AnomalySplit(train_x=x[:50], train_digits=torch.zeros(50, dtype=torch.long), test_x=x[50:],
+                         test_is_anomaly=is_anomaly, test_digits=is_anomaly * 7, heldout=7, seed=1)
+    tiny = get_preset("tiny", "flow", "encoder", model)
+    preset = replace(tiny, learn=replace(tiny.learn, test_steps=0))
+    result = run_anomaly(preset, split, seed=1, checkpoint_path=tmp_path / "c.pt", iwae_particles=4)
+    assert sorted(result.scores_by_mode["eval"]) == ["iwae", "joint", "prior", "recon"]
+    assert sorted(result.scores_by_mode["train"]) == ["joint", "prior", "recon"]
+    assert {(r["batchnorm"], r["score"]) for r in result.rows if r["score"] == "iwae"} == {("eval", "iwae")}
+    with isolated(1):
+        recipe = build(preset)
+    load_trained_model(recipe.model, tmp_path / "c.pt", guide=recipe.guide)
+    proposal = GaussianProposal.from_guide(recipe.encoder_guide, split.test_x)
+    expected = -iwae_log_px(recipe.model, split.test_x, proposal, num_particles=4, seed=1)
+    torch.testing.assert_close(result.scores["iwae"], expected)
+    # one particle: log p_α(z) + log N(x; g(z), σ²) - log q(z | x) at the draw, written out by hand
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        z = proposal.dist(0, 40).sample((1,))[0]
+    model_ = recipe.model.eval()
+    with torch.no_grad():
+        sigma = torch.as_tensor(model_.sigma, dtype=torch.float64)
+        mean = model_.generator(z).double()
+        log_lik = (-(split.test_x.double() - mean) ** 2 / (2 * sigma**2) - sigma.log() - 0.5 * math.log(2 * math.pi)).flatten(1).sum(1)
+        by_hand = model_.prior.log_prob(z).double() + log_lik - proposal.dist(0, 40).log_prob(z).double()
+    torch.testing.assert_close(iwae_log_px(model_, split.test_x, proposal, num_particles=1, seed=1).double(), by_hand,
+                               rtol=1e-5, atol=1e-2)
+    with pytest.raises(ValueError, match="encoder or hybrid guide"):
+        run_anomaly(get_preset("tiny"), split, iwae_particles=2)
+    with pytest.raises(ValueError, match="eval BatchNorm"):
+        run_anomaly(preset, split, batchnorm=("train",), iwae_particles=2)
+
+
 def test_chains_are_compiled_only_in_one_process(monkeypatch):
     from pyro_lfbm.harness import anomaly_experiment
     from pyro_lfbm.harness.cli import UsageError

@@ -48,6 +48,7 @@ class AnomalyRunConfig:
     model: str = "latent"
     guide: Optional[str] = None
     sampler: str = "ula"
+    iwae_particles: int = 0
 
     def __post_init__(self) -> None:
         if self.guide is None:
@@ -143,6 +144,13 @@ def anomaly_preset(cfg: AnomalyRunConfig):
         raise UsageError(f"--batchnorm must be eval, train or both, got {cfg.batchnorm!r}")
     if not 0 <= cfg.heldout <= 9:
         raise UsageError(f"--heldout must be a digit 0-9, got {cfg.heldout}")
+    if cfg.iwae_particles < 0:
+        raise UsageError(f"--iwae-particles must be at least 0, got {cfg.iwae_particles}")
+    if cfg.iwae_particles and preset.guide.kind == "langevin":
+        raise UsageError("--iwae-particles draws z from an encoder and the langevin guide has none; "
+                         "add --guide encoder or --guide hybrid")
+    if cfg.iwae_particles and cfg.batchnorm == "train":
+        raise UsageError("--iwae-particles scores with BatchNorm on running statistics; use --batchnorm eval or both")
     preset = replace(preset, model=model, learn=learn)
     try:
         preset.check()
@@ -225,7 +233,7 @@ def run_anomaly(cfg: AnomalyRunConfig) -> AnomalyResult:
         device=torch.device(cfg.device), resume=cfg.resume, trained_checkpoint=cfg.eval_only,
         checkpoint_path=checkpoint_dir / checkpoint_name(cfg) if checkpoint_dir and not cfg.eval_only else None,
         config=config, config_keys=CONFIG_KEYS, preset_name=cfg.preset, progress=cfg.progress,
-        skip_nonfinite=cfg.skip_nonfinite, compile_chain=compiled_chain(cfg.chain),
+        skip_nonfinite=cfg.skip_nonfinite, compile_chain=compiled_chain(cfg.chain), iwae_particles=cfg.iwae_particles,
     )
 
 

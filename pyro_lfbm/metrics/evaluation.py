@@ -147,7 +147,7 @@ class GaussianProposal:
             for s in range(0, x.shape[0], batch_size):
                 xb = x[s : s + batch_size].to(device)
                 zb = z[s : s + batch_size].to(device)
-                precision = -_hessian(lambda v: model.log_joint(xb, z=v), zb)
+                precision = -_hessian(lambda v: model.log_joint(xb, **model.split_latents(v)), zb)
                 precision = 0.5 * (precision + precision.transpose(1, 2))
                 evals, evecs = torch.linalg.eigh(precision)
                 var = 1.0 / evals.clamp_min(min_precision)
@@ -186,7 +186,9 @@ def iwae_log_px(
     :math:`\log \frac1P \sum_p p(x, z_p) / q(z_p)` with ``P = num_particles`` independent draws
     z_p ~ q from ``proposal`` (one Gaussian per image). In expectation this is a lower bound of
     log p(x) that tightens as P grows. Particles are evaluated ``particle_chunk`` at a time
-    (memory ∝ particle_chunk × batch_size images); ``seed`` fixes the draws.
+    (memory ∝ particle_chunk × batch_size images); ``seed`` fixes the draws. Every
+    :class:`~pyro_lfbm.models.LatentModel` works, a hierarchical one with z its layers concatenated
+    (``model.split_latents``).
     """
     if len(proposal) != x.shape[0]:
         raise ValueError(f"the proposal has {len(proposal)} images but x has {x.shape[0]}")
@@ -204,7 +206,8 @@ def iwae_log_px(
                 p = min(particle_chunk, num_particles - c)
                 zp = q.sample((p,))  # (p, B, D)
                 b = xb.shape[0]
-                lp = model.log_joint(xb.expand(p, *xb.shape).reshape(p * b, *xb.shape[1:]), z=zp.reshape(p * b, -1))
+                lp = model.log_joint(xb.expand(p, *xb.shape).reshape(p * b, *xb.shape[1:]),
+                                     **model.split_latents(zp.reshape(p * b, -1)))
                 log_w.append(lp.reshape(p, b) - q.log_prob(zp))
             log_w = torch.cat(log_w)
             out.append((torch.logsumexp(log_w, 0) - math.log(num_particles)).cpu())

@@ -18,7 +18,8 @@ import torch
 
 from pyro_lfbm.data import AnomalySplit
 from pyro_lfbm.infer.modes import module_mode
-from pyro_lfbm.metrics.anomaly import DECISION_FUNCTIONS, anomaly_metrics, anomaly_scores
+from pyro_lfbm.metrics.anomaly import anomaly_metrics, anomaly_scores
+from pyro_lfbm.metrics.evaluation import GaussianProposal, iwae_log_px
 from pyro_lfbm.train.distributed import sharded_inference
 from pyro_lfbm.train.checkpoint import CheckpointError, check_config_compatible, load_checkpoint
 from pyro_lfbm.train.loop import trainer_state
@@ -38,7 +39,7 @@ class AnomalyResult:
     :ivar list rows: one dict per (BatchNorm mode, decision function): heldout, prior, score, seed,
         auprc, ap, auroc, prevalence, preset, epochs, test_steps, batchnorm, n_train, n_test,
         train_seconds, test_seconds.
-    :ivar dict scores: the first mode's scores, ``{"joint", "recon", "prior"}`` each (N_test,).
+    :ivar dict scores: the first mode's scores, ``{"joint", "recon", "prior"}`` (and ``"iwae"``) each (N_test,).
     :ivar dict scores_by_mode: every scored BatchNorm mode's scores, ``{mode: {"joint", "recon", "prior"}}``.
     :ivar torch.Tensor is_anomaly: (N_test,) 1 = held-out digit.
     :ivar torch.Tensor test_x: (N_test, C, H, W) test images.
@@ -99,6 +100,7 @@ def run_anomaly(
     progress: bool = False,
     skip_nonfinite: bool = False,
     compile_chain: bool = False,
+    iwae_particles: int = 0,
 ) -> AnomalyResult:
     """Learn ``preset``'s model from ``split.train_x`` (or load ``trained_checkpoint``) and score ``split.test_x``.
 
@@ -110,6 +112,11 @@ def run_anomaly(
     :param preset_name: the preset's name, recorded in the rows.
     :param compile_chain: train and score with the compiled Langevin chain (see
         :func:`~pyro_lfbm.train.recipe.build`); the same model up to float rounding.
+    :param iwae_particles: P > 0 adds the decision function ``"iwae"``, −log p(x) estimated by
+        :func:`~pyro_lfbm.metrics.evaluation.iwae_log_px` with P draws from the encoder's q_φ(z | x)
+        (Burda, Grosse, Salakhutdinov, ICLR 2016): the marginal likelihood by which VAEs are scored
+        (Nalisnick et al., ICLR 2019; the baselines of Havtorn et al., ICML 2021). It needs an encoder
+        guide and is scored with BatchNorm on running statistics only (``"eval"`` in ``batchnorm``).
 
     A preset with an encoder (``guide`` ``"encoder"`` or ``"hybrid"``) scores with test chains
     started at the encoder mean μ_φ(x) instead of z₀ ~ N(0, I) (the encoder in the scoring BatchNorm
@@ -118,6 +125,11 @@ def run_anomaly(
     modes = tuple(batchnorm)
     if not modes or any(mode not in BATCHNORM_MODES for mode in modes):
         raise ValueError(f"batchnorm must be a sequence of {BATCHNORM_MODES}, got {batchnorm!r}")
+    if iwae_particles < 0:
+        raise ValueError(f"iwae_particles must be 0 (off) or a number of particles, got {iwae_particles}")
+    if iwae_particles and (preset.guide.kind == "langevin" or "eval" not in modes):
+        raise ValueError("the iwae score draws from the encoder with BatchNorm on running statistics; "
+                         "use the encoder or hybrid guide and the eval BatchNorm mode")
     learn = preset.learn
     config = dict(config or {"model": preset.to_dict()["model"]})
     with isolated(seed):
@@ -144,8 +156,13 @@ def run_anomaly(
                                            batch_size=learn.test_batch_size, batchnorm=mode, seed=seed, progress=progress,
                                            inference=sharded_inference,  # infer_dataset itself in one process
                                            compile=compile_chain, init=encoder.init_fn if encoder is not None else None)
+            if iwae_particles and mode == "eval":
+                proposal = GaussianProposal.from_guide(encoder, split.test_x, batch_size=learn.test_batch_size)
+                scores["iwae"] = -iwae_log_px(model, split.test_x, proposal, num_particles=iwae_particles,
+                                              batch_size=max(1, learn.test_batch_size // iwae_particles), seed=seed,
+                                              progress=progress)
             test_seconds = time.perf_counter() - started
-            for name in DECISION_FUNCTIONS:
+            for name in scores:
                 rows.append({
                     "heldout": split.heldout, "prior": preset.model.prior, "model": kind, "guide": preset.guide.kind,
                     "score": name, "seed": seed,
