@@ -15,7 +15,7 @@ Runs kept without their ``scores.pt`` (``--with-metrics``) add their own ``metri
 
 Use it on **development digits** (3 and 8) to choose a decision function; it prints a table and writes
 ``decision.csv`` into ``--out`` (default ``runs/anomaly_decision``), with the command in ``decision.json``
-(and ``auprc_epochs.png`` when the runs differ in training length).
+(and ``auprc_epochs.png`` of the recipes scored after several training lengths).
 """
 
 from __future__ import annotations
@@ -95,8 +95,9 @@ def main(args: argparse.Namespace) -> pd.DataFrame:
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "decision.csv", index=False)
     write_json(out / "decision.json", run_record({"runs": [str(d) for d in run_dirs], "with_metrics": args.with_metrics or []}))
-    if table.epochs.nunique() > 1:
-        shown = table[table.score.isin(args.plot_scores)] if args.plot_scores else table
+    staged = table.groupby("recipe").epochs.transform("nunique") > 1  # recipes scored after several training lengths
+    if staged.any():
+        shown = table[staged & table.score.isin(args.plot_scores)] if args.plot_scores else table[staged]
         plot_auprc_against_epochs(shown, out / "auprc_epochs.png", "decision functions against training length",
                                   by="recipe")
     columns = ["recipe", "heldout", "seed", "epochs"] if table.recipe.nunique() > 1 else ["heldout", "seed", "epochs"]

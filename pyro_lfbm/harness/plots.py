@@ -83,6 +83,6 @@ def plot_auprc_against_epochs(table, path: Path, title: str = "", by: str = "pre
     axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # (the legend outside the last panel included)
     plt.close(fig)
     return [line.get_label() for line in axes[0][-1].get_lines()]
