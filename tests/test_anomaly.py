@@ -286,23 +286,34 @@ def test_the_anomaly_task_takes_explicit_arguments_and_leaves_global_state_alone
         run_anomaly(preset, split, batchnorm=("running",))
 
 
+def _smooth_noise_split():
+    """90 smooth random 28×28 images: 50 to train on, 40 to score (every fourth one "anomalous")."""
+    from pyro_lfbm.data import AnomalySplit
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.tanh(2 * torch.nn.functional.interpolate(torch.randn(90, 1, 7, 7, generator=g), size=28, mode="bilinear"))
+    is_anomaly = (torch.arange(40) % 4 == 0).long()
+    return AnomalySplit(train_x=x[:50], train_digits=torch.zeros(50, dtype=torch.long), test_x=x[50:],
+                        test_is_anomaly=is_anomaly, test_digits=is_anomaly * 7, heldout=7, seed=1)
+
+
+def _scored_at_the_encoders_z(preset):
+    from dataclasses import replace
+
+    return replace(preset, learn=replace(preset.learn, test_steps=0))
+
+
 @pytest.mark.parametrize("guide", ["encoder", "hybrid"])
 def test_zero_test_steps_score_at_the_encoders_mean(tmp_path, guide):
     from dataclasses import replace
 
-    from pyro_lfbm.data import AnomalySplit
     from pyro_lfbm.infer.encoder_guide import encode_dataset
     from pyro_lfbm.infer.modes import eval_mode
     from pyro_lfbm.tasks.anomaly import load_trained_model, run_anomaly
     from pyro_lfbm.train.recipe import build, isolated
 
-    g = torch.Generator().manual_seed(0)
-    x = torch.tanh(2 * torch.nn.functional.interpolate(torch.randn(90, 1, 7, 7, generator=g), size=28, mode="bilinear"))
-    is_anomaly = (torch.arange(40) % 4 == 0).long()
-    split = AnomalySplit(train_x=x[:50], train_digits=torch.zeros(50, dtype=torch.long), test_x=x[50:],
-                         test_is_anomaly=is_anomaly, test_digits=is_anomaly * 7, heldout=7, seed=1)
-    tiny = get_preset("tiny", "flow", guide)
-    preset = replace(tiny, learn=replace(tiny.learn, test_steps=0))
+    split = _smooth_noise_split()
+    preset = _scored_at_the_encoders_z(get_preset("tiny", "flow", guide))
     result = run_anomaly(preset, split, seed=1, checkpoint_path=tmp_path / "c.pt", batchnorm=("eval",))
     with isolated(1):
         recipe = build(preset)
@@ -317,20 +328,12 @@ def test_zero_test_steps_score_at_the_encoders_mean(tmp_path, guide):
 
 @pytest.mark.parametrize("model", ["latent", "hierarchical"])
 def test_the_iwae_score_is_minus_the_importance_weighted_log_px_under_the_encoder(tmp_path, model):
-    from dataclasses import replace
-
-    from pyro_lfbm.data import AnomalySplit
     from pyro_lfbm.metrics.evaluation import GaussianProposal, iwae_log_px
     from pyro_lfbm.tasks.anomaly import load_trained_model, run_anomaly
     from pyro_lfbm.train.recipe import build, isolated
 
-    g = torch.Generator().manual_seed(0)
-    x = torch.tanh(2 * torch.nn.functional.interpolate(torch.randn(90, 1, 7, 7, generator=g), size=28, mode="bilinear"))
-    is_anomaly = (torch.arange(40) % 4 == 0).long()
-    split = AnomalySplit(train_x=x[:50], train_digits=torch.zeros(50, dtype=torch.long), test_x=x[50:],
-                         test_is_anomaly=is_anomaly, test_digits=is_anomaly * 7, heldout=7, seed=1)
-    tiny = get_preset("tiny", "flow", "encoder", model)
-    preset = replace(tiny, learn=replace(tiny.learn, test_steps=0))
+    split = _smooth_noise_split()
+    preset = _scored_at_the_encoders_z(get_preset("tiny", "flow", "encoder", model))
     result = run_anomaly(preset, split, seed=1, checkpoint_path=tmp_path / "c.pt", iwae_particles=4)
     assert sorted(result.scores_by_mode["eval"]) == ["iwae", "joint", "prior", "recon"]
     assert sorted(result.scores_by_mode["train"]) == ["joint", "prior", "recon"]
