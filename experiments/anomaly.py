@@ -2,8 +2,9 @@
 
     python experiments/anomaly.py --heldout 7
 
-trains on 80 % of the images of every digit but the held-out one, infers z for each test image by
-noise-free Langevin, scores it by −log p(x, z) (and by its two parts), prints the AUPRC and writes
+trains on 80 % of the images of every digit but the held-out one (the default preset, ``cpu-hybrid``, trains
+with Langevin started at an encoder's mean, chosen on development digits 3 and 8), infers z for each test
+image (at the encoder's z by default; by noise-free Langevin with ``--test-steps N``), scores it by −log p(x, z) (and by its two parts), prints the AUPRC and writes
 metrics, scores, figures and the command under --out (default runs/anomaly/, ignored by git: the
 reference runs committed under results/anomaly/runs/ are only written with --out results/anomaly/runs).
 

@@ -1,7 +1,7 @@
 """Training and scoring cost of the README's main command, `python experiments/anomaly.py --heldout 7`,
 measured piece by piece and added up into an estimate of its wall time on this machine.
 
-The main command trains the `cpu` preset LFBM (flow prior) by Algorithm 1 — `fit` with
+The `cpu` preset (the main command's default until the dev-chosen `cpu-hybrid` replaced it) trains LFBM (flow prior) by Algorithm 1 — `fit` with
 ``SVI(model, LangevinGuide(model, 20 steps), Adam, Trace_ELBO)``, batches of 100, 10 epochs over
 the 50,165 training images of the held-out-7 split: 5,010 iterations — then scores the 19,835 test
 images twice (BatchNorm on running and on batch statistics), each time 100 noise-free Langevin

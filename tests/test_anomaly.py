@@ -424,11 +424,14 @@ def test_the_cpu_hybrid_preset_brings_its_guide_and_scores_at_the_encoders_z(tmp
     preset = anomaly_preset(cfg)
     assert (cfg.guide, preset.guide.kind, preset.learn.test_steps) == ("hybrid", "hybrid", 0)
     assert (run_variant(cfg), checkpoint_name(cfg)) == ("hybrid", "lfbm-flow-hybrid-heldout7-seed1-cpu-hybrid.pt")
-    assert run_recipe(vars(cfg)) == "cpu-hybrid" and run_recipe(vars(config("--guide", "hybrid"))) == "cpu hybrid"
+    assert run_recipe(vars(cfg)) == "cpu-hybrid" and run_recipe(vars(config("--preset", "cpu", "--guide", "hybrid"))) == "cpu hybrid"
     assert anomaly_preset(config("--preset", "cpu-hybrid", "--test-steps", "20")).learn.test_steps == 20
-    assert config().guide == "langevin" and anomaly_preset(config()).learn.test_steps == 100
-    with pytest.raises(Exception, match="no encoder"):
-        config("--preset", "cpu-hybrid", "--guide", "langevin")
+    assert (config().preset, config().guide, anomaly_preset(config()).learn.epochs) == ("cpu-hybrid", "hybrid", 20)
+    cpu = config("--preset", "cpu")
+    assert cpu.guide == "langevin" and anomaly_preset(cpu).learn.test_steps == 100
+    with pytest.raises(Exception, match="no encoder.*--preset cpu"):
+        config("--guide", "langevin")
+    assert anomaly_preset(config("--guide", "langevin", "--test-steps", "100")).guide.kind == "langevin"
 
 
 def test_a_runs_recipe_names_its_preset_variant_and_every_override(tmp_path):
@@ -443,10 +446,10 @@ def test_a_runs_recipe_names_its_preset_variant_and_every_override(tmp_path):
         cfg = anomaly.run_config(anomaly.build_parser().parse_args(["--out", str(tmp_path), *args]))
         return run_recipe(json.loads(json.dumps(asdict(cfg))))  # as read back from run.json
 
-    assert recipe() == recipe("--seed", "2", "--epochs", "4") == "cpu"
-    assert recipe("--test-steps", "20") == "cpu test_steps=20"
+    assert recipe() == recipe("--seed", "2", "--epochs", "4") == "cpu-hybrid"
+    assert recipe("--preset", "cpu", "--test-steps", "20") == "cpu test_steps=20"
     assert recipe("--preset", "paper", "--model", "hierarchical", "--guide", "encoder") == "paper hierarchical-encoder"
-    assert recipe("--lr", "4e-4", "--set", "generator_hidden=512", "--set", "generator_channels=64") == \
+    assert recipe("--preset", "cpu", "--lr", "4e-4", "--set", "generator_hidden=512", "--set", "generator_channels=64") == \
         "cpu lr=0.0004 generator_hidden=512 generator_channels=64"
 
 

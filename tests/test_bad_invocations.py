@@ -40,6 +40,7 @@ CASES = [
     ("anomaly", ["--iwae-particles", "-1"], 2, "--iwae-particles"),
     ("anomaly", ["--test-steps", "-5", *TINY], 2, "--test-steps"),
     ("anomaly", ["--test-steps", "0", *TINY], 2, "no encoder"),
+    ("anomaly", ["--guide", "langevin", "--limit-train", "100"], 2, "--preset cpu"),
     ("anomaly", ["--test-batch-size", "1", "--batchnorm", "train", *TINY], 2, "--test-batch-size"),
     ("anomaly", ["--lr", "-1"], 2, "--lr"),
     ("anomaly", ["--lr", "nan"], 2, "--lr"),

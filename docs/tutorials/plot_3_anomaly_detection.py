@@ -8,9 +8,10 @@ and scores the rest of them together with every image of the held-out digit. The
 :math:`-\\log p(x, z)` at latents inferred by 100 steps of gradient ascent; the measure is the
 area under the precision–recall curve (AUPRC), since anomalies are the minority.
 
-This is what ``python experiments/anomaly.py --heldout 7`` does, here through the library's
-:func:`~pyro_lfbm.tasks.run_anomaly`, for the three priors side by side: the flow (LFBM), the
-Gaussian (ABP) and the latent energy-based prior (LEBM).
+This is what ``python experiments/anomaly.py --heldout 7 --preset cpu`` does (the paper's algorithm as
+written; the command's default, ``cpu-hybrid``, starts the chains at an encoder's guess and scores at
+the encoder's z), here through the library's :func:`~pyro_lfbm.tasks.run_anomaly`, for the three
+priors side by side: the flow (LFBM), the Gaussian (ABP) and the latent energy-based prior (LEBM).
 
 By default each model learns from 2,000 images for 2 epochs in batches of 25 and scores 1,000
 test images (a

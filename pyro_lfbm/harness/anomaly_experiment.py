@@ -151,6 +151,12 @@ def anomaly_preset(cfg: AnomalyRunConfig):
                          "add --guide encoder or --guide hybrid")
     if cfg.iwae_particles and cfg.batchnorm == "train":
         raise UsageError("--iwae-particles scores with BatchNorm on running statistics; use --batchnorm eval or both")
+    if learn.test_steps == 0 and preset.guide.kind == "langevin":
+        raise UsageError(
+            "--test-steps 0 scores at the encoder's z, and the langevin guide has no encoder; pass --test-steps 1 "
+            "or more, or --guide encoder or hybrid" if cfg.test_steps is not None else
+            f"the {cfg.preset} preset scores at the encoder's z, and --guide langevin has no encoder; add "
+            "--test-steps 100 (or take --preset cpu, the paper's Langevin recipe)")
     preset = replace(preset, model=model, learn=learn)
     try:
         preset.check()
