@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--iwae-particles", type=cli.nonnegative_int, default=0, metavar="P",
                         help="also score by -log p(x), an importance-weighted estimate with P draws from the encoder "
                              "(encoder and hybrid guides; BatchNorm eval); 0 = off")
+    parser.add_argument("--llr-layers", type=cli.positive_int, nargs="+", default=(), metavar="K",
+                        help="--model hierarchical: also score by Havtorn et al.'s likelihood ratio LLR^{>K} (redraw the K "
+                             "lowest latent layers from the prior given the others), one score llrK per K")
     cli.add_common_arguments(parser, default_out="runs/anomaly", presets=ANOMALY_PRESETS)
     return parser
 
@@ -96,7 +99,7 @@ def run_config(args: argparse.Namespace) -> AnomalyRunConfig:
         resume=args.resume, eval_only=args.eval_only, progress=not args.no_progress, sigma=args.sigma, lr=args.lr,
         model_overrides=cli.parse_overrides(args.overrides, ModelConfig(), refused=("prior", "image_shape", "sigma", "layer_dims")),
         skip_nonfinite=args.skip_nonfinite, chain=args.chain or default_chain(args.model), model=args.model, guide=args.guide,
-        sampler=args.sampler, iwae_particles=args.iwae_particles,
+        sampler=args.sampler, iwae_particles=args.iwae_particles, llr_layers=tuple(args.llr_layers),
     )
     anomaly_preset(cfg)
     cli.refuse_finished_run(Path(args.out) / run_folder_name(cfg.heldout, cfg.prior, cfg.seed, run_variant(cfg)), "run.json",

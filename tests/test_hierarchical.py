@@ -24,6 +24,7 @@ from pyro_lfbm.infer import EncoderGuide, HybridGuide
 from pyro_lfbm.infer.accelerate import FusedLangevinGuide
 from pyro_lfbm.data import heldout_digit_split
 from pyro_lfbm.infer.dataset import batched_log_joint_terms, infer_dataset
+from pyro_lfbm.metrics import conditional_prior_draws, lower_layer_likelihood_ratio
 from pyro_lfbm.tasks.anomaly import load_trained_model
 from pyro_lfbm.nets import HierarchicalMNISTGenerator, MNISTEncoder
 from pyro_lfbm.train import build, get_preset, isolated
@@ -259,10 +260,13 @@ def test_the_anomaly_command_trains_saves_resumes_and_scores_the_hierarchical_mo
     run_anomaly("--epochs", "2", "--resume", "--overwrite", "--data-root", root, "--out", str(tmp_path / "part"))
     resumed = torch.load(tmp_path / "part" / "heldout7-flow-hierarchical-seed1" / "scores.pt")
     assert torch.allclose(resumed["joint"], scores["joint"], rtol=1e-5)
-    # scoring the saved checkpoint again gives the same scores
-    run_anomaly("--eval-only", str(ckpt), "--data-root", root, "--out", str(tmp_path / "again"))
+    # scoring the saved checkpoint again gives the same scores, and --llr-layers adds Havtorn's ratios beside them
+    run_anomaly("--eval-only", str(ckpt), "--llr-layers", "1", "2", "--data-root", root, "--out", str(tmp_path / "again"))
     again = torch.load(tmp_path / "again" / "heldout7-flow-hierarchical-seed1" / "scores.pt")
     assert torch.equal(again["joint"], scores["joint"])
+    assert again["llr1"].shape == again["llr2"].shape == (60,) and bool(torch.isfinite(again["llr2"]).all())
+    rows = pd.read_csv(tmp_path / "again" / "heldout7-flow-hierarchical-seed1" / "metrics.csv")
+    assert set(rows.score) == {"joint", "recon", "prior", "llr1", "llr2"}
 
 
 def test_the_hierarchical_command_defaults_to_the_eager_chain_and_names_its_runs(tmp_path):
@@ -278,3 +282,64 @@ def test_the_hierarchical_command_defaults_to_the_eager_chain_and_names_its_runs
     assert run_folder_name(7, "flow", 1, run_variant(cfg)) == "heldout7-flow-hierarchical-encoder-seed1"
     assert checkpoint_name(cfg) == "lfbm-flow-hierarchical-encoder-heldout7-seed1-tiny.pt"
     assert checkpoint_name(config()) == "lfbm-flow-heldout7-seed1-tiny.pt"  # LFBM runs keep their names
+
+
+def test_conditional_prior_draws_follow_the_flows_conditional_by_quadrature():
+    """MALA draws of z₂ given z₁ under a 2-d flow whose parameters all moved: their mean and variance are
+    those of p(z₂ | z₁) ∝ p(z₁, z₂) integrated on a grid (here means near −3.7, 0.1 and 4.0, variances
+    near 3.9: far from the chains' N(0, 1) start)."""
+    torch.manual_seed(1)
+    prior = FlowPrior(2, num_steps=2, hidden_dim=8).double()
+    with torch.no_grad():
+        for p in prior.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    given = torch.tensor([[-1.0], [0.3], [1.5]], dtype=torch.float64)
+    grid = torch.linspace(-20, 20, 40001, dtype=torch.float64)
+    draws, acceptance = conditional_prior_draws(prior, given, 1, num_samples=4000, num_steps=400, step_size=1.0,
+                                                generator=torch.Generator().manual_seed(0))
+    assert draws.shape == (4000, 3, 1) and 0.3 < float(acceptance.mean()) < 1
+    for b in range(3):
+        with torch.no_grad():
+            log_p = prior.log_prob(torch.stack([given[b, 0].expand_as(grid), grid], -1))
+        w = torch.softmax(log_p, 0)
+        mean, var = float((w * grid).sum()), float((w * grid**2).sum() - (w * grid).sum() ** 2)
+        d = draws[:, b, 0]
+        se = math.sqrt(var / 4000)
+        assert abs(float(d.mean()) - mean) < 5 * se, (b, float(d.mean()), mean)
+        assert abs(float(d.var()) / var - 1) < 5 * math.sqrt(2 / 4000), (b, float(d.var()), var)
+
+
+class Linear(nn.Module):
+    """z (B, 3) -> z W^T + b as (B, 1, 2, 2): E over a Gaussian layer of log N(x; g(z), σ²) in closed form."""
+
+    latent_dim, image_shape = 3, (1, 2, 2)
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(LinearTanh().weight.detach().clone())
+        self.bias = nn.Parameter(LinearTanh().bias.detach().clone())
+
+    def forward(self, z):
+        return (z @ self.weight.T + self.bias).reshape(*z.shape[:-1], 1, 2, 2)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_the_lower_layer_likelihood_ratio_is_the_closed_form_of_a_linear_gaussian_model(k):
+    """With p(z) = N(0, I) and g(z) = W z + b, E_{z_low ~ N(0, I)} log N(x; g(z_high, z_low), σ²)
+    = Σ_pixels [−(x − W_high z_high − b)² − Σ_low W²] / 2σ² − n log(σ √2π)."""
+    sigma = 0.5
+    model = HierarchicalLatentModel(GaussianPrior(3).double(), Linear(), sigma=sigma, latent_dims=(1, 1, 1))
+    z = torch.tensor([[0.3, -1.2, 0.7], [-0.5, 0.4, 2.0]], dtype=torch.float64)
+    x = torch.tensor([[0.2, -0.1, 0.9, -0.6], [0.0, 0.5, -0.3, 0.4]], dtype=torch.float64).reshape(2, 1, 2, 2)
+    w, b = model.generator.weight.detach(), model.generator.bias.detach()
+    high = 3 - k
+    residual = x.reshape(2, 4) - z[:, :high] @ w[:, :high].T - b
+    expected_refit = (-(residual**2).sum(1) - (w[:, high:] ** 2).sum()) / (2 * sigma**2) - 4 * (math.log(sigma) + HALF_LOG_2PI)
+    expected = model.log_joint_terms(x, z)["likelihood"] - expected_refit
+    llr, acceptance = lower_layer_likelihood_ratio(model, x, z, k, num_samples=20000, num_steps=30, step_size=0.8, seed=0)
+    assert llr.shape == (2,) and acceptance.shape == (2,)
+    assert torch.allclose(llr, expected.detach(), atol=0.15, rtol=0), (llr, expected)
+    with pytest.raises(ValueError, match="between 1 and 2"):
+        lower_layer_likelihood_ratio(model, x, z, 3)
+    with pytest.raises(ValueError, match="z must be"):
+        lower_layer_likelihood_ratio(model, x, z[:, :2], 1)

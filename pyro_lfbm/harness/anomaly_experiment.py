@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import pandas as pd
 import torch
@@ -49,6 +49,7 @@ class AnomalyRunConfig:
     guide: Optional[str] = None
     sampler: str = "ula"
     iwae_particles: int = 0
+    llr_layers: Tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.guide is None:
@@ -151,6 +152,13 @@ def anomaly_preset(cfg: AnomalyRunConfig):
                          "add --guide encoder or --guide hybrid")
     if cfg.iwae_particles and cfg.batchnorm == "train":
         raise UsageError("--iwae-particles scores with BatchNorm on running statistics; use --batchnorm eval or both")
+    if cfg.llr_layers:
+        layers = len(preset.model.layer_dims or ())
+        if not layers:
+            raise UsageError("--llr-layers redraws the lowest latent layers of a hierarchical model; add --model hierarchical")
+        bad = [k for k in cfg.llr_layers if not 1 <= k < layers]
+        if bad:
+            raise UsageError(f"--llr-layers takes layer counts from 1 to {layers - 1} (the model has {layers} layers), got {bad}")
     if learn.test_steps == 0 and preset.guide.kind == "langevin":
         raise UsageError(
             "--test-steps 0 scores at the encoder's z, and the langevin guide has no encoder; pass --test-steps 1 "
@@ -240,6 +248,7 @@ def run_anomaly(cfg: AnomalyRunConfig) -> AnomalyResult:
         checkpoint_path=checkpoint_dir / checkpoint_name(cfg) if checkpoint_dir and not cfg.eval_only else None,
         config=config, config_keys=CONFIG_KEYS, preset_name=cfg.preset, progress=cfg.progress,
         skip_nonfinite=cfg.skip_nonfinite, compile_chain=compiled_chain(cfg.chain), iwae_particles=cfg.iwae_particles,
+        llr_layers=tuple(cfg.llr_layers),
     )
 
 

@@ -3,7 +3,13 @@
 estimates of log p(x) (:mod:`~pyro_lfbm.metrics.evaluation`), and Fréchet distances
 (:mod:`~pyro_lfbm.metrics.fid`)."""
 
-from pyro_lfbm.metrics.anomaly import DECISION_FUNCTIONS, anomaly_metrics, anomaly_scores
+from pyro_lfbm.metrics.anomaly import (
+    DECISION_FUNCTIONS,
+    anomaly_metrics,
+    anomaly_scores,
+    conditional_prior_draws,
+    lower_layer_likelihood_ratio,
+)
 from pyro_lfbm.metrics.evaluation import (
     GaussianProposal,
     inference_row,
@@ -20,6 +26,7 @@ __all__ = [
     "GaussianProposal",
     "anomaly_metrics",
     "anomaly_scores",
+    "conditional_prior_draws",
     "frechet_distance",
     "inception_fid",
     "inception_status",
@@ -27,6 +34,7 @@ __all__ = [
     "iwae_log_px",
     "langevin_trajectory",
     "log_joint_terms",
+    "lower_layer_likelihood_ratio",
     "reconstruction_mse",
     "sample_frechet_distance",
 ]

@@ -18,9 +18,13 @@ import numpy as np
 from PIL import Image
 import torch
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score
+from tqdm.auto import tqdm
 
+from pyro_lfbm._context import posterior_inference
+from pyro_lfbm.infer.chain import run_chain
 from pyro_lfbm.infer.dataset import InferenceResult, infer_dataset
 from pyro_lfbm.infer.modes import module_mode
+from pyro_lfbm.infer.samplers import MALA
 
 DECISION_FUNCTIONS = ("joint", "recon", "prior")
 
@@ -118,3 +122,109 @@ def png_code_length(x: torch.Tensor) -> torch.Tensor:
         Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, format="PNG", compress_level=9)
         lengths.append(buffer.tell())
     return torch.tensor(lengths, dtype=torch.float64) * 8 * math.log(2)
+
+
+def conditional_prior_draws(
+    prior,
+    given: torch.Tensor,
+    num_free: int,
+    *,
+    num_samples: int = 8,
+    num_steps: int = 100,
+    step_size: float = 0.5,
+    generator: Optional[torch.Generator] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Draws of the last ``num_free`` coordinates of z ~ p_α given the others, by MALA.
+
+    The target of row (b, s) is :math:`p_\alpha(z_{\text{free}} \mid z_{\text{given}} = \text{given}_b)
+    \propto p_\alpha([\text{given}_b, z_{\text{free}}])`: a joint prior (a flow over every layer)
+    has no closed-form conditional, and MALA (:class:`~pyro_lfbm.infer.samplers.MALA`) needs only the
+    joint density. Chains start at N(0, I), the flow's base, and run ``num_steps`` steps.
+
+    :param prior: a :class:`~pyro_lfbm.priors.LatentPrior` over D dimensions.
+    :param given: (B, D − num_free) the fixed leading coordinates.
+    :returns: ``(draws, acceptance)``: draws (S, B, num_free) with S = ``num_samples`` and the mean
+        acceptance probability of each chain's moves (S, B), to check the step size (MALA works best
+        near 0.57).
+    """
+    if given.dim() != 2 or not 1 <= num_free or given.shape[1] + num_free != prior.latent_dim:
+        raise ValueError(f"given must be (B, {prior.latent_dim} - num_free) with num_free >= 1; "
+                         f"got given {tuple(given.shape)} and num_free {num_free}")
+    if num_samples < 1 or num_steps < 1:
+        raise ValueError(f"num_samples and num_steps must be at least 1, got {num_samples} and {num_steps}")
+    rows = given.detach().repeat(num_samples, 1)  # (S·B, D − num_free), sample-major
+
+    def log_density(position):
+        return prior.log_prob(torch.cat([rows, position["free"]], dim=-1))
+
+    start = torch.randn(rows.shape[0], num_free, dtype=given.dtype, device=given.device, generator=generator)
+    with posterior_inference():
+        state, info = run_chain(log_density, {"free": start}, num_steps, step_size, sampler=MALA(), generator=generator,
+                                on_divergence="backoff", track_acceptance=True, where="conditional prior draws")
+    shape = (num_samples, given.shape[0])
+    return state.position["free"].reshape(*shape, num_free), info.acceptance_prob.reshape(shape)
+
+
+def lower_layer_likelihood_ratio(
+    model,
+    x: torch.Tensor,
+    z: torch.Tensor,
+    num_layers: int,
+    *,
+    num_samples: int = 8,
+    num_steps: int = 100,
+    step_size: float = 0.5,
+    batch_size: int = 100,
+    seed: Optional[int] = 0,
+    progress: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The likelihood ratio LLR^{>k} of Havtorn et al. at inferred latents: how much of the fit of
+    x is owed to its own lowest ``num_layers`` = k latent layers rather than to draws of them
+    from the prior given the layers above.
+
+    .. math:: \mathrm{LLR}^{>k}(x) = \log p_\beta(x \mid z^*) - \frac1S \sum_{s=1}^S
+       \log p_\beta(x \mid z^*_{>k}, z^{(s)}_{\le k}), \qquad
+       z^{(s)}_{\le k} \sim p_\alpha(z_{\le k} \mid z^*_{>k}),
+
+    where z* (the test-time z) is split into its upper layers z*_{>k} and its k lowest ones, and the
+    draws come from :func:`conditional_prior_draws`. Higher is more anomalous: an image of a training
+    class is explained by its upper layers, so redrawing the lowest ones costs it little, while an
+    image that only the low-level layers fit loses much (Havtorn, Frellsen, Hauberg, Maaløe,
+    "Hierarchical VAEs Know What They Don't Know", ICML 2021, arXiv 2102.08248, Eq. 9: there
+    LLR^{>k} = L − L^{>k} for ELBOs with the encoder's q over the upper layers; here both terms are
+    taken at z*, and the lower layers' prior-to-posterior term of L is left out, because a joint
+    flow prior has no tractable conditional density).
+
+    :param model: a :class:`~pyro_lfbm.models.HierarchicalLatentModel` (layers ``latent_dims``, top first).
+    :param x: (N, C, H, W) images; ``z``: (N, Σ d_l) their inferred latents, layers concatenated.
+    :param int num_layers: k, from 1 to L − 1.
+    :returns: ``(llr, acceptance)``, both (N,): the score and the mean MALA acceptance of the draws.
+        The generator runs in the mode the model is in (BatchNorm on running or on batch statistics:
+        then each batch holds ``num_samples`` redraws of ``batch_size`` images).
+    """
+    dims = tuple(getattr(model, "latent_dims", ()))
+    if len(dims) < 2:
+        raise ValueError("the lower-layer likelihood ratio needs a hierarchical model (latents at two or more layers)")
+    if not 1 <= num_layers < len(dims):
+        raise ValueError(f"num_layers must be between 1 and {len(dims) - 1} for a model of {len(dims)} layers, got {num_layers}")
+    if z.shape != (x.shape[0], sum(dims)):
+        raise ValueError(f"z must be ({x.shape[0]}, {sum(dims)}) for these images, got {tuple(z.shape)}")
+    num_free = sum(dims[len(dims) - num_layers:])
+    device = model.prior.base_loc.device
+    scores, acceptance = [], []
+    with torch.no_grad(), torch.random.fork_rng():
+        if seed is not None:
+            torch.manual_seed(seed)
+        order = torch.randperm(x.shape[0])  # batches of mixed classes (as anomaly_scores), for BatchNorm on batch statistics
+        for s in tqdm(range(0, x.shape[0], batch_size), desc=f"llr>{num_layers}", disable=not progress, leave=False):
+            xb, zb = x[order[s : s + batch_size]].to(device), z[order[s : s + batch_size]].to(device)
+            draws, accepted = conditional_prior_draws(model.prior, zb[:, :-num_free], num_free, num_samples=num_samples,
+                                                      num_steps=num_steps, step_size=step_size)
+            upper = zb[:, :-num_free].expand(num_samples, *zb[:, :-num_free].shape)
+            redrawn = torch.cat([upper, draws], dim=-1).reshape(-1, zb.shape[1])  # (S·B, D)
+            fit = model.log_joint_terms(xb, zb)["likelihood"]
+            refit = model.log_joint_terms(xb.repeat(num_samples, 1, 1, 1), redrawn)["likelihood"].reshape(num_samples, -1)
+            scores.append((fit - refit.mean(0)).cpu())
+            acceptance.append(accepted.mean(0).cpu())
+    restore = torch.argsort(order)
+    return torch.cat(scores)[restore], torch.cat(acceptance)[restore]

@@ -18,7 +18,7 @@ import torch
 
 from pyro_lfbm.data import AnomalySplit
 from pyro_lfbm.infer.modes import module_mode
-from pyro_lfbm.metrics.anomaly import anomaly_metrics, anomaly_scores
+from pyro_lfbm.metrics.anomaly import anomaly_metrics, anomaly_scores, lower_layer_likelihood_ratio
 from pyro_lfbm.metrics.evaluation import GaussianProposal, iwae_log_px
 from pyro_lfbm.train.distributed import sharded_inference
 from pyro_lfbm.train.checkpoint import CheckpointError, check_config_compatible, load_checkpoint
@@ -39,7 +39,8 @@ class AnomalyResult:
     :ivar list rows: one dict per (BatchNorm mode, decision function): heldout, prior, score, seed,
         auprc, ap, auroc, prevalence, preset, epochs, test_steps, batchnorm, n_train, n_test,
         train_seconds, test_seconds.
-    :ivar dict scores: the first mode's scores, ``{"joint", "recon", "prior"}`` (and ``"iwae"``) each (N_test,).
+    :ivar dict scores: the first mode's scores, ``{"joint", "recon", "prior"}`` (and ``"iwae"``, ``"llr1"``, ...)
+        each (N_test,).
     :ivar dict scores_by_mode: every scored BatchNorm mode's scores, ``{mode: {"joint", "recon", "prior"}}``.
     :ivar torch.Tensor is_anomaly: (N_test,) 1 = held-out digit.
     :ivar torch.Tensor test_x: (N_test, C, H, W) test images.
@@ -101,6 +102,7 @@ def run_anomaly(
     skip_nonfinite: bool = False,
     compile_chain: bool = False,
     iwae_particles: int = 0,
+    llr_layers: Sequence[int] = (),
 ) -> AnomalyResult:
     """Learn ``preset``'s model from ``split.train_x`` (or load ``trained_checkpoint``) and score ``split.test_x``.
 
@@ -117,6 +119,9 @@ def run_anomaly(
         (Burda, Grosse, Salakhutdinov, ICLR 2016): the marginal likelihood by which VAEs are scored
         (Nalisnick et al., ICLR 2019; the baselines of Havtorn et al., ICML 2021). It needs an encoder
         guide and is scored with BatchNorm on running statistics only (``"eval"`` in ``batchnorm``).
+    :param llr_layers: for a hierarchical model, each k adds the decision function ``"llr{k}"``,
+        Havtorn et al.'s likelihood ratio LLR^{>k} at the test-time z
+        (:func:`~pyro_lfbm.metrics.anomaly.lower_layer_likelihood_ratio`), in every BatchNorm mode.
 
     A preset with an encoder (``guide`` ``"encoder"`` or ``"hybrid"``) scores with test chains
     started at the encoder mean μ_φ(x) instead of z₀ ~ N(0, I) (the encoder in the scoring BatchNorm
@@ -130,6 +135,10 @@ def run_anomaly(
     if iwae_particles and (preset.guide.kind == "langevin" or "eval" not in modes):
         raise ValueError("the iwae score draws from the encoder with BatchNorm on running statistics; "
                          "use the encoder or hybrid guide and the eval BatchNorm mode")
+    num_layers = len(preset.model.layer_dims or ())
+    if any(isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < num_layers for k in llr_layers):
+        raise ValueError(f"llr_layers must be layer counts from 1 to {num_layers - 1} of a hierarchical model, got {tuple(llr_layers)}"
+                         if num_layers else "llr_layers needs a hierarchical model (preset.model.layer_dims)")
     learn = preset.learn
     config = dict(config or {"model": preset.to_dict()["model"]})
     with isolated(seed):
@@ -161,6 +170,10 @@ def run_anomaly(
                 scores["iwae"] = -iwae_log_px(model, split.test_x, proposal, num_particles=iwae_particles,
                                               batch_size=max(1, learn.test_batch_size // iwae_particles), seed=seed,
                                               progress=progress)
+            for k in llr_layers:
+                with module_mode(model, training=mode == "train"):
+                    scores[f"llr{k}"], _ = lower_layer_likelihood_ratio(
+                        model, split.test_x, inferred.z, k, batch_size=learn.test_batch_size, seed=seed, progress=progress)
             test_seconds = time.perf_counter() - started
             for name in scores:
                 rows.append({
