@@ -9,7 +9,9 @@ AUPRC, for each BatchNorm mode the run scored:
 - ``joint``, ``recon``, ``prior``: −log p(x, z) and its two parts (the paper's and the library's scores);
 - ``joint-png``, ``recon-png``: the same minus the image's PNG code length in nats (Serrà et al., ICLR 2020);
 - ``z(prior)+z(recon-png)``, ``z(prior)+z(joint)``: scores standardised over the test set (no labels) and
-  added, which weighs the prior term (tens of nats) as much as the reconstruction term (hundreds).
+  added, which weighs the prior term (tens of nats) as much as the reconstruction term (hundreds);
+- any other score the run saved (``iwae``, the likelihood ratios ``llr1``, ``llr2`` of ``--llr-layers``), alone and
+  as ``z(prior)+z(score)``.
 
 Runs kept without their ``scores.pt`` (``--with-metrics``) add their own ``metrics.csv`` rows only.
 
@@ -40,14 +42,19 @@ def standardised(score: torch.Tensor) -> torch.Tensor:
 
 
 def candidates(scores: dict, code_length: torch.Tensor) -> dict:
-    """Every candidate decision function of one BatchNorm mode's ``{"joint", "recon", "prior"}`` scores (N,)."""
+    """Every candidate decision function of one BatchNorm mode's ``{"joint", "recon", "prior"}`` scores (N,),
+    and of any other score the run saved (``iwae``, ``llr1``, ...): that score itself and ``z(prior)+z(score)``."""
     joint, recon, prior = (scores[k].double() for k in ("joint", "recon", "prior"))
-    return {
+    found = {
         "joint": joint, "recon": recon, "prior": prior,
         "joint-png": joint - code_length, "recon-png": recon - code_length,
         "z(prior)+z(recon-png)": standardised(prior) + standardised(recon - code_length),
         "z(prior)+z(joint)": standardised(prior) + standardised(joint),
     }
+    for name in sorted(set(scores) - {"joint", "recon", "prior"}):
+        found[name] = scores[name].double()
+        found[f"z(prior)+z({name})"] = standardised(prior) + standardised(scores[name].double())
+    return found
 
 
 def run_test_images(run_dir: Path, data_root) -> tuple[dict, torch.Tensor]:

@@ -267,6 +267,14 @@ def test_the_anomaly_command_trains_saves_resumes_and_scores_the_hierarchical_mo
     assert again["llr1"].shape == again["llr2"].shape == (60,) and bool(torch.isfinite(again["llr2"]).all())
     rows = pd.read_csv(tmp_path / "again" / "heldout7-flow-hierarchical-seed1" / "metrics.csv")
     assert set(rows.score) == {"joint", "recon", "prior", "llr1", "llr2"}
+    # the decision-function comparison carries the ratios, alone (the run's AUPRC) and beside the prior term
+    decision = subprocess.run([sys.executable, str(REPO / "experiments" / "anomaly_decision.py"),
+                               str(tmp_path / "again" / "heldout7-flow-hierarchical-seed1"), "--data-root", root,
+                               "--out", str(tmp_path / "decision")], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert decision.returncode == 0, decision.stderr
+    compared = pd.read_csv(tmp_path / "decision" / "decision.csv").set_index("score").auprc
+    assert {"z(prior)+z(llr1)", "z(prior)+z(llr2)"} <= set(compared.index)
+    assert compared["llr2"] == pytest.approx(rows.set_index("score").auprc["llr2"])
 
 
 def test_the_hierarchical_command_defaults_to_the_eager_chain_and_names_its_runs(tmp_path):
