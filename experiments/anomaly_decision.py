@@ -69,8 +69,10 @@ def run_fields(run_dir: Path, config: dict) -> dict:
     """The columns of every row of one run: its folder, recipe (preset and overrides, :func:`run_recipe`),
     split, training length and test chain."""
     run, learn = config["run"], config["learn"]
+    metrics = run_dir / "metrics.csv"  # the epochs actually trained (a scored checkpoint's, not its scoring preset's)
+    epochs = int(pd.read_csv(metrics).epochs.iloc[0]) if metrics.is_file() else learn["epochs"]
     return {"run": run_dir.name, "recipe": run_recipe({"preset": "cpu", **run}), "heldout": run["heldout"],
-            "seed": run["seed"], "epochs": learn["epochs"], "test_steps": learn["test_steps"]}
+            "seed": run["seed"], "epochs": epochs, "test_steps": learn["test_steps"]}
 
 
 def main(args: argparse.Namespace) -> pd.DataFrame:
