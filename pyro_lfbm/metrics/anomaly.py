@@ -17,14 +17,14 @@ from typing import Callable, Dict, Optional
 import numpy as np
 from PIL import Image
 import torch
+from pyro.ops.dual_averaging import DualAveraging
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score
 from tqdm.auto import tqdm
 
 from pyro_lfbm._context import posterior_inference
-from pyro_lfbm.infer.chain import run_chain
 from pyro_lfbm.infer.dataset import InferenceResult, infer_dataset
 from pyro_lfbm.infer.modes import module_mode
-from pyro_lfbm.infer.samplers import MALA
+from pyro_lfbm.infer.samplers import MALA, MALA_OPTIMAL_ACCEPT_PROB
 
 DECISION_FUNCTIONS = ("joint", "recon", "prior")
 
@@ -130,8 +130,10 @@ def conditional_prior_draws(
     num_free: int,
     *,
     num_samples: int = 8,
+    num_warmup: int = 100,
     num_steps: int = 100,
-    step_size: float = 0.5,
+    initial_step_size: float = 0.1,
+    target_accept_prob: float = MALA_OPTIMAL_ACCEPT_PROB,
     generator: Optional[torch.Generator] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Draws of the last ``num_free`` coordinates of z ~ p_α given the others, by MALA.
@@ -139,30 +141,44 @@ def conditional_prior_draws(
     The target of row (b, s) is :math:`p_\alpha(z_{\text{free}} \mid z_{\text{given}} = \text{given}_b)
     \propto p_\alpha([\text{given}_b, z_{\text{free}}])`: a joint prior (a flow over every layer)
     has no closed-form conditional, and MALA (:class:`~pyro_lfbm.infer.samplers.MALA`) needs only the
-    joint density. Chains start at N(0, I), the flow's base, and run ``num_steps`` steps.
+    joint density. Chains start at N(0, I), the flow's base. During ``num_warmup`` steps one step
+    size shared by every chain is adapted by Pyro's dual averaging (as HMC's warmup) toward
+    ``target_accept_prob``; the ``num_steps`` steps after it use the averaged step size. A trained
+    prior's conditionals can be far narrower than N(0, I): a fixed step of 0.5 accepted no move on
+    this project's hierarchical MNIST models, 0.1 accepted nine in ten.
 
     :param prior: a :class:`~pyro_lfbm.priors.LatentPrior` over D dimensions.
     :param given: (B, D − num_free) the fixed leading coordinates.
     :returns: ``(draws, acceptance)``: draws (S, B, num_free) with S = ``num_samples`` and the mean
-        acceptance probability of each chain's moves (S, B), to check the step size (MALA works best
-        near 0.57).
+        acceptance probability of each chain's moves after the warmup (S, B).
     """
     if given.dim() != 2 or not 1 <= num_free or given.shape[1] + num_free != prior.latent_dim:
         raise ValueError(f"given must be (B, {prior.latent_dim} - num_free) with num_free >= 1; "
                          f"got given {tuple(given.shape)} and num_free {num_free}")
-    if num_samples < 1 or num_steps < 1:
-        raise ValueError(f"num_samples and num_steps must be at least 1, got {num_samples} and {num_steps}")
+    if num_samples < 1 or num_steps < 1 or num_warmup < 0:
+        raise ValueError(f"num_samples and num_steps must be at least 1 and num_warmup at least 0, "
+                         f"got {num_samples}, {num_steps} and {num_warmup}")
     rows = given.detach().repeat(num_samples, 1)  # (S·B, D − num_free), sample-major
 
     def log_density(position):
         return prior.log_prob(torch.cat([rows, position["free"]], dim=-1))
 
+    sampler = MALA()
     start = torch.randn(rows.shape[0], num_free, dtype=given.dtype, device=given.device, generator=generator)
+    adapter = DualAveraging(prox_center=math.log(initial_step_size))
+    step_size, acceptance = initial_step_size, torch.zeros(rows.shape[0], dtype=given.dtype, device=given.device)
     with posterior_inference():
-        state, info = run_chain(log_density, {"free": start}, num_steps, step_size, sampler=MALA(), generator=generator,
-                                on_divergence="backoff", track_acceptance=True, where="conditional prior draws")
+        state = sampler.init({"free": start}, log_density)
+        for t in range(num_warmup + num_steps):
+            state, info = sampler.step(state, log_density, step_size, generator=generator)
+            if t < num_warmup:
+                adapter.step(target_accept_prob - float(info.acceptance_prob.mean()))
+                log_step, log_step_avg = adapter.get_state()
+                step_size = math.exp(log_step_avg if t == num_warmup - 1 else log_step)
+            else:
+                acceptance += info.acceptance_prob
     shape = (num_samples, given.shape[0])
-    return state.position["free"].reshape(*shape, num_free), info.acceptance_prob.reshape(shape)
+    return state.position["free"].reshape(*shape, num_free), (acceptance / num_steps).reshape(shape)
 
 
 def lower_layer_likelihood_ratio(
@@ -172,8 +188,8 @@ def lower_layer_likelihood_ratio(
     num_layers: int,
     *,
     num_samples: int = 8,
+    num_warmup: int = 100,
     num_steps: int = 100,
-    step_size: float = 0.5,
     batch_size: int = 100,
     seed: Optional[int] = 0,
     progress: bool = False,
@@ -219,7 +235,7 @@ def lower_layer_likelihood_ratio(
         for s in tqdm(range(0, x.shape[0], batch_size), desc=f"llr>{num_layers}", disable=not progress, leave=False):
             xb, zb = x[order[s : s + batch_size]].to(device), z[order[s : s + batch_size]].to(device)
             draws, accepted = conditional_prior_draws(model.prior, zb[:, :-num_free], num_free, num_samples=num_samples,
-                                                      num_steps=num_steps, step_size=step_size)
+                                                      num_warmup=num_warmup, num_steps=num_steps)
             upper = zb[:, :-num_free].expand(num_samples, *zb[:, :-num_free].shape)
             redrawn = torch.cat([upper, draws], dim=-1).reshape(-1, zb.shape[1])  # (S·B, D)
             fit = model.log_joint_terms(xb, zb)["likelihood"]
