@@ -30,6 +30,7 @@ import pandas as pd
 from pyro_lfbm.harness import cli
 from pyro_lfbm.train import distributed
 from pyro_lfbm.harness.anomaly_experiment import (
+    BATCHNORM_CHOICES,
     CHAIN_HELP,
     CHAINS,
     RUN_FILES,
@@ -65,8 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="test-time Langevin steps (paper: 400); 0 scores at the encoder's z (--guide encoder or hybrid)")
     parser.add_argument("--test-batch-size", type=cli.positive_int, default=None,
                         help="images per scoring batch (cpu preset: 500; the official code: 100)")
-    parser.add_argument("--batchnorm", choices=("eval", "train", "both"), default="both",
-                        help="BatchNorm statistics when scoring: running (eval) or per test batch (train, as the official code)")
+    parser.add_argument("--batchnorm", choices=tuple(BATCHNORM_CHOICES), default="both",
+                        help="BatchNorm statistics when scoring: running (eval), per test batch (train, as the official "
+                             "code), or running statistics re-estimated from 10,000 training images through the "
+                             "test-time inference (recalibrated); both = eval and train, all = the three")
     parser.add_argument("--sigma", type=cli.positive_float, default=None, help="override the pixel noise std σ of the preset")
     parser.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
                         help="override a model-config field, e.g. --set batch_norm=false --set latent_dim=16")

@@ -22,6 +22,7 @@ import pandas as pd
 
 from pyro_lfbm.harness import cli
 from pyro_lfbm.harness.anomaly_experiment import (
+    BATCHNORM_CHOICES,
     AnomalyRunConfig,
     anomaly_preset,
     checkpoint_name,
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=cli.nonnegative_int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--test-steps", type=cli.nonnegative_int, default=None,
                         help="test-time Langevin steps (default: the preset's; 0 scores at the encoder's z)")
-    parser.add_argument("--batchnorm", choices=("eval", "train", "both"), default="both")
+    parser.add_argument("--batchnorm", choices=tuple(BATCHNORM_CHOICES), default="both")
     parser.add_argument("--sigma", type=cli.positive_float, default=None)
     parser.add_argument("--limit-train", type=cli.positive_int, default=None, help="training images per run (at least one batch)")
     parser.add_argument("--limit-test", type=cli.int_at_least(2), default=None, help="test images per run (at least 2)")

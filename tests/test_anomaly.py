@@ -494,3 +494,62 @@ def test_run_records_name_the_cpu_model_as_lscpu_does():
     if name is None:
         pytest.skip("lscpu names no model")
     assert cpu_model().startswith(name) and run_record()["cpu"] == cpu_model()
+
+
+def test_recalibrated_batchnorm_holds_plain_averages_over_the_batches_and_restores_training_state():
+    from pyro_lfbm.infer.modes import recalibrated_batchnorm
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4, momentum=0.3))
+    net.train()
+    for _ in range(3):  # running statistics of "training"
+        net(torch.randn(8, 3) * 5 + 2)
+    before = {k: v.clone() for k, v in net[1].state_dict().items()}
+    data = torch.randn(60, 3)
+    with torch.no_grad():
+        hidden = net[0](data)
+    batch_means = torch.stack([h.mean(0) for h in hidden.split(20)])
+    batch_vars = torch.stack([h.var(0, unbiased=True) for h in hidden.split(20)])
+    seen = []
+    with recalibrated_batchnorm(net, batches=data.split(20), forward=lambda b: seen.append(net.training) or net(b)):
+        assert seen == [True] * 3 and not net.training and not net[1].training
+        torch.testing.assert_close(net[1].running_mean, batch_means.mean(0))
+        torch.testing.assert_close(net[1].running_var, batch_vars.mean(0))
+        torch.testing.assert_close(net(data[:1]), (hidden[:1] - batch_means.mean(0)) / (batch_vars.mean(0) + 1e-5).sqrt()
+                                   * net[1].weight + net[1].bias)
+    assert net.training and net[1].momentum == 0.3
+    for k, v in net[1].state_dict().items():
+        assert torch.equal(v, before[k]), k
+    with pytest.raises(ValueError, match="at least one batch"):
+        with recalibrated_batchnorm(net, batches=[], forward=net):
+            pass
+
+
+@pytest.mark.parametrize("guide", ["langevin", "hybrid"])
+def test_recalibrated_scores_take_no_statistics_from_the_other_test_images(tmp_path, guide):
+    from dataclasses import replace
+
+    from pyro_lfbm.tasks.anomaly import run_anomaly
+
+    split = _smooth_noise_split()
+    preset = get_preset("tiny", "flow", guide)
+    if guide == "hybrid":
+        preset = _scored_at_the_encoders_z(preset)
+    trained = run_anomaly(preset, split, seed=1, checkpoint_path=tmp_path / "c.pt", batchnorm=("eval",),
+                          recalibration_images=30)
+    state = {k: v.clone() for k, v in trained.model.state_dict().items()}
+    full = run_anomaly(preset, split, seed=1, trained_checkpoint=tmp_path / "c.pt", batchnorm=("recalibrated", "eval"),
+                       recalibration_images=30)
+    assert [r["batchnorm"] for r in full.rows][::3] == ["recalibrated", "eval"]
+    torch.testing.assert_close(full.scores_by_mode["eval"]["joint"], trained.scores["joint"])  # training's statistics back
+    assert not torch.allclose(full.scores_by_mode["recalibrated"]["joint"], trained.scores["joint"])
+    for k, v in full.model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    if guide == "hybrid":  # scored at the encoder's z (no chain): an image's score is the same whatever is beside it
+        fewer = replace(split, test_x=split.test_x[::2], test_is_anomaly=split.test_is_anomaly[::2],
+                        test_digits=split.test_digits[::2])
+        half = run_anomaly(preset, fewer, seed=1, trained_checkpoint=tmp_path / "c.pt", batchnorm=("recalibrated",),
+                           recalibration_images=30)
+        torch.testing.assert_close(half.scores["joint"], full.scores_by_mode["recalibrated"]["joint"][::2])
+    with pytest.raises(ValueError, match="recalibration_images"):
+        run_anomaly(preset, split, trained_checkpoint=tmp_path / "c.pt", batchnorm=("recalibrated",), recalibration_images=1)

@@ -37,6 +37,8 @@ CASES = [
     ("anomaly", ["--limit-test", "1", *TINY], 2, "--limit-test"),
     ("anomaly", ["--iwae-particles", "5", *TINY], 2, "--iwae-particles draws z from an encoder"),
     ("anomaly", ["--iwae-particles", "5", "--guide", "encoder", "--batchnorm", "train", *TINY], 2, "--batchnorm eval"),
+    ("anomaly", ["--iwae-particles", "5", "--guide", "encoder", "--batchnorm", "recalibrated", *TINY], 2, "--batchnorm eval"),
+    ("anomaly", ["--batchnorm", "running", *TINY], 2, "--batchnorm"),
     ("anomaly", ["--iwae-particles", "-1"], 2, "--iwae-particles"),
     ("anomaly", ["--llr-layers", "1", *TINY], 2, "add --model hierarchical"),
     ("anomaly", ["--llr-layers", "3", "--model", "hierarchical", *TINY], 2, "from 1 to 2"),

@@ -22,6 +22,11 @@ from pyro_lfbm.train import distributed
 from pyro_lfbm.train.presets import PRESETS, get_preset
 
 
+#: ``--batchnorm`` choices and the BatchNorm modes each scores in (:data:`pyro_lfbm.tasks.anomaly.BATCHNORM_MODES`).
+BATCHNORM_CHOICES = {"eval": ("eval",), "train": ("train",), "recalibrated": ("recalibrated",),
+                     "both": ("eval", "train"), "all": ("eval", "train", "recalibrated")}
+
+
 @dataclass
 class AnomalyRunConfig:
     heldout: int = 7
@@ -136,13 +141,13 @@ def anomaly_preset(cfg: AnomalyRunConfig):
         if cfg.test_steps < 0:
             raise UsageError(f"--test-steps must be at least 0, got {cfg.test_steps}")
         learn = replace(learn, test_steps=cfg.test_steps)
-    smallest = 1 if cfg.batchnorm == "eval" else 2  # BatchNorm on batch statistics needs two images
+    if cfg.batchnorm not in BATCHNORM_CHOICES:
+        raise UsageError(f"--batchnorm must be one of {', '.join(BATCHNORM_CHOICES)}, got {cfg.batchnorm!r}")
+    smallest = 2 if "train" in BATCHNORM_CHOICES[cfg.batchnorm] else 1  # BatchNorm on batch statistics needs two images
     if cfg.test_batch_size is not None:
         if cfg.test_batch_size < smallest:
             raise UsageError(f"--test-batch-size must be at least {smallest} with --batchnorm {cfg.batchnorm}, got {cfg.test_batch_size}")
         learn = replace(learn, test_batch_size=cfg.test_batch_size)
-    if cfg.batchnorm not in ("eval", "train", "both"):
-        raise UsageError(f"--batchnorm must be eval, train or both, got {cfg.batchnorm!r}")
     if not 0 <= cfg.heldout <= 9:
         raise UsageError(f"--heldout must be a digit 0-9, got {cfg.heldout}")
     if cfg.iwae_particles < 0:
@@ -150,8 +155,8 @@ def anomaly_preset(cfg: AnomalyRunConfig):
     if cfg.iwae_particles and preset.guide.kind == "langevin":
         raise UsageError("--iwae-particles draws z from an encoder and the langevin guide has none; "
                          "add --guide encoder or --guide hybrid")
-    if cfg.iwae_particles and cfg.batchnorm == "train":
-        raise UsageError("--iwae-particles scores with BatchNorm on running statistics; use --batchnorm eval or both")
+    if cfg.iwae_particles and "eval" not in BATCHNORM_CHOICES[cfg.batchnorm]:
+        raise UsageError("--iwae-particles scores with BatchNorm on running statistics; use --batchnorm eval, both or all")
     if cfg.llr_layers:
         layers = len(preset.model.layer_dims or ())
         if not layers:
@@ -243,7 +248,7 @@ def run_anomaly(cfg: AnomalyRunConfig) -> AnomalyResult:
     config = run_config_dict(cfg, preset)
     checkpoint_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
     return run_anomaly_task(
-        preset, split, seed=cfg.seed, batchnorm=("eval", "train") if cfg.batchnorm == "both" else (cfg.batchnorm,),
+        preset, split, seed=cfg.seed, batchnorm=BATCHNORM_CHOICES[cfg.batchnorm],
         device=torch.device(cfg.device), resume=cfg.resume, trained_checkpoint=cfg.eval_only,
         checkpoint_path=checkpoint_dir / checkpoint_name(cfg) if checkpoint_dir and not cfg.eval_only else None,
         config=config, config_keys=CONFIG_KEYS, preset_name=cfg.preset, progress=cfg.progress,

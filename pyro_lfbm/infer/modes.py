@@ -3,6 +3,9 @@
 * :func:`eval_mode` / :func:`train_mode`: put modules in ``eval()`` (BatchNorm on running
   statistics, each example on its own) or ``train()`` mode for a block and restore each module's
   own mode afterwards, also when the block raises.
+* :func:`recalibrated_batchnorm`: BatchNorm on running statistics re-estimated, for a block, from
+  data passed through a given forward computation (e.g. the test-time inference on training images),
+  instead of the exponential averages left by training.
 * :func:`frozen_parameters`: stop the parameters of a model (and extra leaf tensors, such as the
   Pyro param sites of a function model) from requiring gradients for a block, and restore them
   afterwards. Inside a Langevin chain only gradients with respect to the latents are wanted; with
@@ -20,12 +23,13 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Any, Iterable, Iterator, Tuple
+from typing import Any, Callable, Iterable, Iterator, Tuple
 
 import torch
 
 __all__ = [
-    "eval_mode", "frozen_parameters", "module_mode", "outside_inference_mode", "refuse_jit_tracing", "train_mode",
+    "eval_mode", "frozen_parameters", "module_mode", "outside_inference_mode", "recalibrated_batchnorm",
+    "refuse_jit_tracing", "train_mode",
 ]
 
 
@@ -50,6 +54,53 @@ def eval_mode(*modules: torch.nn.Module):
 def train_mode(*modules: torch.nn.Module):
     """Put ``modules`` in ``train()`` mode for the block and restore their modes afterwards."""
     return module_mode(*modules, training=True)
+
+
+class _Forward(torch.nn.Module):
+    """``modules`` as one module whose call runs ``forward`` (what ``torch.optim.swa_utils.update_bn`` calls)."""
+
+    def __init__(self, modules: Iterable[torch.nn.Module], forward: Callable[[torch.Tensor], Any]):
+        super().__init__()
+        self.parts, self._forward = torch.nn.ModuleList(modules), forward
+
+    def forward(self, batch: torch.Tensor) -> None:
+        with torch.no_grad():  # a Langevin chain inside turns gradients on for itself
+            self._forward(batch)
+
+
+@contextlib.contextmanager
+def recalibrated_batchnorm(*modules: torch.nn.Module, batches: Iterable[torch.Tensor],
+                           forward: Callable[[torch.Tensor], Any]) -> Iterator[None]:
+    """Run the block in ``eval()`` mode with every BatchNorm's running statistics re-estimated from ``batches``.
+
+    Each batch goes through ``forward(batch)`` with ``modules`` in ``train()`` mode; the running mean
+    and variance become the plain averages over all those calls (``momentum=None``), by
+    :func:`torch.optim.swa_utils.update_bn` (its use for SWA: Izmailov et al., UAI 2018). After
+    the block the training's statistics, momenta and modes are restored. Why: the statistics left by
+    training are exponential averages over the last updates of a moving model and over its training
+    inputs; re-estimated from the test-time computation (e.g. the encoder's z of training images)
+    they describe the inputs the network sees when it scores, and each image is still scored on its
+    own (unlike BatchNorm on each test batch's statistics).
+
+    :param batches: iterable of input batches (e.g. ``train_x.split(500)``); at least one.
+    :param forward: ``forward(batch)`` runs the computation whose BatchNorm inputs are to be
+        summarised; its result is discarded. Gradients are not needed (it may enable them itself).
+    """
+    batches = list(batches)
+    if not batches:
+        raise ValueError("recalibrated_batchnorm needs at least one batch of inputs")
+    norms = [m for module in modules for m in module.modules()
+             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [{k: v.clone() for k, v in norm.state_dict().items()} for norm in norms]
+    with module_mode(*modules, training=False):
+        try:
+            torch.optim.swa_utils.update_bn(batches, _Forward(modules, forward))
+            for module in modules:
+                module.eval()
+            yield
+        finally:
+            for norm, state in zip(norms, saved):
+                norm.load_state_dict(state)
 
 
 @contextlib.contextmanager

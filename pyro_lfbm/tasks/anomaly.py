@@ -17,7 +17,8 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from pyro_lfbm.data import AnomalySplit
-from pyro_lfbm.infer.modes import module_mode
+from pyro_lfbm.infer.dataset import infer_dataset
+from pyro_lfbm.infer.modes import module_mode, recalibrated_batchnorm
 from pyro_lfbm.metrics.anomaly import anomaly_metrics, anomaly_scores, lower_layer_likelihood_ratio
 from pyro_lfbm.metrics.evaluation import GaussianProposal, iwae_log_px
 from pyro_lfbm.train.distributed import sharded_inference
@@ -28,8 +29,10 @@ from pyro_lfbm.train.recipe import build, isolated, train_recipe
 
 __all__ = ["AnomalyResult", "BATCHNORM_MODES", "load_trained_model", "run_anomaly"]
 
-#: Scoring with BatchNorm on running statistics (``"eval"``) and on test-batch statistics (``"train"``).
-BATCHNORM_MODES = ("eval", "train")
+#: Scoring with BatchNorm on the running statistics left by training (``"eval"``), on each test batch's
+#: statistics (``"train"``, the official LFBM code's), or on running statistics re-estimated from training
+#: images passed through the test-time inference (``"recalibrated"``, see :func:`run_anomaly`).
+BATCHNORM_MODES = ("eval", "train", "recalibrated")
 
 
 @dataclass
@@ -85,12 +88,30 @@ def load_trained_model(model: torch.nn.Module, path: str | Path, config: Optiona
     return list(ckpt.get("history", []))
 
 
+def _batchnorm_context(mode: str, model, encoder, train_x: torch.Tensor, learn, seed: int, num_images: int):
+    """The modules' BatchNorm set up for scoring in ``mode`` (see :data:`BATCHNORM_MODES`)."""
+    if mode != "recalibrated":
+        return module_mode(*([encoder] if encoder is not None else []), training=mode == "train")
+    subset = torch.randperm(train_x.shape[0], generator=torch.Generator().manual_seed(seed))[:num_images]
+    init = encoder.init_fn if encoder is not None else None
+
+    def test_time_inference(batch: torch.Tensor) -> None:
+        with torch.random.fork_rng():  # z₀ ~ N(0, I) without an encoder: leave the scoring's stream alone
+            torch.manual_seed(seed)
+            infer_dataset(model, batch, num_steps=learn.test_steps, step_size=learn.test_step_size, noise=False,
+                          batch_size=batch.shape[0], progress=False, **({"init": init} if init else {}))
+
+    batches = [b for b in train_x[subset].split(learn.test_batch_size) if b.shape[0] > 1]  # BatchNorm needs 2
+    return recalibrated_batchnorm(*([model] + ([encoder] if encoder is not None else [])),
+                                  batches=batches, forward=test_time_inference)
+
+
 def run_anomaly(
     preset: Preset,
     split: AnomalySplit,
     *,
     seed: int = 1,
-    batchnorm: Sequence[str] = BATCHNORM_MODES,
+    batchnorm: Sequence[str] = ("eval", "train"),
     device: torch.device | str = "cpu",
     checkpoint_path: Optional[str | Path] = None,
     resume: bool = False,
@@ -103,11 +124,13 @@ def run_anomaly(
     compile_chain: bool = False,
     iwae_particles: int = 0,
     llr_layers: Sequence[int] = (),
+    recalibration_images: int = 10_000,
 ) -> AnomalyResult:
     """Learn ``preset``'s model from ``split.train_x`` (or load ``trained_checkpoint``) and score ``split.test_x``.
 
     :param seed: seeds the model's initialisation and training (and the scoring order and z₀).
-    :param batchnorm: the BatchNorm modes to score in (see :func:`~pyro_lfbm.metrics.anomaly.anomaly_scores`).
+    :param batchnorm: the BatchNorm modes to score in, each of :data:`BATCHNORM_MODES` (``"eval"`` and ``"train"``
+        as in :func:`~pyro_lfbm.metrics.anomaly.anomaly_scores`; ``"recalibrated"``: see ``recalibration_images``).
     :param checkpoint_path: training checkpoint (written every epoch); ``resume`` continues it.
     :param trained_checkpoint: score this finished checkpoint instead of training.
     :param config: saved with the checkpoint; the entries ``config_keys`` must match on resume/load.
@@ -122,6 +145,12 @@ def run_anomaly(
     :param llr_layers: for a hierarchical model, each k adds the decision function ``"llr{k}"``,
         Havtorn et al.'s likelihood ratio LLR^{>k} at the test-time z
         (:func:`~pyro_lfbm.metrics.anomaly.lower_layer_likelihood_ratio`), in every BatchNorm mode.
+    :param recalibration_images: for the ``"recalibrated"`` mode, how many training images (a seeded
+        random subset of ``split.train_x``) go through the test-time inference, in batches of
+        ``learn.test_batch_size`` with BatchNorm on batch statistics, to re-estimate every running
+        mean and variance of the model and the encoder as plain averages
+        (:func:`~pyro_lfbm.infer.modes.recalibrated_batchnorm`); the test images are then scored on
+        those statistics, each on its own. The training's statistics are restored afterwards.
 
     A preset with an encoder (``guide`` ``"encoder"`` or ``"hybrid"``) scores with test chains
     started at the encoder mean μ_φ(x) instead of z₀ ~ N(0, I) (the encoder in the scoring BatchNorm
@@ -135,6 +164,10 @@ def run_anomaly(
     if iwae_particles and (preset.guide.kind == "langevin" or "eval" not in modes):
         raise ValueError("the iwae score draws from the encoder with BatchNorm on running statistics; "
                          "use the encoder or hybrid guide and the eval BatchNorm mode")
+    if "recalibrated" in modes and (isinstance(recalibration_images, bool) or not isinstance(recalibration_images, int)
+                                    or recalibration_images < 2 or split.train_x.shape[0] < 2):
+        raise ValueError("the recalibrated BatchNorm mode needs recalibration_images >= 2 and at least 2 training "
+                         f"images, got {recalibration_images!r} of {split.train_x.shape[0]}")
     num_layers = len(preset.model.layer_dims or ())
     if any(isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < num_layers for k in llr_layers):
         raise ValueError(f"llr_layers must be layer counts from 1 to {num_layers - 1} of a hierarchical model, got {tuple(llr_layers)}"
@@ -160,20 +193,21 @@ def run_anomaly(
         kind = "hierarchical" if preset.model.layer_dims else "latent"
         for mode in modes:
             started = time.perf_counter()
-            with module_mode(*([encoder] if encoder is not None else []), training=mode == "train"):
+            with _batchnorm_context(mode, model, encoder, split.train_x, learn, seed, recalibration_images):
                 scores, inferred = anomaly_scores(model, split.test_x, num_steps=learn.test_steps, step_size=learn.test_step_size,
-                                           batch_size=learn.test_batch_size, batchnorm=mode, seed=seed, progress=progress,
+                                           batch_size=learn.test_batch_size, batchnorm="train" if mode == "train" else "eval",
+                                           seed=seed, progress=progress,
                                            inference=sharded_inference,  # infer_dataset itself in one process
                                            compile=compile_chain, init=encoder.init_fn if encoder is not None else None)
-            if iwae_particles and mode == "eval":
-                proposal = GaussianProposal.from_guide(encoder, split.test_x, batch_size=learn.test_batch_size)
-                scores["iwae"] = -iwae_log_px(model, split.test_x, proposal, num_particles=iwae_particles,
-                                              batch_size=max(1, learn.test_batch_size // iwae_particles), seed=seed,
-                                              progress=progress)
-            for k in llr_layers:
-                with module_mode(model, training=mode == "train"):
-                    scores[f"llr{k}"], _ = lower_layer_likelihood_ratio(
-                        model, split.test_x, inferred.z, k, batch_size=learn.test_batch_size, seed=seed, progress=progress)
+                if iwae_particles and mode == "eval":
+                    proposal = GaussianProposal.from_guide(encoder, split.test_x, batch_size=learn.test_batch_size)
+                    scores["iwae"] = -iwae_log_px(model, split.test_x, proposal, num_particles=iwae_particles,
+                                                  batch_size=max(1, learn.test_batch_size // iwae_particles), seed=seed,
+                                                  progress=progress)
+                for k in llr_layers:
+                    with module_mode(model, training=mode == "train"):
+                        scores[f"llr{k}"], _ = lower_layer_likelihood_ratio(
+                            model, split.test_x, inferred.z, k, batch_size=learn.test_batch_size, seed=seed, progress=progress)
             test_seconds = time.perf_counter() - started
             for name in scores:
                 rows.append({
