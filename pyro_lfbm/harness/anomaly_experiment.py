@@ -86,12 +86,12 @@ def run_variant(cfg: AnomalyRunConfig, guide: str = "langevin") -> str:
 
 def run_recipe(run: Dict) -> str:
     """A readable name for what a run trained, from its ``run.json`` ``config["run"]``: the preset, the
-    :func:`run_variant` and every override, e.g. ``"cpu"``, ``"paper"``, ``"cpu hierarchical-encoder"``,
-    ``"cpu lr=0.0004 generator_hidden=512"``, ``"cpu-hybrid test_steps=20"``. Runs of one recipe at
-    different lengths or seeds share it."""
+    prior unless it is the flow (LFBM's), the :func:`run_variant` and every override, e.g. ``"cpu"``,
+    ``"paper"``, ``"cpu-hybrid ebm"``, ``"cpu hierarchical-encoder"``, ``"cpu lr=0.0004 generator_hidden=512"``,
+    ``"cpu-hybrid test_steps=20"``. Runs of one recipe at different lengths or seeds share it."""
     cfg = AnomalyRunConfig(**{k: v for k, v in run.items() if k in AnomalyRunConfig.__dataclass_fields__})
     overrides = {"lr": cfg.lr, "sigma": cfg.sigma, "test_steps": cfg.test_steps, **(cfg.model_overrides or {})}
-    parts = [cfg.preset, run_variant(cfg, guide=preset_guide(cfg.preset)),
+    parts = [cfg.preset, "" if cfg.prior == "flow" else cfg.prior, run_variant(cfg, guide=preset_guide(cfg.preset)),
              *(f"{key}={value}" for key, value in overrides.items() if value is not None)]
     return " ".join(part for part in parts if part)
 
