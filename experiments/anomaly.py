@@ -100,7 +100,8 @@ def run_config(args: argparse.Namespace) -> AnomalyRunConfig:
         limit_train=args.limit_train, limit_test=args.limit_test,
         data_root=args.data_root, device=str(device), checkpoint_dir=checkpoint_dir,
         resume=args.resume, eval_only=args.eval_only, progress=not args.no_progress, sigma=args.sigma, lr=args.lr,
-        model_overrides=cli.parse_overrides(args.overrides, ModelConfig(), refused=("prior", "image_shape", "sigma", "layer_dims")),
+        model_overrides=cli.parse_overrides(args.overrides, ModelConfig(), refused={
+            "prior": "use --prior", "sigma": "use --sigma", "image_shape": "the data set fixes it"}),
         skip_nonfinite=args.skip_nonfinite, chain=args.chain or default_chain(args.model), model=args.model, guide=args.guide,
         sampler=args.sampler, iwae_particles=args.iwae_particles, llr_layers=tuple(args.llr_layers),
     )

@@ -450,6 +450,8 @@ def test_a_runs_recipe_names_its_preset_variant_and_every_override(tmp_path):
     assert recipe("--preset", "cpu", "--test-steps", "20") == "cpu test_steps=20"
     assert recipe("--prior", "ebm") == "cpu-hybrid ebm" and recipe("--prior", "gaussian", "--guide", "encoder") == \
         "cpu-hybrid gaussian encoder"
+    assert recipe("--model", "hierarchical", "--guide", "encoder", "--set", "layer_dims=20,2,2") == \
+        "cpu-hybrid hierarchical-encoder layer_dims=20,2,2"
     assert recipe("--preset", "paper", "--model", "hierarchical", "--guide", "encoder") == "paper hierarchical-encoder"
     assert recipe("--preset", "cpu", "--lr", "4e-4", "--set", "generator_hidden=512", "--set", "generator_channels=64") == \
         "cpu lr=0.0004 generator_hidden=512 generator_channels=64"

@@ -293,6 +293,13 @@ def test_the_hierarchical_command_defaults_to_the_eager_chain_and_names_its_runs
     assert run_folder_name(7, "flow", 1, run_variant(cfg)) == "heldout7-flow-hierarchical-encoder-seed1"
     assert checkpoint_name(cfg) == "lfbm-flow-hierarchical-encoder-heldout7-seed1-tiny.pt"
     assert checkpoint_name(config()) == "lfbm-flow-heldout7-seed1-tiny.pt"  # LFBM runs keep their names
+    # --set layer_dims resizes the layers (the joint latent follows) of the model that is built
+    from pyro_lfbm.harness.anomaly_experiment import anomaly_preset
+
+    narrow = anomaly_preset(config("--model", "hierarchical", "--set", "layer_dims=8,2,2"))
+    with isolated(0):
+        model = build(narrow).model
+    assert model.latent_dims == (8, 2, 2) and model.prior.latent_dim == narrow.model.latent_dim == 12
 
 
 def test_conditional_prior_draws_follow_the_flows_conditional_by_quadrature():

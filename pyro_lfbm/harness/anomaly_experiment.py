@@ -92,7 +92,8 @@ def run_recipe(run: Dict) -> str:
     cfg = AnomalyRunConfig(**{k: v for k, v in run.items() if k in AnomalyRunConfig.__dataclass_fields__})
     overrides = {"lr": cfg.lr, "sigma": cfg.sigma, "test_steps": cfg.test_steps, **(cfg.model_overrides or {})}
     parts = [cfg.preset, "" if cfg.prior == "flow" else cfg.prior, run_variant(cfg, guide=preset_guide(cfg.preset)),
-             *(f"{key}={value}" for key, value in overrides.items() if value is not None)]
+             *(f"{key}={','.join(map(str, value)) if isinstance(value, (list, tuple)) else value}"
+               for key, value in overrides.items() if value is not None)]
     return " ".join(part for part in parts if part)
 
 
@@ -125,10 +126,19 @@ def anomaly_preset(cfg: AnomalyRunConfig):
         if not cfg.sigma > 0:
             raise UsageError(f"--sigma must be positive, got {cfg.sigma}")
         model = replace(model, sigma=cfg.sigma)
-    for key, value in (cfg.model_overrides or {}).items():
+    overrides = dict(cfg.model_overrides or {})
+    for key in overrides:
         if not hasattr(model, key):
             raise UsageError(f"--set {key}=...: the model config has no field {key!r}")
-        model = replace(model, **{key: value})
+    if "layer_dims" in overrides and not model.layer_dims:
+        raise UsageError("--set layer_dims=...: the latent sizes of a hierarchical model's layers; add --model hierarchical")
+    if "layer_dims" in overrides and "latent_dim" not in overrides:  # the joint latent is the layers' concatenation
+        overrides["latent_dim"] = sum(overrides["layer_dims"])
+    if overrides:
+        try:
+            model = replace(model, **overrides)
+        except ValueError as err:
+            raise UsageError(f"--set: {err}") from None
     if cfg.lr is not None:
         if not cfg.lr > 0:
             raise UsageError(f"--lr must be positive, got {cfg.lr}")

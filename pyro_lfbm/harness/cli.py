@@ -182,13 +182,14 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, default_out: str, p
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def parse_overrides(items, config=None, *, refused: Sequence[str] = ()) -> dict:
+def parse_overrides(items, config=None, *, refused: Optional[Dict[str, str]] = None) -> dict:
     """``["latent_dim=16", "batch_norm=false"]`` -> ``{"latent_dim": 16, "batch_norm": False}``.
 
     :param config: a dataclass instance (e.g. a :class:`~pyro_lfbm.train.presets.ModelConfig`); when given,
         every key must be one of its fields and every value must fit the field's type (``int``,
         ``float``, ``bool``, ``str``), else :class:`UsageError`.
-    :param refused: field names that have their own option (e.g. ``prior``: use ``--prior``).
+    :param refused: ``{field: what to do instead}`` for fields that ``--set`` may not change, e.g.
+        ``{"prior": "use --prior"}``.
     """
     out = {}
     known = {f.name: f for f in fields(config)} if config is not None else None
@@ -209,8 +210,8 @@ def parse_overrides(items, config=None, *, refused: Sequence[str] = ()) -> dict:
                 except ValueError:
                     value = text
         if known is not None:
-            if key in refused:
-                raise UsageError(f"--set {key}=...: {key} has its own option (--{key.replace('_', '-')})")
+            if key in (refused or {}):
+                raise UsageError(f"--set {key}=...: {key} cannot be set here; {refused[key]}")
             if key not in known:
                 raise UsageError(f"--set {key}=...: the model config has no field {key!r}; fields: {', '.join(known)}")
             value = _typed(key, value, type(getattr(config, key)), text)
@@ -233,6 +234,11 @@ def _typed(key: str, value, kind: type, text: str):
         return float(value)
     if kind is str:
         return text
+    if kind is tuple:  # whole numbers separated by commas, e.g. layer_dims=20,4,4
+        try:
+            return tuple(int(part) for part in text.split(","))
+        except ValueError:
+            raise UsageError(f"--set {key}={text}: expected whole numbers separated by commas, e.g. {key}=20,4,4") from None
     raise UsageError(f"--set {key}=...: {key} cannot be set from the command line")
 
 
