@@ -68,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="images per scoring batch (cpu preset: 500; the official code: 100)")
     parser.add_argument("--batchnorm", choices=tuple(BATCHNORM_CHOICES), default="both",
                         help="BatchNorm statistics when scoring: running (eval), per test batch (train, as the official "
-                             "code), or running statistics re-estimated from 10,000 training images through the "
-                             "test-time inference (recalibrated); both = eval and train, all = the three")
+                             "code), or running statistics re-estimated from 10,000 training images at their "
+                             "test-time z (recalibrated); both = eval and train, all = the three")
     parser.add_argument("--sigma", type=cli.positive_float, default=None, help="override the pixel noise std σ of the preset")
     parser.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
                         help="override a model-config field, e.g. --set batch_norm=false --set latent_dim=16")

@@ -557,3 +557,33 @@ def test_recalibrated_scores_take_no_statistics_from_the_other_test_images(tmp_p
         torch.testing.assert_close(half.scores["joint"], full.scores_by_mode["recalibrated"]["joint"][::2])
     with pytest.raises(ValueError, match="recalibration_images"):
         run_anomaly(preset, split, trained_checkpoint=tmp_path / "c.pt", batchnorm=("recalibrated",), recalibration_images=1)
+
+
+def test_recalibrated_statistics_are_those_of_the_networks_where_images_are_scored(tmp_path):
+    """By hand: reset every BatchNorm, average its batch statistics over the training batches with the
+    encoder at each image and the generator at the encoder's z (nothing else), then score in eval mode."""
+    from pyro_lfbm.infer.modes import eval_mode, train_mode
+    from pyro_lfbm.tasks.anomaly import load_trained_model, run_anomaly
+    from pyro_lfbm.train.recipe import build, isolated
+
+    split = _smooth_noise_split()
+    preset = _scored_at_the_encoders_z(get_preset("tiny", "flow", "hybrid"))
+    result = run_anomaly(preset, split, seed=1, checkpoint_path=tmp_path / "c.pt", batchnorm=("recalibrated",),
+                         recalibration_images=1000)
+    with isolated(1):
+        recipe = build(preset)
+    load_trained_model(recipe.model, tmp_path / "c.pt", guide=recipe.guide)
+    model, encoder = recipe.model, recipe.encoder_guide
+    norms = [m for net in (model, encoder) for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average
+    order = torch.randperm(50, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad(), train_mode(model, encoder):
+        for batch in split.train_x[order].split(preset.learn.test_batch_size):
+            model.log_joint_terms(batch, encoder.init_fn(batch)["z"])
+    with torch.no_grad(), eval_mode(model, encoder):
+        expected = model.log_joint_terms(split.test_x, encoder.init_fn(split.test_x)["z"])
+    torch.testing.assert_close(result.scores["recon"], -expected["likelihood"])
+    torch.testing.assert_close(result.scores["prior"], -expected["prior"])

@@ -6,6 +6,7 @@
 * :func:`recalibrated_batchnorm`: BatchNorm on running statistics re-estimated, for a block, from
   data passed through a given forward computation (e.g. the test-time inference on training images),
   instead of the exponential averages left by training.
+* :func:`batchnorm_statistics_kept`: BatchNorm's running statistics restored after a block.
 * :func:`frozen_parameters`: stop the parameters of a model (and extra leaf tensors, such as the
   Pyro param sites of a function model) from requiring gradients for a block, and restore them
   afterwards. Inside a Langevin chain only gradients with respect to the latents are wanted; with
@@ -28,7 +29,7 @@ from typing import Any, Callable, Iterable, Iterator, Tuple
 import torch
 
 __all__ = [
-    "eval_mode", "frozen_parameters", "module_mode", "outside_inference_mode", "recalibrated_batchnorm",
+    "batchnorm_statistics_kept", "eval_mode", "frozen_parameters", "module_mode", "outside_inference_mode", "recalibrated_batchnorm",
     "refuse_jit_tracing", "train_mode",
 ]
 
@@ -89,18 +90,25 @@ def recalibrated_batchnorm(*modules: torch.nn.Module, batches: Iterable[torch.Te
     batches = list(batches)
     if not batches:
         raise ValueError("recalibrated_batchnorm needs at least one batch of inputs")
+    with module_mode(*modules, training=False), batchnorm_statistics_kept(*modules):
+        torch.optim.swa_utils.update_bn(batches, _Forward(modules, forward))
+        for module in modules:
+            module.eval()
+        yield
+
+
+@contextlib.contextmanager
+def batchnorm_statistics_kept(*modules: torch.nn.Module) -> Iterator[None]:
+    """Restore the running statistics (and batch counts) of every BatchNorm in ``modules`` after the block,
+    e.g. to run a network in ``train()`` mode for its batch statistics without counting those batches."""
     norms = [m for module in modules for m in module.modules()
              if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     saved = [{k: v.clone() for k, v in norm.state_dict().items()} for norm in norms]
-    with module_mode(*modules, training=False):
-        try:
-            torch.optim.swa_utils.update_bn(batches, _Forward(modules, forward))
-            for module in modules:
-                module.eval()
-            yield
-        finally:
-            for norm, state in zip(norms, saved):
-                norm.load_state_dict(state)
+    try:
+        yield
+    finally:
+        for norm, state in zip(norms, saved):
+            norm.load_state_dict(state)
 
 
 @contextlib.contextmanager

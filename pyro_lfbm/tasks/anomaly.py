@@ -18,7 +18,7 @@ import torch
 
 from pyro_lfbm.data import AnomalySplit
 from pyro_lfbm.infer.dataset import infer_dataset
-from pyro_lfbm.infer.modes import module_mode, recalibrated_batchnorm
+from pyro_lfbm.infer.modes import batchnorm_statistics_kept, module_mode, recalibrated_batchnorm
 from pyro_lfbm.metrics.anomaly import anomaly_metrics, anomaly_scores, lower_layer_likelihood_ratio
 from pyro_lfbm.metrics.evaluation import GaussianProposal, iwae_log_px
 from pyro_lfbm.train.distributed import sharded_inference
@@ -94,16 +94,23 @@ def _batchnorm_context(mode: str, model, encoder, train_x: torch.Tensor, learn, 
         return module_mode(*([encoder] if encoder is not None else []), training=mode == "train")
     subset = torch.randperm(train_x.shape[0], generator=torch.Generator().manual_seed(seed))[:num_images]
     init = encoder.init_fn if encoder is not None else None
+    extra = [encoder] if encoder is not None else []
 
-    def test_time_inference(batch: torch.Tensor) -> None:
-        with torch.random.fork_rng():  # z₀ ~ N(0, I) without an encoder: leave the scoring's stream alone
-            torch.manual_seed(seed)
-            infer_dataset(model, batch, num_steps=learn.test_steps, step_size=learn.test_step_size, noise=False,
-                          batch_size=batch.shape[0], progress=False, **({"init": init} if init else {}))
+    def at_the_scoring_point(batch: torch.Tensor) -> None:
+        # the statistics are those of the networks where an image is scored: the encoder at the image and
+        # the generator at the inferred z. The inference's own evaluations are not counted: a chain's steps,
+        # and the model run once at z ~ N(0, I) to find its latent sites (with an energy prior's latents
+        # far from N(0, I), counting that run ruins the generator's statistics).
+        with batchnorm_statistics_kept(model, *extra), torch.random.fork_rng():
+            torch.manual_seed(seed)  # z₀ ~ N(0, I) without an encoder: leave the scoring's stream alone
+            z = infer_dataset(model, batch, num_steps=learn.test_steps, step_size=learn.test_step_size, noise=False,
+                              batch_size=batch.shape[0], progress=False, **({"init": init} if init else {})).z
+        if encoder is not None:
+            init(batch)
+        model.log_joint_terms(batch, z)
 
     batches = [b for b in train_x[subset].split(learn.test_batch_size) if b.shape[0] > 1]  # BatchNorm needs 2
-    return recalibrated_batchnorm(*([model] + ([encoder] if encoder is not None else [])),
-                                  batches=batches, forward=test_time_inference)
+    return recalibrated_batchnorm(model, *extra, batches=batches, forward=at_the_scoring_point)
 
 
 def run_anomaly(
@@ -146,11 +153,12 @@ def run_anomaly(
         Havtorn et al.'s likelihood ratio LLR^{>k} at the test-time z
         (:func:`~pyro_lfbm.metrics.anomaly.lower_layer_likelihood_ratio`), in every BatchNorm mode.
     :param recalibration_images: for the ``"recalibrated"`` mode, how many training images (a seeded
-        random subset of ``split.train_x``) go through the test-time inference, in batches of
-        ``learn.test_batch_size`` with BatchNorm on batch statistics, to re-estimate every running
-        mean and variance of the model and the encoder as plain averages
-        (:func:`~pyro_lfbm.infer.modes.recalibrated_batchnorm`); the test images are then scored on
-        those statistics, each on its own. The training's statistics are restored afterwards.
+        random subset of ``split.train_x``), in batches of ``learn.test_batch_size``, re-estimate every
+        running mean and variance of the model and the encoder as plain averages of batch statistics
+        (:func:`~pyro_lfbm.infer.modes.recalibrated_batchnorm`): the encoder's at each image, the
+        generator's at the z the test-time inference gives it (the chain's own steps are not counted).
+        The test images are then scored on those statistics, each on its own; the training's
+        statistics are restored afterwards.
 
     A preset with an encoder (``guide`` ``"encoder"`` or ``"hybrid"``) scores with test chains
     started at the encoder mean μ_φ(x) instead of z₀ ~ N(0, I) (the encoder in the scoring BatchNorm
