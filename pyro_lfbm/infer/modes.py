@@ -4,8 +4,8 @@
   statistics, each example on its own) or ``train()`` mode for a block and restore each module's
   own mode afterwards, also when the block raises.
 * :func:`recalibrated_batchnorm`: BatchNorm on running statistics re-estimated, for a block, from
-  data passed through a given forward computation (e.g. the test-time inference on training images),
-  instead of the exponential averages left by training.
+  data passed through a given forward computation (e.g. the networks at training images and their
+  inferred latents), instead of the exponential averages left by training.
 * :func:`batchnorm_statistics_kept`: BatchNorm's running statistics restored after a block.
 * :func:`frozen_parameters`: stop the parameters of a model (and extra leaf tensors, such as the
   Pyro param sites of a function model) from requiring gradients for a block, and restore them
@@ -29,8 +29,8 @@ from typing import Any, Callable, Iterable, Iterator, Tuple
 import torch
 
 __all__ = [
-    "batchnorm_statistics_kept", "eval_mode", "frozen_parameters", "module_mode", "outside_inference_mode", "recalibrated_batchnorm",
-    "refuse_jit_tracing", "train_mode",
+    "batchnorm_statistics_kept", "eval_mode", "frozen_parameters", "module_mode", "outside_inference_mode",
+    "recalibrated_batchnorm", "refuse_jit_tracing", "train_mode",
 ]
 
 
