@@ -59,7 +59,7 @@ import tempfile
 import threading
 from dataclasses import fields
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional
 
 import torch
 
