@@ -31,7 +31,7 @@ __all__ = ["AnomalyResult", "BATCHNORM_MODES", "load_trained_model", "run_anomal
 
 #: Scoring with BatchNorm on the running statistics left by training (``"eval"``), on each test batch's
 #: statistics (``"train"``, the official LFBM code's), or on running statistics re-estimated from training
-#: images passed through the test-time inference (``"recalibrated"``, see :func:`run_anomaly`).
+#: images at their test-time z (``"recalibrated"``, see :func:`run_anomaly`).
 BATCHNORM_MODES = ("eval", "train", "recalibrated")
 
 
