@@ -132,6 +132,8 @@ def anomaly_preset(cfg: AnomalyRunConfig):
             raise UsageError(f"--set {key}=...: the model config has no field {key!r}")
     if "layer_dims" in overrides and not model.layer_dims:
         raise UsageError("--set layer_dims=...: the latent sizes of a hierarchical model's layers; add --model hierarchical")
+    if "layer_prior" in overrides and not model.layer_dims:
+        raise UsageError("--set layer_prior=...: the prior over a hierarchical model's layers; add --model hierarchical")
     if "layer_dims" in overrides and "latent_dim" not in overrides:  # the joint latent is the layers' concatenation
         overrides["latent_dim"] = sum(overrides["layer_dims"])
     if overrides:

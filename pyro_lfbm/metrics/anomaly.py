@@ -203,7 +203,8 @@ def lower_layer_likelihood_ratio(
        z^{(s)}_{\le k} \sim p_\alpha(z_{\le k} \mid z^*_{>k}),
 
     where z* (the test-time z) is split into its upper layers z*_{>k} and its k lowest ones, and the
-    draws come from :func:`conditional_prior_draws`. Higher is more anomalous: an image of a training
+    draws come from the prior's exact conditionals where it has them (``prior.sample_lower_layers``, e.g.
+    :class:`~pyro_lfbm.priors.TopDownPrior`; acceptance 1), else from :func:`conditional_prior_draws`. Higher is more anomalous: an image of a training
     class is explained by its upper layers, so redrawing the lowest ones costs it little, while an
     image that only the low-level layers fit loses much (Havtorn, Frellsen, Hauberg, Maaløe,
     "Hierarchical VAEs Know What They Don't Know", ICML 2021, arXiv 2102.08248, Eq. 9: there
@@ -226,6 +227,7 @@ def lower_layer_likelihood_ratio(
     if z.shape != (x.shape[0], sum(dims)):
         raise ValueError(f"z must be ({x.shape[0]}, {sum(dims)}) for these images, got {tuple(z.shape)}")
     num_free = sum(dims[len(dims) - num_layers:])
+    exact_draws = getattr(model.prior, "sample_lower_layers", None)
     device = model.prior.base_loc.device
     scores, acceptance = [], []
     with torch.no_grad(), torch.random.fork_rng():
@@ -234,8 +236,12 @@ def lower_layer_likelihood_ratio(
         order = torch.randperm(x.shape[0])  # batches of mixed classes (as anomaly_scores), for BatchNorm on batch statistics
         for s in tqdm(range(0, x.shape[0], batch_size), desc=f"llr>{num_layers}", disable=not progress, leave=False):
             xb, zb = x[order[s : s + batch_size]].to(device), z[order[s : s + batch_size]].to(device)
-            draws, accepted = conditional_prior_draws(model.prior, zb[:, :-num_free], num_free, num_samples=num_samples,
-                                                      num_warmup=num_warmup, num_steps=num_steps)
+            if exact_draws is not None:
+                draws = exact_draws(zb[:, :-num_free], num_layers, num_samples)
+                accepted = torch.ones(num_samples, zb.shape[0], dtype=zb.dtype)
+            else:
+                draws, accepted = conditional_prior_draws(model.prior, zb[:, :-num_free], num_free, num_samples=num_samples,
+                                                          num_warmup=num_warmup, num_steps=num_steps)
             upper = zb[:, :-num_free].expand(num_samples, *zb[:, :-num_free].shape)
             redrawn = torch.cat([upper, draws], dim=-1).reshape(-1, zb.shape[1])  # (S·B, D)
             fit = model.log_joint_terms(xb, zb)["likelihood"]

@@ -163,6 +163,10 @@ def run_anomaly(
     A preset with an encoder (``guide`` ``"encoder"`` or ``"hybrid"``) scores with test chains
     started at the encoder mean μ_φ(x) instead of z₀ ~ N(0, I) (the encoder in the scoring BatchNorm
     mode too). The rows name the ``model`` (``"latent"`` or ``"hierarchical"``) and the ``guide``.
+
+    A prior with per-layer densities (``prior.layer_log_probs``, :class:`~pyro_lfbm.priors.TopDownPrior`)
+    adds the decision function ``"prior_top"``, −log p(z₁) of the top layer alone: the layer that Havtorn et
+    al. (ICML 2021) find carries an image's semantics, where the lower ones carry its low-level features.
     """
     modes = tuple(batchnorm)
     if not modes or any(mode not in BATCHNORM_MODES for mode in modes):
@@ -212,6 +216,10 @@ def run_anomaly(
                     scores["iwae"] = -iwae_log_px(model, split.test_x, proposal, num_particles=iwae_particles,
                                                   batch_size=max(1, learn.test_batch_size // iwae_particles), seed=seed,
                                                   progress=progress)
+                layer_log_probs = getattr(model.prior, "layer_log_probs", None)
+                if layer_log_probs is not None:
+                    with torch.no_grad():
+                        scores["prior_top"] = -layer_log_probs(inferred.z.to(model.prior.base_loc.device))[:, 0].cpu()
                 for k in llr_layers:
                     with module_mode(model, training=mode == "train"):
                         scores[f"llr{k}"], _ = lower_layer_likelihood_ratio(

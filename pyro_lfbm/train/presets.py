@@ -20,7 +20,7 @@ import torch
 from pyro_lfbm.models import HierarchicalLatentModel, LatentModel
 from pyro_lfbm.nets import HierarchicalMNISTGenerator, make_encoder, make_generator
 from pyro_lfbm.infer.samplers import SAMPLER_NAMES
-from pyro_lfbm.priors import EnergyPrior, FlowPrior, GaussianPrior, LatentPrior
+from pyro_lfbm.priors import EnergyPrior, FlowPrior, GaussianPrior, LatentPrior, TopDownPrior
 from pyro_lfbm.train.svi import OptimConfig
 
 PRIORS = ("flow", "gaussian", "ebm")
@@ -30,13 +30,20 @@ PRIORS = ("flow", "gaussian", "ebm")
 #: three generator layers, the prior over their concatenation).
 MODELS = ("latent", "hierarchical")
 
+#: The prior of a hierarchical model over its layers: ``"joint"``, one prior over their concatenation
+#: (a flow mixes them); ``"top-down"``, :class:`~pyro_lfbm.priors.TopDownPrior`, p(z₁) Π p(z_l | z_{<l}),
+#: each layer the preset's prior (a flow, or N(0, I) for the Gaussian prior and for one-dimensional layers)
+#: shifted and scaled by a network of the layers above.
+LAYER_PRIORS = ("joint", "top-down")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to rebuild a :class:`~pyro_lfbm.models.LatentModel`, or with ``layer_dims``
     (d₁, d₂, d₃) a :class:`~pyro_lfbm.models.HierarchicalLatentModel` whose
     :class:`~pyro_lfbm.nets.HierarchicalMNISTGenerator` takes z₁ at the top and z₂, z₃ at the 7×7
-    and 14×14 maps (MNIST shape only; ``latent_dim`` must be d₁ + d₂ + d₃, the prior's dimension)."""
+    and 14×14 maps (MNIST shape only; ``latent_dim`` must be d₁ + d₂ + d₃, the prior's dimension), its prior
+    over the layers as ``layer_prior`` says (:data:`LAYER_PRIORS`)."""
 
     prior: str = "flow"
     image_shape: Tuple[int, int, int] = (1, 28, 28)
@@ -51,6 +58,7 @@ class ModelConfig:
     ebm_prior_steps: int = 60
     ebm_prior_step_size: float = 0.4
     layer_dims: Tuple[int, ...] = ()
+    layer_prior: str = "joint"
 
     def check(self) -> "ModelConfig":
         """Raise a one-line ``ValueError`` naming the first field with an impossible value; returns self."""
@@ -74,9 +82,19 @@ class ModelConfig:
                 raise ValueError(f"latent_dim ({self.latent_dim}) must be the sum of layer_dims {dims} ({sum(dims)})")
             if shape != (1, 28, 28):
                 raise ValueError(f"the hierarchical generator is for (1, 28, 28) images, got image_shape {shape}")
+        if self.layer_prior not in LAYER_PRIORS:
+            raise ValueError(f"unknown layer_prior {self.layer_prior!r}; choose one of {', '.join(LAYER_PRIORS)}")
+        if self.layer_prior == "top-down" and not self.layer_dims:
+            raise ValueError("layer_prior top-down is a prior over the layers of a hierarchical model; it needs layer_dims")
+        if self.layer_prior == "top-down" and self.prior == "ebm":
+            raise ValueError("layer_prior top-down takes the flow or the Gaussian prior in each layer, not ebm")
         return self
 
     def build_prior(self) -> LatentPrior:
+        if self.layer_dims and self.layer_prior == "top-down":
+            layers = [replace(self, layer_dims=(), layer_prior="joint", latent_dim=d,
+                              prior="gaussian" if d == 1 else self.prior).build_prior() for d in self.layer_dims]
+            return TopDownPrior(layers, hidden_dim=self.flow_width)
         if self.prior == "flow":
             return FlowPrior(self.latent_dim, num_steps=self.flow_steps, hidden_dim=self.flow_width)
         if self.prior == "gaussian":
@@ -210,7 +228,7 @@ class Preset:
         config = self.model
         if model == "latent":
             if config.layer_dims:
-                config = replace(config, layer_dims=(), latent_dim=config.layer_dims[0])
+                config = replace(config, layer_dims=(), latent_dim=config.layer_dims[0], layer_prior="joint")
         elif not config.layer_dims:
             top, lower = config.latent_dim, max(1, config.latent_dim // 2)
             config = replace(config, layer_dims=(top, lower, lower), latent_dim=top + 2 * lower)
@@ -229,6 +247,8 @@ class Preset:
         out = {"model": asdict(self.model), "learn": asdict(self.learn)}
         if not self.model.layer_dims:  # (configs of one-layer models stay those of earlier versions)
             del out["model"]["layer_dims"]
+        if self.model.layer_prior == "joint":  # (and those of hierarchical models with the joint prior)
+            del out["model"]["layer_prior"]
         if self.guide != GuideConfig():
             out["guide"] = asdict(self.guide)
             if self.guide.sampler == "ula":  # (configs of encoder and hybrid runs stay those of earlier versions)
