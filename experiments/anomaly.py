@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(encoder and hybrid guides; BatchNorm eval); 0 = off")
     parser.add_argument("--llr-layers", type=cli.positive_int, nargs="+", default=(), metavar="K",
                         help="--model hierarchical: also score by Havtorn et al.'s likelihood ratio LLR^{>K} (redraw the K "
-                             "lowest latent layers from the prior given the others), one score llrK per K")
+                             "lowest latent layers from the prior given the others), one score llrK per K; with --iwae-particles "
+                             "and --set layer_prior=top-down also llrK_iw, the ratio of two importance-weighted bounds")
     cli.add_common_arguments(parser, default_out="runs/anomaly", presets=ANOMALY_PRESETS)
     return parser
 

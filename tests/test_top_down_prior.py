@@ -12,7 +12,9 @@ import pytest
 import torch
 from torch.autograd.functional import jacobian
 
-from pyro_lfbm.metrics.anomaly import lower_layer_likelihood_ratio
+from pyro_lfbm.metrics import GaussianProposal
+from pyro_lfbm.metrics.anomaly import importance_weighted_likelihood_ratio, lower_layer_likelihood_ratio
+from pyro_lfbm.models import HierarchicalLatentModel
 from pyro_lfbm.priors import FlowPrior, GaussianPrior, TopDownPrior
 from pyro_lfbm.priors.flow import flow_forward
 from pyro_lfbm.priors.gaussian import standard_normal_log_prob
@@ -147,3 +149,56 @@ def test_the_anomaly_command_trains_and_rescores_a_top_down_model_with_its_top_l
     assert torch.allclose(-terms[:, 0], scores["prior_top"], rtol=1e-5)
     assert torch.allclose(-terms.sum(-1), scores["prior"], rtol=1e-5)
     assert set(pd.read_csv(run_dir / "metrics.csv").score) == {"joint", "recon", "prior", "prior_top"}
+
+
+class LinearImage(torch.nn.Module):
+    """z (B, 3) → W z + b as (B, 1, 2, 2): with a N(0, I) prior the posterior and log p(x) are closed-form."""
+
+    latent_dim, image_shape = 3, (1, 2, 2)
+
+    def __init__(self):
+        super().__init__()
+        generator = torch.Generator().manual_seed(3)
+        self.weight = torch.nn.Parameter(torch.randn(4, 3, generator=generator, dtype=torch.float64))
+        self.bias = torch.nn.Parameter(torch.randn(4, generator=generator, dtype=torch.float64))
+
+    def forward(self, z):
+        return (z @ self.weight.T + self.bias).reshape(*z.shape[:-1], 1, 2, 2)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_the_importance_weighted_ratio_has_exact_bounds_at_the_exact_posterior(k):
+    """A top-down prior of three N(0, 1) layers (the conditioners start at zero: p = N(0, I)) and g(z) = W z + b.
+    With the exact posterior as q every weight of L equals p(x), so L = log N(x; b, σ²I + W Wᵀ) exactly; L^{>k}
+    then estimates log p(x) too (its weights have mean p(x)), so the ratio of a model that fits x is near 0."""
+    sigma = 0.5
+    model = HierarchicalLatentModel(TopDownPrior([GaussianPrior(1) for _ in range(3)], hidden_dim=4).double(),
+                                    LinearImage(), sigma=sigma, latent_dims=(1, 1, 1))
+    x = torch.tensor([[0.2, -0.1, 0.9, -0.6], [0.0, 0.5, -0.3, 0.4]], dtype=torch.float64)
+    w, b = model.generator.weight.detach(), model.generator.bias.detach()
+    post_cov = torch.linalg.inv(torch.eye(3, dtype=torch.float64) + w.T @ w / sigma**2)
+    post_loc = (x - b) @ w @ post_cov / sigma**2
+    proposal = GaussianProposal(post_loc, torch.linalg.cholesky(post_cov).expand(2, 3, 3).clone())
+    log_px = torch.distributions.MultivariateNormal(b, sigma**2 * torch.eye(4, dtype=torch.float64) + w @ w.T).log_prob(x)
+    llr, bound = importance_weighted_likelihood_ratio(model, x.reshape(2, 1, 2, 2), proposal, k, num_particles=20_000)
+    assert torch.allclose(bound, log_px, atol=1e-9, rtol=0)
+    assert llr.abs().max() < 0.05, llr
+    with pytest.raises(ValueError, match="exact layer conditionals"):
+        flat = HierarchicalLatentModel(GaussianPrior(3).double(), LinearImage(), sigma=sigma, latent_dims=(1, 1, 1))
+        importance_weighted_likelihood_ratio(flat, x.reshape(2, 1, 2, 2), proposal, k)
+
+
+def test_the_importance_weighted_ratio_scores_on_running_statistics_and_leaves_them_alone():
+    """Run on a model left in training mode (as after training), the ratio must not score on, nor update,
+    BatchNorm's batch statistics: a later score would otherwise see statistics of the particles."""
+    preset = get_preset("tiny", "flow", "encoder", "hierarchical")
+    torch.manual_seed(0)
+    model = replace(preset.model, layer_prior="top-down").build().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.rand(6, 1, 28, 28) * 2 - 1
+    proposal = GaussianProposal.from_diag(torch.randn(6, model.latent_dim), torch.full((6, model.latent_dim), 0.1))
+    first, _ = importance_weighted_likelihood_ratio(model, x, proposal, 2, num_particles=4, batch_size=3)
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    again, _ = importance_weighted_likelihood_ratio(model, x[:3], GaussianProposal(proposal.loc[:3], proposal.scale_tril[:3]), 2,
+                                                    num_particles=4, batch_size=3)
+    assert torch.allclose(again, first[:3])  # an image's score does not depend on the other images

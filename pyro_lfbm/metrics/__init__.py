@@ -8,6 +8,7 @@ from pyro_lfbm.metrics.anomaly import (
     anomaly_metrics,
     anomaly_scores,
     conditional_prior_draws,
+    importance_weighted_likelihood_ratio,
     lower_layer_likelihood_ratio,
 )
 from pyro_lfbm.metrics.evaluation import (
@@ -29,6 +30,7 @@ __all__ = [
     "conditional_prior_draws",
     "frechet_distance",
     "inception_fid",
+    "importance_weighted_likelihood_ratio",
     "inception_status",
     "inference_row",
     "iwae_log_px",

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from pyro_lfbm._context import posterior_inference
 from pyro_lfbm.infer.dataset import InferenceResult, infer_dataset
-from pyro_lfbm.infer.modes import module_mode
+from pyro_lfbm.infer.modes import eval_mode, module_mode
 from pyro_lfbm.infer.samplers import MALA, MALA_OPTIMAL_ACCEPT_PROB
 
 DECISION_FUNCTIONS = ("joint", "recon", "prior")
@@ -250,3 +250,74 @@ def lower_layer_likelihood_ratio(
             acceptance.append(accepted.mean(0).cpu())
     restore = torch.argsort(order)
     return torch.cat(scores)[restore], torch.cat(acceptance)[restore]
+
+
+def importance_weighted_likelihood_ratio(
+    model,
+    x: torch.Tensor,
+    proposal,
+    num_layers: int,
+    *,
+    num_particles: int = 32,
+    batch_size: int = 100,
+    seed: Optional[int] = 0,
+    progress: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Havtorn et al.'s likelihood ratio LLR^{>k} = L − L^{>k} in its own form: the difference of two
+    importance-weighted bounds, for a prior with exact layer conditionals and an encoder's q.
+
+    .. math:: L = \log \frac1P \sum_p \frac{p_\beta(x \mid z_p)\, p_\alpha(z_p)}{q(z_p \mid x)}, \qquad
+       L^{>k} = \log \frac1P \sum_p \frac{p_\beta(x \mid z_{p,>k}, z'_{p,\le k})\, p_\alpha(z_{p,>k})}{q(z_{p,>k} \mid x)},
+
+    with z_p ~ q(z | x) and z'_{p,≤k} ~ p_α(z_{≤k} | z_{p,>k}): the k lowest layers drawn from the prior given the
+    layers above (Havtorn, Frellsen, Hauberg, Maaløe, "Hierarchical VAEs Know What They Don't Know", ICML 2021,
+    arXiv 2102.08248, Eqs. 7–9, there with one draw per bound and here with P). p_α(z_{>k}) is the upper layers'
+    terms of a top-down prior (the lower layers' conditionals integrate to one) and q(z_{>k} | x) the marginal of
+    the proposal's leading coordinates. Higher is more anomalous. Unlike
+    :func:`lower_layer_likelihood_ratio`, no term is taken at a point.
+
+    :param model: a :class:`~pyro_lfbm.models.HierarchicalLatentModel` whose prior has ``layer_log_probs`` and
+        ``sample_lower_layers`` (:class:`~pyro_lfbm.priors.TopDownPrior`); scored with BatchNorm on running
+        statistics, as :func:`~pyro_lfbm.metrics.iwae_log_px` (the particles of an image are no batch of images).
+    :param x: (N, C, H, W) images.
+    :param proposal: a :class:`~pyro_lfbm.metrics.GaussianProposal` of N images over the concatenated layers,
+        e.g. ``GaussianProposal.from_guide(encoder, x)``.
+    :param int num_layers: k, from 1 to L − 1.
+    :returns: ``(llr, bound)``, both (N,): the ratio and L, the importance-weighted bound of log p(x).
+    """
+    dims = tuple(getattr(model, "latent_dims", ()))
+    prior = model.prior
+    if len(dims) < 2 or not hasattr(prior, "layer_log_probs") or not hasattr(prior, "sample_lower_layers"):
+        raise ValueError("the importance-weighted likelihood ratio needs a hierarchical model whose prior has exact layer "
+                         "conditionals (TopDownPrior: --set layer_prior=top-down)")
+    if not 1 <= num_layers < len(dims):
+        raise ValueError(f"num_layers must be between 1 and {len(dims) - 1} for a model of {len(dims)} layers, got {num_layers}")
+    if len(proposal) != x.shape[0] or proposal.loc.shape[-1] != sum(dims):
+        raise ValueError(f"the proposal must hold {x.shape[0]} Gaussians over {sum(dims)} dimensions, "
+                         f"got {len(proposal)} over {proposal.loc.shape[-1]}")
+    if num_particles < 1:
+        raise ValueError(f"num_particles must be at least 1, got {num_particles}")
+    num_upper_layers, upper = len(dims) - num_layers, sum(dims[: len(dims) - num_layers])
+    device = prior.base_loc.device
+    ratios, bounds = [], []
+    with eval_mode(model), torch.no_grad(), torch.random.fork_rng():
+        if seed is not None:
+            torch.manual_seed(seed)
+        for s in tqdm(range(0, x.shape[0], batch_size), desc=f"llr>{num_layers} (iw)", disable=not progress, leave=False):
+            xb = x[s : s + batch_size].to(device)
+            b = xb.shape[0]
+            q = proposal.dist(s, s + b, device=device)
+            q_upper = torch.distributions.MultivariateNormal(q.loc[:, :upper], scale_tril=q.scale_tril[:, :upper, :upper])
+            z = q.sample((num_particles,))  # (P, B, D)
+            flat = z.reshape(-1, z.shape[-1])
+            images = xb.expand(num_particles, *xb.shape).reshape(-1, *xb.shape[1:])
+            layer_terms = prior.layer_log_probs(flat).reshape(num_particles, b, len(dims))
+            fit = model.log_joint_terms(images, flat)["likelihood"].reshape(num_particles, b)
+            redrawn = torch.cat([flat[:, :upper], prior.sample_lower_layers(flat[:, :upper], num_layers)[0]], dim=-1)
+            refit = model.log_joint_terms(images, redrawn)["likelihood"].reshape(num_particles, b)
+            bound = torch.logsumexp(fit + layer_terms.sum(-1) - q.log_prob(z), 0) - math.log(num_particles)
+            upper_bound = torch.logsumexp(refit + layer_terms[..., :num_upper_layers].sum(-1) - q_upper.log_prob(z[..., :upper]), 0) \
+                - math.log(num_particles)
+            ratios.append((bound - upper_bound).cpu())
+            bounds.append(bound.cpu())
+    return torch.cat(ratios), torch.cat(bounds)
