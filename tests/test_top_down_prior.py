@@ -202,3 +202,15 @@ def test_the_importance_weighted_ratio_scores_on_running_statistics_and_leaves_t
     again, _ = importance_weighted_likelihood_ratio(model, x[:3], GaussianProposal(proposal.loc[:3], proposal.scale_tril[:3]), 2,
                                                     num_particles=4, batch_size=3)
     assert torch.allclose(again, first[:3])  # an image's score does not depend on the other images
+
+
+def test_it_pickles_and_round_trips_its_state_dict():
+    import pickle
+
+    prior = make_prior()
+    z = prior.sample((4,))
+    copy = pickle.loads(pickle.dumps(prior))
+    assert torch.equal(copy.log_prob(z), prior.log_prob(z))
+    fresh = make_prior(seed=5)
+    fresh.load_state_dict(prior.state_dict())
+    assert torch.equal(fresh.log_prob(z), prior.log_prob(z))
