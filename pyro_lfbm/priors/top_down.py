@@ -124,7 +124,7 @@ class TopDownPrior(LatentPrior):
         return z
 
     def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
-        """Ancestral draws z (*sample_shape, D): z₁ ~ p₁, then each lower layer given the ones above."""
+        """Ancestral draws z, shape ``sample_shape + (D,)``: z₁ ~ p₁, then each lower layer given the ones above."""
         with torch.no_grad():
             return self._draw_below(self.layer_priors[0].sample(torch.Size(sample_shape)), 1)
 
