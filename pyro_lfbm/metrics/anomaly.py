@@ -181,6 +181,16 @@ def conditional_prior_draws(
     return state.position["free"].reshape(*shape, num_free), (acceptance / num_steps).reshape(shape)
 
 
+def _layer_sizes(model, num_layers: int) -> tuple:
+    """The layer sizes (d₁, …, d_L) of a hierarchical model whose ``num_layers`` lowest layers a likelihood ratio redraws."""
+    dims = tuple(getattr(model, "latent_dims", ()))
+    if len(dims) < 2:
+        raise ValueError("the lower-layer likelihood ratio needs a hierarchical model (latents at two or more layers)")
+    if not 1 <= num_layers < len(dims):
+        raise ValueError(f"num_layers must be between 1 and {len(dims) - 1} for a model of {len(dims)} layers, got {num_layers}")
+    return dims
+
+
 def lower_layer_likelihood_ratio(
     model,
     x: torch.Tensor,
@@ -219,11 +229,7 @@ def lower_layer_likelihood_ratio(
         The generator runs in the mode the model is in (BatchNorm on running or on batch statistics:
         then each batch holds ``num_samples`` redraws of ``batch_size`` images).
     """
-    dims = tuple(getattr(model, "latent_dims", ()))
-    if len(dims) < 2:
-        raise ValueError("the lower-layer likelihood ratio needs a hierarchical model (latents at two or more layers)")
-    if not 1 <= num_layers < len(dims):
-        raise ValueError(f"num_layers must be between 1 and {len(dims) - 1} for a model of {len(dims)} layers, got {num_layers}")
+    dims = _layer_sizes(model, num_layers)
     if z.shape != (x.shape[0], sum(dims)):
         raise ValueError(f"z must be ({x.shape[0]}, {sum(dims)}) for these images, got {tuple(z.shape)}")
     num_free = sum(dims[len(dims) - num_layers:])
@@ -285,13 +291,10 @@ def importance_weighted_likelihood_ratio(
     :param int num_layers: k, from 1 to L − 1.
     :returns: ``(llr, bound)``, both (N,): the ratio and L, the importance-weighted bound of log p(x).
     """
-    dims = tuple(getattr(model, "latent_dims", ()))
-    prior = model.prior
-    if len(dims) < 2 or not hasattr(prior, "layer_log_probs") or not hasattr(prior, "sample_lower_layers"):
+    dims, prior = _layer_sizes(model, num_layers), model.prior
+    if not hasattr(prior, "layer_log_probs") or not hasattr(prior, "sample_lower_layers"):
         raise ValueError("the importance-weighted likelihood ratio needs a hierarchical model whose prior has exact layer "
                          "conditionals (TopDownPrior: --set layer_prior=top-down)")
-    if not 1 <= num_layers < len(dims):
-        raise ValueError(f"num_layers must be between 1 and {len(dims) - 1} for a model of {len(dims)} layers, got {num_layers}")
     if len(proposal) != x.shape[0] or proposal.loc.shape[-1] != sum(dims):
         raise ValueError(f"the proposal must hold {x.shape[0]} Gaussians over {sum(dims)} dimensions, "
                          f"got {len(proposal)} over {proposal.loc.shape[-1]}")
