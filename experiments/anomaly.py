@@ -44,7 +44,7 @@ from pyro_lfbm.harness.anomaly_experiment import (
     save_anomaly_run,
 )
 from pyro_lfbm.infer.samplers import SAMPLER_NAMES
-from pyro_lfbm.train.presets import ANOMALY_PRESETS, GUIDES, MODELS, PRIORS, ModelConfig
+from pyro_lfbm.train.presets import ANOMALY_PRESETS, ENCODERS, GUIDES, MODELS, PRIORS, ModelConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sampler", choices=SAMPLER_NAMES, default="ula",
                         help="the training chain's sampler (langevin guide): ula (the paper), preconditioned (pSGLD's "
                              "diagonal) or underdamped (OBABO); one gradient evaluation per step each")
+    parser.add_argument("--encoder", choices=ENCODERS, default="mean-field",
+                        help="the inference network of the encoder and hybrid guides: mean-field (one Gaussian over all "
+                             "latents) or conditional (--model hierarchical: each layer conditioned on the layers above, "
+                             "q(z1|x) q(z2|z1,x) q(z3|z1,z2,x))")
     parser.add_argument("--test-steps", type=cli.nonnegative_int, default=None,
                         help="test-time Langevin steps (paper: 400); 0 scores at the encoder's z (--guide encoder or hybrid)")
     parser.add_argument("--test-batch-size", type=cli.positive_int, default=None,
@@ -104,7 +108,7 @@ def run_config(args: argparse.Namespace) -> AnomalyRunConfig:
         model_overrides=cli.parse_overrides(args.overrides, ModelConfig(), refused={
             "prior": "use --prior", "sigma": "use --sigma", "image_shape": "the data set fixes it"}),
         skip_nonfinite=args.skip_nonfinite, chain=args.chain or default_chain(args.model), model=args.model, guide=args.guide,
-        sampler=args.sampler, iwae_particles=args.iwae_particles, llr_layers=tuple(args.llr_layers),
+        sampler=args.sampler, encoder=args.encoder, iwae_particles=args.iwae_particles, llr_layers=tuple(args.llr_layers),
     )
     anomaly_preset(cfg)
     cli.refuse_finished_run(Path(args.out) / run_folder_name(cfg.heldout, cfg.prior, cfg.seed, run_variant(cfg)), "run.json",

@@ -53,6 +53,7 @@ class AnomalyRunConfig:
     model: str = "latent"
     guide: Optional[str] = None
     sampler: str = "ula"
+    encoder: str = "mean-field"
     iwae_particles: int = 0
     llr_layers: Tuple[int, ...] = ()
 
@@ -77,10 +78,11 @@ RUN_FILES = ("metrics.csv", "history.csv", "scores.pt", "precision_recall.png", 
 
 def run_variant(cfg: AnomalyRunConfig, guide: str = "langevin") -> str:
     """The model and guide of a run when not the default LFBM (``"hierarchical"``, ``"encoder"``,
-    ``"hierarchical-encoder"``, ``"underdamped"``, ...; ``""`` for ``--model latent --guide langevin --sampler ula``): part of its
+    ``"hierarchical-encoder"``, ``"underdamped"``, ``"hierarchical-encoder-conditional"``, ...; ``""`` for
+    ``--model latent --guide langevin --sampler ula``): part of its
     folder and checkpoint names, so that runs of different models never share them. ``guide``: the guide
     left unnamed (:func:`run_recipe` passes the preset's own)."""
-    parts = ((cfg.model, "latent"), (cfg.guide, guide), (cfg.sampler, "ula"))
+    parts = ((cfg.model, "latent"), (cfg.guide, guide), (cfg.sampler, "ula"), (cfg.encoder, "mean-field"))
     return "-".join(part for part, default in parts if part != default)
 
 
@@ -121,6 +123,16 @@ def anomaly_preset(cfg: AnomalyRunConfig):
             preset = preset.with_guide(preset.guide.kind, sampler=cfg.sampler)
     except ValueError as err:
         raise UsageError(str(err)) from None
+    if cfg.encoder != "mean-field":
+        if preset.guide.kind == "langevin":
+            raise UsageError(f"--encoder {cfg.encoder} is the inference network of the encoder and hybrid guides; "
+                             "add --guide encoder or --guide hybrid")
+        if not preset.model.layer_dims:
+            raise UsageError(f"--encoder {cfg.encoder} conditions a hierarchical model's layers on each other; add --model hierarchical")
+        if cfg.iwae_particles:
+            raise UsageError("--iwae-particles draws from one Gaussian per image, and the conditional encoder's q is a "
+                             "chain of them; drop --iwae-particles or use --encoder mean-field")
+        preset = preset.with_guide(preset.guide.kind, encoder=cfg.encoder)
     model, learn = preset.model, preset.learn
     if cfg.sigma is not None:
         if not cfg.sigma > 0:

@@ -3,7 +3,7 @@ and hybrid guides, and per-image baselines (AutoNormal, MALA)."""
 
 from pyro_lfbm.infer.baselines import AutoNormalFit, MALAReference, fit_autonormal, mala_reference
 from pyro_lfbm.infer.dataset import InferenceResult, infer_dataset
-from pyro_lfbm.infer.encoder_guide import EncoderGuide, encode_dataset
+from pyro_lfbm.infer.encoder_guide import ConditionalEncoderGuide, EncoderGuide, LayerChainNormal, encode_dataset
 from pyro_lfbm.infer.guide import LangevinGuide
 from pyro_lfbm.infer.hybrid import HybridGuide, hybrid_infer_dataset
 from pyro_lfbm.infer.kernel import LangevinKernel
@@ -26,7 +26,9 @@ from pyro_lfbm.infer.trace_log_joint import LatentSites, find_latent_sites, log_
 __all__ = [
     "AutoNormalFit",
     "ChainInfo",
+    "ConditionalEncoderGuide",
     "EncoderGuide",
+    "LayerChainNormal",
     "HybridGuide",
     "InferenceResult",
     "LangevinGuide",

@@ -22,6 +22,7 @@ from typing import Dict, Optional, Sequence, Union
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro.distributions import TorchDistribution, constraints
 from pyro.nn import PyroModule
 from torch import nn
 from tqdm.auto import tqdm
@@ -74,13 +75,16 @@ class EncoderGuide(PyroModule):
             return {self.sites[0]: z}
         return dict(zip(self.sites, z.split(self.sizes, dim=-1)))
 
-    def encode(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None):
-        """``(loc, scale)`` of q(z | x), each (B, D), for images x (B, C, H, W)."""
+    @staticmethod
+    def _inputs(x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """x (B, C, H, W) checked, its masked pixels set to 0."""
         if not torch.is_tensor(x) or x.dim() < 2:
             raise ValueError(f"x must be a tensor of shape (B, C, H, W); got {getattr(x, 'shape', type(x))}")
-        if mask is not None:
-            x = x * mask.to(x.dtype)
-        return self.encoder(x)
+        return x if mask is None else x * mask.to(x.dtype)
+
+    def encode(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None):
+        """``(loc, scale)`` of q(z | x), each (B, D), for images x (B, C, H, W)."""
+        return self.encoder(self._inputs(x, mask))
 
     def distribution(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> dist.Distribution:
         """q(z | x) with batch shape (B,) and event shape (D,)."""
@@ -108,6 +112,97 @@ class EncoderGuide(PyroModule):
         """``{site: μ_φ(x)}`` (each site's columns): the ``init=`` of
         :class:`~pyro_lfbm.infer.LangevinGuide` for hybrid inference."""
         return self.split(self.mean(x, mask))
+
+
+class LayerChainNormal(TorchDistribution):
+    r"""q(z | x) = Π_l N(z_l; μ_l(x, z_{<l}), diag σ_l(x, z_{<l})²) over the concatenated layers of a
+    hierarchical model, from a :class:`~pyro_lfbm.nets.LayerConditionalEncoder` and an image's context.
+
+    Batch shape (B,), event shape (D,) = (Σ d_l,). ``rsample`` draws the layers top-down
+    (reparametrised); ``log_prob`` evaluates each layer's Gaussian at the given layers above;
+    ``mean`` is the chain of conditional means, z_l = μ_l(x, z_{<l}) at the means above (the mode
+    of each conditional in turn, not the marginal mean, which has no closed form).
+
+    :param encoder: the :class:`~pyro_lfbm.nets.LayerConditionalEncoder`.
+    :param loc: the encoder's context ``loc`` (B, D) (``encoder.context(x)[0]``).
+    :param scale: its ``scale`` (B, D).
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, encoder, loc: torch.Tensor, scale: torch.Tensor, validate_args=None):
+        self.encoder, self.context_loc, self.context_scale = encoder, loc, scale
+        super().__init__(loc.shape[:-1], loc.shape[-1:], validate_args=False)
+
+    def layer(self, index: int, upper: torch.Tensor) -> dist.Normal:
+        """q(z_index | z_{<index}, x) as a ``Normal`` of shape (..., B, d_index), upper (..., B, Σ_{k<index} d_k)."""
+        loc, scale = self.context_loc.expand(upper.shape[:-1] + self.event_shape), self.context_scale
+        return dist.Normal(*self.encoder.layer(index, loc, scale.expand(loc.shape), upper))
+
+    def _chain(self, sample_shape, draw) -> torch.Tensor:
+        upper = self.context_loc.new_zeros(torch.Size(sample_shape) + self.batch_shape + (0,))
+        for index in range(len(self.encoder.latent_dims)):
+            upper = torch.cat([upper, draw(self.layer(index, upper))], -1)
+        return upper
+
+    def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        return self._chain(sample_shape, lambda q: q.rsample())
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self._chain((), lambda q: q.loc)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        loc = self.context_loc.expand(value.shape)
+        mean, scale = self.encoder.params(loc, self.context_scale.expand(value.shape), value)
+        return dist.Normal(mean, scale).log_prob(value).sum(-1)
+
+
+class ConditionalEncoderGuide(EncoderGuide):
+    r"""An amortized guide over the layers of a hierarchical latent model in which each layer is
+    conditioned on the layers above: q(z₁ | x) q(z₂ | z₁, x) … (:class:`LayerChainNormal`), instead of
+    :class:`EncoderGuide`'s mean-field Gaussian over the layers.
+
+    Calling ``guide(x, mask=None)`` samples the sites in ``pyro.plate("data", B)`` top-down, each
+    site's Gaussian computed from the values of the sites above it (so a site conditioned by
+    ``poutine.condition`` conditions the ones below). ``mean`` and ``init_fn`` give the chain of
+    conditional means; ``distribution`` is the :class:`LayerChainNormal`. ``encode`` is refused: this
+    q is not one Gaussian (an importance-weighted estimate that needs one, such as
+    :meth:`~pyro_lfbm.metrics.evaluation.GaussianProposal.from_guide`, does not apply).
+
+    :param encoder: a :class:`~pyro_lfbm.nets.LayerConditionalEncoder`.
+    :param sites: the model's latent site names, top layer first (one per ``encoder.latent_dims``).
+    """
+
+    def __init__(self, encoder: nn.Module, sites: Sequence[str], name: str = ""):
+        dims = getattr(encoder, "latent_dims", None)
+        if not isinstance(encoder, nn.Module) or not hasattr(encoder, "layer") or dims is None:
+            raise TypeError(f"encoder must be a LayerConditionalEncoder, got {type(encoder).__name__}")
+        super().__init__(encoder, site=sites, sizes=dims, name=name)
+
+    def encode(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None):
+        raise ValueError("a conditional encoder's q(z | x) is not one diagonal Gaussian, so it has no (loc, scale); "
+                         "use distribution(x) (a LayerChainNormal), or the mean-field EncoderGuide")
+
+    def distribution(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> LayerChainNormal:
+        """q(z | x), batch shape (B,), event shape (D,)."""
+        return LayerChainNormal(self.encoder, *self.encoder.context(self._inputs(x, mask)))
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The Pyro guide: each site ``z_l ~ q(z_l | z_{<l}, x)`` in turn; returns z (B, D)."""
+        q = self.distribution(x, mask)
+        upper = x.new_zeros(x.shape[0], 0)
+        with pyro.plate("data", x.shape[0]):
+            for index, name in enumerate(self.sites):
+                upper = torch.cat([upper, pyro.sample(name, q.layer(index, upper).to_event(1))], -1)
+        return upper
+
+    @torch.no_grad()
+    def mean(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The chain of conditional means (B, D), detached (see :class:`LayerChainNormal`)."""
+        return self.distribution(x, mask).mean
 
 
 def encode_dataset(

@@ -1,6 +1,6 @@
 """Neural networks: image generators g(z), encoders q(z|x) and a small MLP."""
 
-from .encoders import DCGANEncoder32, DCGANEncoder64, ImageEncoder, MNISTEncoder, make_encoder
+from .encoders import DCGANEncoder32, DCGANEncoder64, ImageEncoder, LayerConditionalEncoder, MNISTEncoder, make_encoder
 from .generators import (
     DCGANGenerator32,
     DCGANGenerator64,
@@ -11,10 +11,11 @@ from .generators import (
     make_generator,
 )
 from .energy import ConvEnergy, ResEnergy32, make_energy
-from .mlp import ACTIVATIONS, MLP, make_activation
+from .mlp import ACTIVATIONS, MLP, AffineConditioner, make_activation
 
 __all__ = [
     "ACTIVATIONS",
+    "AffineConditioner",
     "ConvEnergy",
     "DCGANEncoder32",
     "DCGANEncoder64",
@@ -22,6 +23,7 @@ __all__ = [
     "DCGANGenerator64",
     "HierarchicalMNISTGenerator",
     "ImageEncoder",
+    "LayerConditionalEncoder",
     "ImageGenerator",
     "MLP",
     "MNISTEncoder",

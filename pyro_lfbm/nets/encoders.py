@@ -13,16 +13,18 @@ Each encoder mirrors the generator of the same image size in :mod:`pyro_lfbm.net
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .generators import init_weights_xavier
+from .mlp import AffineConditioner
 
 __all__ = [
     "ImageEncoder",
+    "LayerConditionalEncoder",
     "MNISTEncoder",
     "DCGANEncoder32",
     "DCGANEncoder64",
@@ -225,6 +227,74 @@ class DCGANEncoder64(ImageEncoder):
             *_head(8 * ndf, self.out_dim, 4),
         )
         self.apply(init_weights_xavier)
+
+
+class LayerConditionalEncoder(nn.Module):
+    r"""An inference network over the layers of a hierarchical latent model that conditions each layer
+    on the layers above it:
+
+    .. math:: q(z_1, \dots, z_L \mid x) = \prod_{l=1}^{L} \mathcal N\big(z_l;\ \mu_l,\ \mathrm{diag}\,\sigma_l^2\big),
+              \qquad \mu_l = \mu^0_l(x) + a_l(c(x), z_{<l}), \quad \sigma_l = \sigma^0_l(x)\, e^{b_l(c(x), z_{<l})},
+
+    where ``base`` is a mean-field image encoder giving (μ⁰(x), σ⁰(x)) over all layers, c(x) =
+    [μ⁰(x), log σ⁰(x)] (B, 2D) its summary of the image, and (a_l, b_l) an
+    :class:`~pyro_lfbm.nets.AffineConditioner` of c(x) and the layers above (l ≥ 2; the top layer is
+    the base's). The conditioners start at zero, so the network starts as its mean-field base. This
+    is the factorisation of the inference networks of top-down hierarchical VAEs, q(z₁ | x) q(z₂ | z₁, x)
+    … (Sønderby et al., "Ladder Variational Autoencoders", NeurIPS 2016; Vahdat & Kautz, "NVAE",
+    NeurIPS 2020), which a mean-field encoder over the layers lacks.
+
+    It has no single ``forward(x)``: :meth:`context` reads the image once, :meth:`layer` gives one
+    layer's Gaussian given the layers above, and :meth:`forward` gives every layer's at a given z
+    (as :class:`~pyro_lfbm.infer.ConditionalEncoderGuide` and its distribution use them).
+
+    :param torch.nn.Module base: a mean-field encoder x (B, C, H, W) → (loc, scale), each (B, Σ d_l),
+        e.g. :class:`MNISTEncoder`.
+    :param latent_dims: (d₁, …, d_L), top layer first, at least two layers.
+    :param int hidden_dim: width of each conditioner's hidden layer.
+    """
+
+    def __init__(self, base: nn.Module, latent_dims: Sequence[int], hidden_dim: int = 256):
+        super().__init__()
+        dims = tuple(latent_dims)
+        if len(dims) < 2 or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dims):
+            raise ValueError(f"latent_dims must be two or more positive integers (top layer first), got {latent_dims!r}")
+        if getattr(base, "deterministic", False) or getattr(base, "latent_dim", sum(dims)) != sum(dims):
+            raise ValueError(f"base must be a mean-field encoder returning (loc, scale) of size {sum(dims)} (the layers' "
+                             f"total), got {type(base).__name__} with latent_dim={getattr(base, 'latent_dim', None)}")
+        if isinstance(hidden_dim, bool) or not isinstance(hidden_dim, int) or hidden_dim < 1:
+            raise ValueError(f"hidden_dim must be a positive integer, got {hidden_dim!r}")
+        self.base, self.latent_dims, self.latent_dim = base, dims, sum(dims)
+        self.image_shape = getattr(base, "image_shape", None)
+        self.conditioners = nn.ModuleList(
+            AffineConditioner(2 * self.latent_dim + sum(dims[:l]), (hidden_dim,), dims[l]) for l in range(1, len(dims)))
+
+    def context(self, x: torch.Tensor):
+        """The base's ``(loc, scale)`` of every layer, each (B, D), for images x (B, C, H, W)."""
+        return self.base(x)
+
+    def layer(self, index: int, loc: torch.Tensor, scale: torch.Tensor, upper: torch.Tensor):
+        """``(loc, scale)`` of layer ``index`` (0-based; each (..., d_index)) given the image's context
+        ``(loc, scale)`` (..., D) and the layers above it, upper (..., Σ_{k<index} d_k)."""
+        start, end = sum(self.latent_dims[:index]), sum(self.latent_dims[: index + 1])
+        layer_loc, layer_scale = loc[..., start:end], scale[..., start:end]
+        if index == 0:
+            return layer_loc, layer_scale
+        shift, log_scale = self.conditioners[index - 1](torch.cat([loc, scale.log(), upper], dim=-1))
+        return layer_loc + shift, layer_scale * log_scale.exp()
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor):
+        """``(loc, scale)`` of q(z_l | z_{<l}, x) for every layer at z (B, D), concatenated: each (B, D)."""
+        loc, scale = self.context(x)
+        return self.params(loc, scale, z)
+
+    def params(self, loc: torch.Tensor, scale: torch.Tensor, z: torch.Tensor):
+        """As :meth:`forward`, from the context ``(loc, scale)`` (..., D) instead of the image."""
+        pairs = [self.layer(l, loc, scale, z[..., : sum(self.latent_dims[:l])]) for l in range(len(self.latent_dims))]
+        return torch.cat([p[0] for p in pairs], -1), torch.cat([p[1] for p in pairs], -1)
+
+    def extra_repr(self) -> str:
+        return f"latent_dims={self.latent_dims}"
 
 
 def make_encoder(

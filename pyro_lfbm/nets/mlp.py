@@ -67,3 +67,33 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """:param x: shape (..., in_dim). :returns: shape (..., out_dim)."""
         return self.net(x)
+
+
+class AffineConditioner(MLP):
+    """An :class:`MLP` read as the shift and log-scale of an affine map: (..., in_dim) →
+    ``(shift, log_scale)``, each (..., out_dim), with ``|log_scale| < log_scale_bound``
+    (``bound · tanh(raw / bound)``, as the flows' bounded couplings bound theirs).
+
+    Its last layer starts at zero, so the map starts as the identity (shift 0, scale 1): a
+    conditional that starts as its unconditioned base, e.g. the layers of
+    :class:`~pyro_lfbm.priors.TopDownPrior` and of :class:`~pyro_lfbm.nets.LayerConditionalEncoder`.
+
+    :param int in_dim: size of the conditioning input.
+    :param hidden_dims: sizes of the hidden layers.
+    :param int out_dim: size of the shifted and scaled variable.
+    :param float log_scale_bound: bound on ``|log_scale|``.
+    """
+
+    def __init__(self, in_dim: int, hidden_dims: Sequence[int], out_dim: int, log_scale_bound: float = 5.0,
+                 activation: str = "leaky_relu"):
+        super().__init__(in_dim, hidden_dims, 2 * int(out_dim), activation=activation)
+        if not log_scale_bound > 0:
+            raise ValueError(f"log_scale_bound must be positive, got {log_scale_bound!r}")
+        self.log_scale_bound = float(log_scale_bound)
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, h: torch.Tensor):
+        """:param h: shape (..., in_dim). :returns: ``(shift, log_scale)``, each (..., out_dim)."""
+        shift, raw = self.net(h).chunk(2, dim=-1)
+        return shift, self.log_scale_bound * torch.tanh(raw / self.log_scale_bound)

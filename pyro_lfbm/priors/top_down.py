@@ -9,7 +9,7 @@ import torch
 from pyro.distributions import constraints
 from torch import nn
 
-from pyro_lfbm.nets import MLP
+from pyro_lfbm.nets import AffineConditioner
 from pyro_lfbm.priors.base import LatentPrior
 from pyro_lfbm.priors.gaussian import _check_latent
 
@@ -52,7 +52,7 @@ class TopDownPrior(LatentPrior):
 
     so that :math:`\log p(z_l \mid z_{<l}) = \log p_l(u_l) - \sum \log s_l(z_{<l})`. Each p_l is a
     :class:`~pyro_lfbm.priors.LatentPrior` of its own (a :class:`~pyro_lfbm.priors.FlowPrior`, or
-    N(0, I) for a layer of one dimension) and (μ_l, log s_l) an :class:`~pyro_lfbm.nets.MLP` of the
+    N(0, I) for a layer of one dimension) and (μ_l, log s_l) an :class:`~pyro_lfbm.nets.AffineConditioner` of the
     layers above, whose last layer starts at zero (the layers start independent). This is the
     top-down prior of ladder and hierarchical VAEs (Sønderby et al., "Ladder Variational
     Autoencoders", NeurIPS 2016; Maaløe et al., "BIVA", NeurIPS 2019) with a flow in each layer,
@@ -85,16 +85,11 @@ class TopDownPrior(LatentPrior):
         self.latent_dims, self.hidden_dim = dims, hidden_dim
         self.layer_priors = nn.ModuleList(layer_priors)
         self.conditioners = nn.ModuleList(
-            MLP(sum(dims[:l]), (hidden_dim, hidden_dim), 2 * dims[l], activation="leaky_relu") for l in range(1, len(dims)))
-        for conditioner in self.conditioners:
-            last = conditioner.net[-1]
-            nn.init.zeros_(last.weight)
-            nn.init.zeros_(last.bias)
+            AffineConditioner(sum(dims[:l]), (hidden_dim, hidden_dim), dims[l], LOG_SCALE_BOUND) for l in range(1, len(dims)))
 
     def _shift_log_scale(self, layer: int, upper: torch.Tensor):
         """(μ_l, log s_l) of layer ``layer`` ≥ 1 (0-based) given the layers above, upper (..., Σ_{k<l} d_k)."""
-        shift, raw = self.conditioners[layer - 1](upper).chunk(2, dim=-1)
-        return shift, LOG_SCALE_BOUND * torch.tanh(raw / LOG_SCALE_BOUND)
+        return self.conditioners[layer - 1](upper)
 
     def layer_log_probs(self, z: torch.Tensor) -> torch.Tensor:
         """z (..., D) → (..., L): log p₁(z₁), then log p(z_l | z_{<l}) for each lower layer."""

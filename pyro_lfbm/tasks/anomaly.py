@@ -180,6 +180,9 @@ def run_anomaly(
     if iwae_particles and (preset.guide.kind == "langevin" or "eval" not in modes):
         raise ValueError("the iwae score draws from the encoder with BatchNorm on running statistics; "
                          "use the encoder or hybrid guide and the eval BatchNorm mode")
+    if iwae_particles and preset.guide.encoder != "mean-field":
+        raise ValueError("the iwae score draws from one Gaussian per image (GaussianProposal.from_guide); "
+                         f"the {preset.guide.encoder} encoder has none; use the mean-field encoder")
     if "recalibrated" in modes and (isinstance(recalibration_images, bool) or not isinstance(recalibration_images, int)
                                     or recalibration_images < 2 or split.train_x.shape[0] < 2):
         raise ValueError("the recalibrated BatchNorm mode needs recalibration_images >= 2 and at least 2 training "

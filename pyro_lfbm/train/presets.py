@@ -172,6 +172,11 @@ def _check_positive(name: str, value) -> None:
 
 GUIDES = ("langevin", "encoder", "hybrid")
 
+#: The inference network of the encoder and hybrid guides: ``"mean-field"``, one diagonal Gaussian over all
+#: latents (:class:`~pyro_lfbm.infer.EncoderGuide`); ``"conditional"``, a hierarchical model's layers each
+#: conditioned on the layers above, q(z₁ | x) q(z₂ | z₁, x) … (:class:`~pyro_lfbm.infer.ConditionalEncoderGuide`).
+ENCODERS = ("mean-field", "conditional")
+
 
 @dataclass(frozen=True)
 class GuideConfig:
@@ -180,11 +185,13 @@ class GuideConfig:
     prior, a VAE with the Gaussian prior) or ``"hybrid"`` (``hybrid_steps`` Langevin steps started at
     the encoder's mean, which learns to predict the refined latents). ``sampler``: the Langevin
     guide's sampler by name (:data:`~pyro_lfbm.infer.samplers.SAMPLER_NAMES`: ``"ula"``, the paper's
-    chain, ``"preconditioned"``, ``"underdamped"``; one gradient evaluation per step each)."""
+    chain, ``"preconditioned"``, ``"underdamped"``; one gradient evaluation per step each). ``encoder``:
+    the inference network of the encoder and hybrid guides (:data:`ENCODERS`)."""
 
     kind: str = "langevin"
     hybrid_steps: int = 5
     sampler: str = "ula"
+    encoder: str = "mean-field"
 
     def check(self) -> "GuideConfig":
         """Raise a one-line ``ValueError`` for an unknown kind or a step count below 0; returns self."""
@@ -195,6 +202,10 @@ class GuideConfig:
             raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLER_NAMES)}")
         if self.sampler != "ula" and self.kind != "langevin":
             raise ValueError(f"sampler {self.sampler!r} is an option of the langevin guide, not of {self.kind!r}")
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"unknown encoder {self.encoder!r}; choose one of {', '.join(ENCODERS)}")
+        if self.encoder != "mean-field" and self.kind == "langevin":
+            raise ValueError(f"encoder {self.encoder!r} is an option of the encoder and hybrid guides; the langevin guide has none")
         return self
 
 
@@ -253,6 +264,8 @@ class Preset:
             out["guide"] = asdict(self.guide)
             if self.guide.sampler == "ula":  # (configs of encoder and hybrid runs stay those of earlier versions)
                 del out["guide"]["sampler"]
+            if self.guide.encoder == "mean-field":
+                del out["guide"]["encoder"]
         return out
 
     def check(self) -> "Preset":
@@ -260,6 +273,9 @@ class Preset:
         self.model.check()
         self.learn.check()
         self.guide.check()
+        if self.guide.encoder == "conditional" and not self.model.layer_dims:
+            raise ValueError("encoder 'conditional' conditions a hierarchical model's layers on each other; "
+                             "the model has one latent layer (make it hierarchical, or use the mean-field encoder)")
         if self.learn.test_steps == 0 and self.guide.kind == "langevin":
             raise ValueError("test_steps 0 scores at the encoder's z, and the langevin guide has no encoder; "
                              "use at least 1 step, or the encoder or hybrid guide")

@@ -28,10 +28,11 @@ from typing import Callable, Iterator, Optional, Sequence, Tuple
 import pyro
 import torch
 
-from pyro_lfbm.infer import EncoderGuide, HybridGuide, LangevinGuide
+from pyro_lfbm.infer import ConditionalEncoderGuide, EncoderGuide, HybridGuide, LangevinGuide
 from pyro_lfbm.infer.accelerate import FusedLangevinGuide, has_fused_chain
 from pyro_lfbm.infer.samplers import sampler_by_name
 from pyro_lfbm.models import LatentModel
+from pyro_lfbm.nets import LayerConditionalEncoder
 from pyro_lfbm.train.loop import History
 from pyro_lfbm.train.presets import Preset
 from pyro_lfbm.train.svi import SVITrainer, fit
@@ -80,9 +81,14 @@ class Recipe:
 
 
 def build_encoder_guide(preset: Preset, device: torch.device | str = "cpu") -> EncoderGuide:
-    """An :class:`~pyro_lfbm.infer.EncoderGuide` whose encoder mirrors the preset's generator (for a
-    hierarchical model: one encoder over the concatenated layers, one Gaussian site per layer)."""
+    """The encoder guide of ``preset``: an :class:`~pyro_lfbm.infer.EncoderGuide` whose encoder mirrors the
+    generator (for a hierarchical model one encoder over the concatenated layers, one Gaussian site per
+    layer), or with ``guide.encoder == "conditional"`` a :class:`~pyro_lfbm.infer.ConditionalEncoderGuide`
+    over that encoder."""
     config = preset.model
+    if preset.guide.encoder == "conditional":
+        encoder = LayerConditionalEncoder(config.build_encoder(), tuple(config.layer_dims))
+        return ConditionalEncoderGuide(encoder, config.latent_sites()).to(device)
     if config.layer_dims:
         return EncoderGuide(config.build_encoder(), site=config.latent_sites(), sizes=tuple(config.layer_dims)).to(device)
     return EncoderGuide(config.build_encoder()).to(device)
