@@ -587,3 +587,20 @@ def test_recalibrated_statistics_are_those_of_the_networks_where_images_are_scor
         expected = model.log_joint_terms(split.test_x, encoder.init_fn(split.test_x)["z"])
     torch.testing.assert_close(result.scores["recon"], -expected["likelihood"])
     torch.testing.assert_close(result.scores["prior"], -expected["prior"])
+
+
+def test_hierarchical_targets_use_the_dev_chosen_score_and_need_three_seeds():
+    from pyro_lfbm.harness.anomaly_report import hierarchical_target_table
+
+    def row(seed, auprc, score="prior", batchnorm="eval", model="hierarchical", heldout=4):
+        return {"heldout": heldout, "prior": "flow", "model": model, "score": score, "batchnorm": batchnorm,
+                "seed": seed, "auprc": auprc}
+
+    rows = [row(1, 0.93), row(2, 0.92), row(3, 0.94), row(1, 0.1, score="joint"), row(1, 0.2, batchnorm="train"),
+            row(1, 0.99, model="latent"), row(1, 0.95, heldout=9)]
+    t = hierarchical_target_table(pd.DataFrame(rows)).set_index("heldout")
+    assert t.loc[4, "mean"] == pytest.approx(0.93) and t.loc[4, "seeds"] == 3 and t.loc[4, "met"] == "yes"
+    assert t.loc[4, "gap to HVAE"] == pytest.approx(0.93 - 0.920)
+    assert t.loc[4, "gap to joint EBM prior"] == pytest.approx(0.93 - 0.949)
+    assert t.loc[9, "met"] == "no"  # above HVAE's 0.791, but one seed only
+    assert hierarchical_target_table(pd.DataFrame([row(1, 0.5, model="latent")])).empty

@@ -240,7 +240,7 @@ def run_anomaly(
             for name in scores:
                 rows.append({
                     "heldout": split.heldout, "prior": preset.model.prior, "model": kind, "guide": preset.guide.kind,
-                    "score": name, "seed": seed,
+                    "encoder": preset.guide.encoder, "score": name, "seed": seed,
                     **anomaly_metrics(split.test_is_anomaly, scores[name]),
                     "preset": preset_name, "epochs": epochs_trained, "test_steps": learn.test_steps, "batchnorm": mode,
                     "n_train": int(split.train_x.shape[0]), "n_test": int(split.test_x.shape[0]),
