@@ -138,8 +138,8 @@ class LayerChainNormal(TorchDistribution):
 
     def layer(self, index: int, upper: torch.Tensor) -> dist.Normal:
         """q(z_index | z_{<index}, x) as a ``Normal`` of shape (..., B, d_index), upper (..., B, Σ_{k<index} d_k)."""
-        loc, scale = self.context_loc.expand(upper.shape[:-1] + self.event_shape), self.context_scale
-        return dist.Normal(*self.encoder.layer(index, loc, scale.expand(loc.shape), upper))
+        shape = upper.shape[:-1] + self.event_shape
+        return dist.Normal(*self.encoder.layer(index, self.context_loc.expand(shape), self.context_scale.expand(shape), upper))
 
     def _chain(self, sample_shape, draw) -> torch.Tensor:
         upper = self.context_loc.new_zeros(torch.Size(sample_shape) + self.batch_shape + (0,))
@@ -155,9 +155,8 @@ class LayerChainNormal(TorchDistribution):
         return self._chain((), lambda q: q.loc)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        loc = self.context_loc.expand(value.shape)
-        mean, scale = self.encoder.params(loc, self.context_scale.expand(value.shape), value)
-        return dist.Normal(mean, scale).log_prob(value).sum(-1)
+        loc, scale = self.encoder.params(self.context_loc.expand(value.shape), self.context_scale.expand(value.shape), value)
+        return dist.Normal(loc, scale).log_prob(value).sum(-1)
 
 
 class ConditionalEncoderGuide(EncoderGuide):
