@@ -90,3 +90,26 @@ def test_a_claimed_folder_is_refused_until_its_holder_dies(tmp_path, capsys):
 
     run_cli(main, argparse.Namespace())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # the claim went with the command
+
+
+def test_run_records_name_the_code_commit_and_whether_it_was_edited(tmp_path, monkeypatch):
+    import shutil
+    import subprocess
+
+    from pyro_lfbm.harness import cli
+
+    if shutil.which("git") is None or not (Path(cli.__file__).resolve().parents[2] / ".git").exists():
+        pytest.skip("needs a git checkout of the package")
+    root = Path(cli.__file__).resolve().parents[2]
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    code = cli.run_record()["code"]
+    assert code in (head, head + "-dirty")
+    edited = bool(subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                 capture_output=True, text=True).stdout.strip())
+    assert code.endswith("-dirty") == edited
+
+    def no_git(*args, **kwargs):
+        raise FileNotFoundError("git")
+
+    monkeypatch.setattr(cli.subprocess, "run", no_git)
+    assert cli.code_version() is None

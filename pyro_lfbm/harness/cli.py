@@ -54,6 +54,7 @@ import platform
 import shlex
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -592,6 +593,21 @@ def cpu_model() -> str:
     return f"{fields['model name']} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
 
 
+def code_version() -> Optional[str]:
+    """The git commit of the ``pyro_lfbm`` source that runs (``"<sha>-dirty"`` when tracked files differ from
+    it), or None outside a git checkout (an installed wheel) or without git."""
+    source = Path(__file__).resolve().parents[2]
+    try:
+        def git(*args):
+            return subprocess.run(["git", "-C", str(source), *args], capture_output=True, text=True, timeout=10, check=True).stdout
+        if Path(git("rev-parse", "--show-toplevel").strip()).resolve() != source:  # the package inside another repository
+            return None
+        commit = git("rev-parse", "HEAD").strip()
+        return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no").strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def run_record(extra: dict | None = None) -> dict:
     """The command, time, machine and versions, for writing beside results."""
     import pyro
@@ -607,6 +623,7 @@ def run_record(extra: dict | None = None) -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "pyro": pyro.__version__,
+        "code": code_version(),
         **(extra or {}),
     }
 
