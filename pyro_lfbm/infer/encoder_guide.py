@@ -11,7 +11,8 @@ plain VAE. The guide mirrors the model's structure: the same ``pyro.plate("data"
 trains the prior, the generator and the encoder together (:func:`pyro_lfbm.train.fit_encoder`
 instead fits the encoder alone to a *frozen* model: a post-hoc inference network for a model that
 was learned by short-run Langevin), and :func:`encode_dataset` is amortized inference over a whole
-data set.
+data set. :class:`ConditionalEncoderGuide` is the same for a hierarchical model with each layer
+conditioned on the layers above (:class:`LayerChainNormal`).
 """
 
 from __future__ import annotations
@@ -192,7 +193,7 @@ class ConditionalEncoderGuide(EncoderGuide):
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The Pyro guide: each site ``z_l ~ q(z_l | z_{<l}, x)`` in turn; returns z (B, D)."""
         q = self.distribution(x, mask)
-        upper = x.new_zeros(x.shape[0], 0)
+        upper = q.context_loc.new_zeros(x.shape[0], 0)
         with pyro.plate("data", x.shape[0]):
             for index, name in enumerate(self.sites):
                 upper = torch.cat([upper, pyro.sample(name, q.layer(index, upper).to_event(1))], -1)
