@@ -265,9 +265,10 @@ class LayerConditionalEncoder(nn.Module):
         if isinstance(hidden_dim, bool) or not isinstance(hidden_dim, int) or hidden_dim < 1:
             raise ValueError(f"hidden_dim must be a positive integer, got {hidden_dim!r}")
         self.base, self.latent_dims, self.latent_dim = base, dims, sum(dims)
+        self._starts = tuple(sum(dims[:l]) for l in range(len(dims) + 1))  # layer l is z[..., starts[l]:starts[l + 1]]
         self.image_shape = getattr(base, "image_shape", None)
         self.conditioners = nn.ModuleList(
-            AffineConditioner(2 * self.latent_dim + sum(dims[:l]), (hidden_dim,), dims[l]) for l in range(1, len(dims)))
+            AffineConditioner(2 * self.latent_dim + self._starts[l], (hidden_dim,), dims[l]) for l in range(1, len(dims)))
 
     def context(self, x: torch.Tensor):
         """The base's ``(loc, scale)`` of every layer, each (B, D), for images x (B, C, H, W)."""
@@ -276,7 +277,7 @@ class LayerConditionalEncoder(nn.Module):
     def layer(self, index: int, loc: torch.Tensor, scale: torch.Tensor, upper: torch.Tensor):
         """``(loc, scale)`` of layer ``index`` (0-based; each (..., d_index)) given the image's context
         ``(loc, scale)`` (..., D) and the layers above it, upper (..., Σ_{k<index} d_k)."""
-        start, end = sum(self.latent_dims[:index]), sum(self.latent_dims[: index + 1])
+        start, end = self._starts[index], self._starts[index + 1]
         layer_loc, layer_scale = loc[..., start:end], scale[..., start:end]
         if index == 0:
             return layer_loc, layer_scale
@@ -290,7 +291,7 @@ class LayerConditionalEncoder(nn.Module):
 
     def params(self, loc: torch.Tensor, scale: torch.Tensor, z: torch.Tensor):
         """As :meth:`forward`, from the context ``(loc, scale)`` (..., D) instead of the image."""
-        pairs = [self.layer(l, loc, scale, z[..., : sum(self.latent_dims[:l])]) for l in range(len(self.latent_dims))]
+        pairs = [self.layer(l, loc, scale, z[..., : self._starts[l]]) for l in range(len(self.latent_dims))]
         return torch.cat([p[0] for p in pairs], -1), torch.cat([p[1] for p in pairs], -1)
 
     def extra_repr(self) -> str:
