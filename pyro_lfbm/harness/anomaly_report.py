@@ -119,8 +119,8 @@ def hierarchical_target_table(table: pd.DataFrame, score: str = HIERARCHICAL_SCO
     rows = scored_rows(table[table.model == "hierarchical"], score, batchnorm)
     out = []
     for (digit, prior), runs in rows.groupby(["heldout", "prior"]):
-        mean, row = runs.auprc.mean(), {"heldout": int(digit), "prior": prior, "seeds": runs.seed.nunique()}
-        row["mean"] = mean
+        mean = runs.auprc.mean()
+        row = {"heldout": int(digit), "prior": prior, "seeds": runs.seed.nunique(), "mean": mean}
         for name, published in HIERARCHICAL_AUPRC.items():
             row[name] = published.get(int(digit), float("nan"))
             row[f"gap to {name}"] = mean - row[name]
