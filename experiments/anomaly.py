@@ -85,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-only", metavar="CHECKPOINT", default=None, help="score a trained checkpoint, no training")
     parser.add_argument("--chain", choices=CHAINS, default=None, help=CHAIN_HELP)
     parser.add_argument("--iwae-particles", type=cli.nonnegative_int, default=0, metavar="P",
-                        help="also score by -log p(x), an importance-weighted estimate with P draws from the encoder "
-                             "(encoder and hybrid guides; BatchNorm eval); 0 = off")
+                        help="also score by -log p(x), an importance-weighted estimate with P draws from the encoder, "
+                             "and by the rate KL(q(z|x) || p(z)) with the same draws (encoder and hybrid guides; "
+                             "BatchNorm eval); 0 = off")
     parser.add_argument("--llr-layers", type=cli.positive_int, nargs="+", default=(), metavar="K",
                         help="--model hierarchical: also score by Havtorn et al.'s likelihood ratio LLR^{>K} (redraw the K "
                              "lowest latent layers from the prior given the others), one score llrK per K; with --iwae-particles "

@@ -328,14 +328,14 @@ def test_zero_test_steps_score_at_the_encoders_mean(tmp_path, guide):
 
 @pytest.mark.parametrize("model", ["latent", "hierarchical"])
 def test_the_iwae_score_is_minus_the_importance_weighted_log_px_under_the_encoder(tmp_path, model):
-    from pyro_lfbm.metrics.evaluation import GaussianProposal, iwae_log_px
+    from pyro_lfbm.metrics.evaluation import GaussianProposal, iwae_log_px, latent_rate
     from pyro_lfbm.tasks.anomaly import load_trained_model, run_anomaly
     from pyro_lfbm.train.recipe import build, isolated
 
     split = _smooth_noise_split()
     preset = _scored_at_the_encoders_z(get_preset("tiny", "flow", "encoder", model))
     result = run_anomaly(preset, split, seed=1, checkpoint_path=tmp_path / "c.pt", iwae_particles=4)
-    assert sorted(result.scores_by_mode["eval"]) == ["iwae", "joint", "prior", "recon"]
+    assert sorted(result.scores_by_mode["eval"]) == ["iwae", "joint", "prior", "rate", "recon"]
     assert sorted(result.scores_by_mode["train"]) == ["joint", "prior", "recon"]
     assert {(r["batchnorm"], r["score"]) for r in result.rows if r["score"] == "iwae"} == {("eval", "iwae")}
     with isolated(1):
@@ -344,6 +344,7 @@ def test_the_iwae_score_is_minus_the_importance_weighted_log_px_under_the_encode
     proposal = GaussianProposal.from_guide(recipe.encoder_guide, split.test_x)
     expected = -iwae_log_px(recipe.model, split.test_x, proposal, num_particles=4, seed=1)
     torch.testing.assert_close(result.scores["iwae"], expected)
+    torch.testing.assert_close(result.scores["rate"], latent_rate(recipe.model, proposal, num_particles=4, seed=1))
     # one particle: log p_α(z) + log N(x; g(z), σ²) - log q(z | x) at the draw, written out by hand
     with torch.random.fork_rng():
         torch.manual_seed(1)

@@ -11,6 +11,7 @@ from pyro_lfbm.metrics.evaluation import (
     inference_row,
     iwae_log_px,
     langevin_trajectory,
+    latent_rate,
     log_joint_terms,
     reconstruction_mse,
 )
@@ -58,6 +59,32 @@ def test_iwae_is_below_exact_log_px_and_approaches_it():
     assert all(g < 0.01 for g in gaps), gaps  # a lower bound (in expectation; 300 images average the noise)
     assert gaps[0] < gaps[1] < gaps[2], gaps
     assert gaps[0] < -0.3 and abs(gaps[2]) < 0.02, gaps
+
+
+def test_the_rate_is_the_closed_form_kl_of_gaussians_and_the_monte_carlo_kl_of_a_flow():
+    from pyro_lfbm import FlowPrior
+
+    torch.manual_seed(0)
+    loc, scale = torch.randn(6, 3), torch.rand(6, 3) + 0.2
+    proposal = GaussianProposal.from_diag(loc, scale)
+    model = linear_gaussian(latent_dim=3)
+    exact = torch.distributions.kl_divergence(proposal.dist(), dist.MultivariateNormal(torch.zeros(3), torch.eye(3)))
+    torch.testing.assert_close(latent_rate(model, proposal, num_particles=40_000, batch_size=4), exact, atol=0.03, rtol=0)
+    # a flow prior: against E_q[log q(z) - log p(z)] with both terms drawn (another estimator of the same KL)
+    prior = FlowPrior(latent_dim=3, num_steps=2, hidden_dim=8)
+    with torch.no_grad():
+        for p in prior.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    flow_model = LatentModel(prior, model.generator, sigma=0.5)
+    with torch.no_grad():
+        z = proposal.dist().sample((40_000,))
+        drawn = (proposal.dist().log_prob(z) - prior.log_prob(z.reshape(-1, 3)).reshape(z.shape[:2])).mean(0)
+    rate = latent_rate(flow_model, proposal, num_particles=40_000, seed=3)
+    torch.testing.assert_close(rate, drawn, atol=0.05, rtol=0)
+    assert (rate > 0).all()
+    assert torch.equal(latent_rate(flow_model, proposal, num_particles=4, seed=3), latent_rate(flow_model, proposal, num_particles=4, seed=3))
+    with pytest.raises(ValueError, match="num_particles"):
+        latent_rate(flow_model, proposal, num_particles=0)
 
 
 def test_laplace_proposal_is_the_exact_posterior_of_a_linear_gaussian_model():

@@ -16,6 +16,7 @@ from pyro_lfbm.metrics.evaluation import (
     inference_row,
     iwae_log_px,
     langevin_trajectory,
+    latent_rate,
     log_joint_terms,
     reconstruction_mse,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "inference_row",
     "iwae_log_px",
     "langevin_trajectory",
+    "latent_rate",
     "log_joint_terms",
     "lower_layer_likelihood_ratio",
     "reconstruction_mse",

@@ -4,6 +4,7 @@ Given images x (N, C, H, W) and inferred latents z (N, D) these helpers compute
 
 - the reconstruction error :func:`reconstruction_mse`, mean over pixels of (g(z) − x)², (N,);
 - the log joint and its parts :func:`log_joint_terms`, log p_α(z) and log p_β(x | z), (N,);
+- the rate :func:`latent_rate`, KL(q(z | x) ‖ p_α(z)) of a proposal against the prior, (N,);
 - an importance-weighted estimate of the marginal likelihood :func:`iwae_log_px`,
 
   .. math:: \hat{\mathcal L}_P(x) = \log \frac1P \sum_{p=1}^P \frac{p(x, z_p)}{q(z_p)},
@@ -41,6 +42,7 @@ __all__ = [
     "inference_row",
     "iwae_log_px",
     "langevin_trajectory",
+    "latent_rate",
     "log_joint_terms",
     "reconstruction_mse",
 ]
@@ -211,6 +213,42 @@ def iwae_log_px(
                 log_w.append(lp.reshape(p, b) - q.log_prob(zp))
             log_w = torch.cat(log_w)
             out.append((torch.logsumexp(log_w, 0) - math.log(num_particles)).cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def latent_rate(
+    model,
+    proposal: GaussianProposal,
+    *,
+    num_particles: int = 16,
+    batch_size: int = 500,
+    seed: Optional[int] = 0,
+    progress: bool = False,
+) -> torch.Tensor:
+    r"""The rate of each image's code, KL(q_n ‖ p_α) for the proposals q_n of ``proposal``, shape (N,).
+
+    .. math:: R_n = \mathbb E_{q_n}[-\log p_\alpha(z)] - \mathrm H(q_n),
+              \qquad \hat R_n = \frac1P \sum_{p=1}^P -\log p_\alpha(z_p) - \mathrm H(q_n),
+              \quad z_p \sim q_n,
+
+    the ELBO's KL term, an unbiased estimate with the Gaussian's entropy exact and ``P = num_particles``
+    draws for the prior's part (``seed`` fixes them). Alemi, Fischer and Dillon, "Uncertainty in the
+    Variational Information Bottleneck" (2018, arXiv 1807.00906), use it as an out-of-distribution score;
+    higher means the image's code costs more nats under the prior. Only ``model.prior`` is evaluated (in
+    ``eval()`` mode); z is the latents of all layers concatenated, as the proposal's.
+    """
+    if num_particles < 1:
+        raise ValueError(f"num_particles must be at least 1, got {num_particles}")
+    device, out = _device(model), []
+    with eval_mode(model), torch.random.fork_rng():
+        if seed is not None:
+            torch.manual_seed(seed)
+        for s in tqdm(range(0, len(proposal), batch_size), desc="rate", disable=not progress, leave=False):
+            q = proposal.dist(s, s + batch_size, device=device)
+            zp = q.sample((num_particles,))  # (P, B, D)
+            log_p = model.prior.log_prob(zp.reshape(-1, zp.shape[-1])).reshape(zp.shape[:2])
+            out.append((-log_p.mean(0) - q.entropy()).cpu())
     return torch.cat(out)
 
 

@@ -21,7 +21,7 @@ from pyro_lfbm.infer.dataset import infer_dataset
 from pyro_lfbm.infer.modes import batchnorm_statistics_kept, module_mode, recalibrated_batchnorm
 from pyro_lfbm.metrics.anomaly import (anomaly_metrics, anomaly_scores, importance_weighted_likelihood_ratio,
                                        lower_layer_likelihood_ratio)
-from pyro_lfbm.metrics.evaluation import GaussianProposal, iwae_log_px
+from pyro_lfbm.metrics.evaluation import GaussianProposal, iwae_log_px, latent_rate
 from pyro_lfbm.train.distributed import sharded_inference
 from pyro_lfbm.train.checkpoint import CheckpointError, check_config_compatible, load_checkpoint
 from pyro_lfbm.train.loop import trainer_state
@@ -150,6 +150,8 @@ def run_anomaly(
         (Burda, Grosse, Salakhutdinov, ICLR 2016): the marginal likelihood by which VAEs are scored
         (Nalisnick et al., ICLR 2019; the baselines of Havtorn et al., ICML 2021). It needs an encoder
         guide and is scored with BatchNorm on running statistics only (``"eval"`` in ``batchnorm``).
+        It also adds ``"rate"``, KL(q_φ(z | x) ‖ p_α(z)) with the same P draws
+        (:func:`~pyro_lfbm.metrics.evaluation.latent_rate`; Alemi, Fischer, Dillon, 2018).
         With ``llr_layers`` and a prior with exact layer conditionals (:class:`~pyro_lfbm.priors.TopDownPrior`)
         it also adds ``"llr{k}_iw"``, Havtorn et al.'s ratio as the difference of two bounds with P particles
         (:func:`~pyro_lfbm.metrics.anomaly.importance_weighted_likelihood_ratio`).
@@ -223,6 +225,8 @@ def run_anomaly(
                     scores["iwae"] = -iwae_log_px(model, split.test_x, proposal, num_particles=iwae_particles,
                                                   batch_size=max(1, learn.test_batch_size // iwae_particles), seed=seed,
                                                   progress=progress)
+                    scores["rate"] = latent_rate(model, proposal, num_particles=iwae_particles,
+                                                 batch_size=learn.test_batch_size, seed=seed, progress=progress)
                     if hasattr(model.prior, "sample_lower_layers"):  # exact layer conditionals: Havtorn's ratio as bounds
                         for k in llr_layers:
                             scores[f"llr{k}_iw"], _ = importance_weighted_likelihood_ratio(
