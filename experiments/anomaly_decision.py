@@ -10,8 +10,8 @@ AUPRC, for each BatchNorm mode the run scored:
 - ``joint-png``, ``recon-png``: the same minus the image's PNG code length in nats (Serrà et al., ICLR 2020);
 - ``z(prior)+z(recon-png)``, ``z(prior)+z(joint)``: scores standardised over the test set (no labels) and
   added, which weighs the prior term (tens of nats) as much as the reconstruction term (hundreds);
-- any other score the run saved (``iwae`` and ``rate`` of ``--iwae-particles``, the likelihood ratios ``llr1``, ``llr2`` of ``--llr-layers``), alone and
-  as ``z(prior)+z(score)``.
+- any other score the run saved (``iwae`` and ``rate`` of ``--iwae-particles``, the likelihood ratios
+  ``llr1``, ``llr2`` of ``--llr-layers``), alone and as ``z(prior)+z(score)``.
 
 Runs kept without their ``scores.pt`` (``--with-metrics``) add their own ``metrics.csv`` rows only.
 
