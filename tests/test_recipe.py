@@ -163,3 +163,16 @@ def test_the_sampler_option_is_checked_in_one_line():
         get_preset("tiny", "flow").with_guide("langevin", sampler="hmc")
     with pytest.raises(ValueError, match="option of the langevin guide"):
         get_preset("tiny", "flow").with_guide("encoder", sampler="underdamped")
+
+
+@pytest.mark.parametrize("prior, kind, warns", [("ebm", "encoder", True), ("ebm", "hybrid", True), ("ebm", "langevin", False),
+                                               ("flow", "encoder", False)])
+def test_the_energy_prior_with_an_encoder_warns_that_it_can_diverge(prior, kind, warns):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        build(get_preset("tiny", prior, kind))
+    messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning) and "can diverge" in str(w.message)]
+    assert len(messages) == (1 if warns else 0)
+    assert not warns or f"with the {kind} guide" in messages[0]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Tuple
@@ -108,6 +109,11 @@ def build(preset: Preset, *, device: torch.device | str = "cpu", loss: Optional[
     """
     preset.check()
     learn, kind = preset.learn, preset.guide.kind
+    if preset.model.prior == "ebm" and kind in ("encoder", "hybrid"):
+        warnings.warn(f"the energy prior with the {kind} guide can diverge: its negatives (prior Langevin from N(0, I)) "
+                      "need not reach the encoder's codes, and the energy may fall without bound there (a training loss "
+                      "running to -1e8, results/anomaly/hierarchical_energy/); the langevin guide keeps the codes near "
+                      "the negatives", UserWarning, stacklevel=2)
     model = preset.model.build().to(device)
     encoder_guide = build_encoder_guide(preset, device) if kind in ("encoder", "hybrid") else None
     sampler = sampler_by_name(preset.guide.sampler) if preset.guide.sampler != "ula" else None
