@@ -361,6 +361,13 @@ def test_the_iwae_score_is_minus_the_importance_weighted_log_px_under_the_encode
         run_anomaly(get_preset("tiny"), split, iwae_particles=2)
     with pytest.raises(ValueError, match="eval BatchNorm"):
         run_anomaly(preset, split, batchnorm=("train",), iwae_particles=2)
+    if model == "hierarchical":  # Havtorn's ratio as two bounds needs q(z_{>k} | x) in closed form
+        from dataclasses import replace
+
+        chain = preset.with_guide("encoder", encoder="conditional")
+        chain = replace(chain, model=replace(chain.model, layer_prior="top-down"))
+        with pytest.raises(ValueError, match="encoder's q is a chain"):
+            run_anomaly(chain, split, iwae_particles=2, llr_layers=(1,))
 
 
 def test_chains_are_compiled_only_in_one_process(monkeypatch):

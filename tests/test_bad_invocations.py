@@ -46,7 +46,7 @@ CASES = [
     ("anomaly", ["--encoder", "conditional", "--guide", "encoder", *TINY], 2, "add --model hierarchical"),
     ("anomaly", ["--encoder", "conditional", "--model", "hierarchical", "--guide", "langevin", *TINY], 2, "add --guide encoder"),
     ("anomaly", ["--encoder", "conditional", "--model", "hierarchical", "--guide", "encoder", "--iwae-particles", "4",
-                 "--batchnorm", "eval", *TINY], 2, "drop --iwae-particles"),
+                 "--set", "layer_prior=top-down", "--llr-layers", "1", "--batchnorm", "eval", *TINY], 2, "use --encoder mean-field"),
     ("anomaly", ["--encoder", "ladder", *TINY], 2, "--encoder"),
     ("anomaly", ["--model", "hierarchical", "--set", "layer_prior=chain", *TINY], 2, "unknown layer_prior 'chain'; choose one of joint, top-down"),
     ("anomaly", ["--model", "hierarchical", "--prior", "ebm", "--set", "layer_prior=top-down", *TINY], 2, "not ebm"),

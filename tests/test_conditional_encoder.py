@@ -8,13 +8,14 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import pandas as pd
 import pyro
 import pytest
 import torch
 from pyro import poutine
 
 from pyro_lfbm.infer import ConditionalEncoderGuide, EncoderGuide, HybridGuide, LayerChainNormal
-from pyro_lfbm.metrics import GaussianProposal
+from pyro_lfbm.metrics import GaussianProposal, GuideProposal, iwae_log_px, latent_rate
 from pyro_lfbm.nets import LayerConditionalEncoder, MNISTEncoder
 from pyro_lfbm.train import build, isolated
 from pyro_lfbm.train.presets import get_preset
@@ -179,10 +180,41 @@ def test_the_anomaly_command_trains_resumes_and_rescores_a_conditional_encoder(t
     checkpoint = tmp_path / "run" / "checkpoints" / "lfbm-flow-hierarchical-encoder-conditional-heldout7-seed1-tiny.pt"
     for args in (["--out", str(tmp_path / "run"), "--epochs", "1"],
                  ["--out", str(tmp_path / "run2"), "--checkpoint-dir", str(checkpoint.parent), "--epochs", "2", "--resume"],
-                 ["--eval-only", str(checkpoint), "--out", str(tmp_path / "again")]):
+                 ["--eval-only", str(checkpoint), "--out", str(tmp_path / "again"), "--iwae-particles", "2"]):
         proc = subprocess.run(common + args, capture_output=True, text=True, cwd=REPO, timeout=600)
         assert proc.returncode == 0, proc.stderr
     name = "heldout7-flow-hierarchical-encoder-conditional-seed1"
     assert json.loads((tmp_path / "run2" / name / "run.json").read_text())["config"]["guide"]["encoder"] == "conditional"
     scores, again = torch.load(tmp_path / "run2" / name / "scores.pt"), torch.load(tmp_path / "again" / name / "scores.pt")
     assert torch.equal(again["joint"], scores["joint"]) and torch.equal(again["z"], scores["z"])
+    assert {"iwae", "rate"} <= set(pd.read_csv(tmp_path / "again" / name / "metrics.csv").score)
+
+
+def test_importance_weighted_scores_draw_from_the_chain_through_a_guide_proposal():
+    preset = get_preset("tiny", "gaussian", "encoder", "hierarchical").with_guide("encoder", encoder="conditional")
+    with isolated(0):
+        recipe = build(preset)
+    model, guide = recipe.model.eval(), recipe.guide.eval()
+    x = torch.rand(5, 1, 28, 28) * 2 - 1
+    proposal = GuideProposal(guide, x)
+    assert len(proposal) == 5 and isinstance(proposal.dist(1, 3), LayerChainNormal) and proposal.dist(1, 3).batch_shape == (2,)
+    # the conditioners start at zero, so q is the base encoder's Gaussian: its KL to N(0, I) is closed-form
+    with torch.no_grad():
+        loc, scale = guide.encoder.context(x)
+    base = torch.distributions.Independent(torch.distributions.Normal(loc, scale), 1)
+    standard = torch.distributions.Independent(torch.distributions.Normal(torch.zeros_like(loc), 1.0), 1)
+    rate = latent_rate(model, proposal, num_particles=40_000, seed=0)
+    torch.testing.assert_close(rate, torch.distributions.kl_divergence(base, standard), atol=0.05, rtol=0)
+    # one particle: log p(x, z) - log q(z | x) at the draw, by hand
+    with torch.random.fork_rng(), torch.no_grad():
+        torch.manual_seed(1)
+        z = proposal.dist().sample((1,))[0]
+        by_hand = model.log_joint(x, **model.split_latents(z)) - proposal.dist().log_prob(z)
+    torch.testing.assert_close(iwae_log_px(model, x, proposal, num_particles=1, seed=1), by_hand, rtol=1e-5, atol=1e-3)
+    from pyro_lfbm.metrics import importance_weighted_likelihood_ratio
+
+    top_down = replace(preset, model=replace(preset.model, prior="flow", layer_prior="top-down"))
+    with isolated(0):
+        recipe = build(top_down)
+    with pytest.raises(ValueError, match="pass a GaussianProposal"):
+        importance_weighted_likelihood_ratio(recipe.model, x, GuideProposal(recipe.guide, x), 1)

@@ -129,9 +129,6 @@ def anomaly_preset(cfg: AnomalyRunConfig):
                              "add --guide encoder or --guide hybrid")
         if not preset.model.layer_dims:
             raise UsageError(f"--encoder {cfg.encoder} conditions a hierarchical model's layers on each other; add --model hierarchical")
-        if cfg.iwae_particles:
-            raise UsageError("--iwae-particles draws from one Gaussian per image, and the conditional encoder's q is a "
-                             "chain of them; drop --iwae-particles or use --encoder mean-field")
         preset = preset.with_guide(preset.guide.kind, encoder=cfg.encoder)
     model, learn = preset.model, preset.learn
     if cfg.sigma is not None:
@@ -188,6 +185,9 @@ def anomaly_preset(cfg: AnomalyRunConfig):
         bad = [k for k in cfg.llr_layers if not 1 <= k < layers]
         if bad:
             raise UsageError(f"--llr-layers takes layer counts from 1 to {layers - 1} (the model has {layers} layers), got {bad}")
+        if cfg.iwae_particles and model.layer_prior == "top-down" and cfg.encoder != "mean-field":
+            raise UsageError("--iwae-particles with --llr-layers takes Havtorn's ratio as two bounds, which needs one "
+                             f"Gaussian q per image, and the {cfg.encoder} encoder's q is a chain; use --encoder mean-field")
     if learn.test_steps == 0 and preset.guide.kind == "langevin":
         raise UsageError(
             "--test-steps 0 scores at the encoder's z, and the langevin guide has no encoder; pass --test-steps 1 "

@@ -168,9 +168,9 @@ class ConditionalEncoderGuide(EncoderGuide):
     Calling ``guide(x, mask=None)`` samples the sites in ``pyro.plate("data", B)`` top-down, each
     site's Gaussian computed from the values of the sites above it (so a site conditioned by
     ``poutine.condition`` conditions the ones below). ``mean`` and ``init_fn`` give the chain of
-    conditional means; ``distribution`` is the :class:`LayerChainNormal`. ``encode`` is refused: this
-    q is not one Gaussian (an importance-weighted estimate that needs one, such as
-    :meth:`~pyro_lfbm.metrics.evaluation.GaussianProposal.from_guide`, does not apply).
+    conditional means; ``distribution`` is the :class:`LayerChainNormal` (importance-weighted estimates
+    draw from it through :class:`~pyro_lfbm.metrics.evaluation.GuideProposal`). ``encode`` is refused:
+    this q is not one Gaussian, so it has no (loc, scale).
 
     :param encoder: a :class:`~pyro_lfbm.nets.LayerConditionalEncoder`.
     :param sites: the model's latent site names, top layer first (one per ``encoder.latent_dims``).

@@ -13,6 +13,7 @@ from pyro_lfbm.metrics.anomaly import (
 )
 from pyro_lfbm.metrics.evaluation import (
     GaussianProposal,
+    GuideProposal,
     inference_row,
     iwae_log_px,
     langevin_trajectory,
@@ -26,6 +27,7 @@ __all__ = [
     "ClassifierFeatures",
     "DECISION_FUNCTIONS",
     "GaussianProposal",
+    "GuideProposal",
     "anomaly_metrics",
     "anomaly_scores",
     "conditional_prior_draws",

@@ -295,6 +295,9 @@ def importance_weighted_likelihood_ratio(
     if not hasattr(prior, "layer_log_probs") or not hasattr(prior, "sample_lower_layers"):
         raise ValueError("the importance-weighted likelihood ratio needs a hierarchical model whose prior has exact layer "
                          "conditionals (TopDownPrior: --set layer_prior=top-down)")
+    if not hasattr(proposal, "loc"):
+        raise ValueError("the importance-weighted likelihood ratio needs q(z_{>k} | x) in closed form: pass a "
+                         f"GaussianProposal (one Gaussian per image), not a {type(proposal).__name__}")
     if len(proposal) != x.shape[0] or proposal.loc.shape[-1] != sum(dims):
         raise ValueError(f"the proposal must hold {x.shape[0]} Gaussians over {sum(dims)} dimensions, "
                          f"got {len(proposal)} over {proposal.loc.shape[-1]}")

@@ -13,7 +13,8 @@ Given images x (N, C, H, W) and inferred latents z (N, D) these helpers compute
   whose expectation is a lower bound of log p(x) for every proposal q and rises to log p(x) as
   P grows (Burda et al., 2016). Proposals (:class:`GaussianProposal`) come from an encoder guide
   (:meth:`GaussianProposal.from_guide`), from a Laplace approximation around a Langevin result
-  (:meth:`GaussianProposal.laplace`) or from posterior samples (:meth:`GaussianProposal.from_samples`);
+  (:meth:`GaussianProposal.laplace`) or from posterior samples (:meth:`GaussianProposal.from_samples`),
+  or are any amortized guide's q(z | x) (:class:`GuideProposal`);
 
 and :func:`langevin_trajectory` records the latents (and the wall time) of one Langevin run at
 several step counts, for error-against-cost curves. Every helper evaluates the model in
@@ -39,6 +40,7 @@ from pyro_lfbm.infer.modes import eval_mode
 
 __all__ = [
     "GaussianProposal",
+    "GuideProposal",
     "inference_row",
     "iwae_log_px",
     "langevin_trajectory",
@@ -171,11 +173,36 @@ def _hessian(log_density_fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Te
     return torch.stack(rows, dim=1).detach()
 
 
+@dataclass
+class GuideProposal:
+    """The proposals q_φ(z | x_n) of any amortized guide with ``distribution(x)`` (batch (B,), event (D,)),
+    for images x (N, C, H, W): e.g. the :class:`~pyro_lfbm.infer.LayerChainNormal` of a
+    :class:`~pyro_lfbm.infer.ConditionalEncoderGuide`, which is no single Gaussian. The guide's context
+    is computed per batch of images in ``eval()`` mode; the distribution it returns must not depend on
+    the mode afterwards (the chain's conditioners are plain MLPs).
+
+    :ivar torch.nn.Module guide: the guide.
+    :ivar torch.Tensor x: (N, C, H, W) images.
+    """
+
+    guide: torch.nn.Module
+    x: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def dist(self, start: int = 0, stop: Optional[int] = None, device=None) -> dist.Distribution:
+        """q(z | x) of images ``start:stop``, batch shape (B,), event (D,)."""
+        x = self.x[start:stop]
+        with eval_mode(self.guide), torch.no_grad():
+            return self.guide.distribution(x.to(device) if device is not None else x)
+
+
 @torch.no_grad()
 def iwae_log_px(
     model,
     x: torch.Tensor,
-    proposal: GaussianProposal,
+    proposal,
     *,
     num_particles: int = 100,
     batch_size: int = 100,
@@ -186,7 +213,7 @@ def iwae_log_px(
     r"""Importance-weighted estimate of log p(x) for every image of x (N, C, H, W), shape (N,).
 
     :math:`\log \frac1P \sum_p p(x, z_p) / q(z_p)` with ``P = num_particles`` independent draws
-    z_p ~ q from ``proposal`` (one Gaussian per image). In expectation this is a lower bound of
+    z_p ~ q from ``proposal`` (a :class:`GaussianProposal` or a :class:`GuideProposal`). In expectation this is a lower bound of
     log p(x) that tightens as P grows. Particles are evaluated ``particle_chunk`` at a time
     (memory ∝ particle_chunk × batch_size images); ``seed`` fixes the draws. Every
     :class:`~pyro_lfbm.models.LatentModel` works, a hierarchical one with z its layers concatenated
@@ -219,7 +246,7 @@ def iwae_log_px(
 @torch.no_grad()
 def latent_rate(
     model,
-    proposal: GaussianProposal,
+    proposal,
     *,
     num_particles: int = 16,
     batch_size: int = 500,
@@ -232,8 +259,9 @@ def latent_rate(
               \qquad \hat R_n = \frac1P \sum_{p=1}^P -\log p_\alpha(z_p) - \mathrm H(q_n),
               \quad z_p \sim q_n,
 
-    the ELBO's KL term, an unbiased estimate with the Gaussian's entropy exact and ``P = num_particles``
-    draws for the prior's part (``seed`` fixes them). Alemi, Fischer and Dillon, "Uncertainty in the
+    the ELBO's KL term, an unbiased estimate with ``P = num_particles`` draws (``seed`` fixes them) and
+    the entropy exact where the proposal has one in closed form (:class:`GaussianProposal`); otherwise
+    (a :class:`GuideProposal` of a chain) it is estimated from the same draws, −(1/P) Σ log q_n(z_p). Alemi, Fischer and Dillon, "Uncertainty in the
     Variational Information Bottleneck" (2018, arXiv 1807.00906), use it as an out-of-distribution score;
     higher means the image's code costs more nats under the prior. Only ``model.prior`` is evaluated (in
     ``eval()`` mode); z is the latents of all layers concatenated, as the proposal's.
@@ -248,7 +276,11 @@ def latent_rate(
             q = proposal.dist(s, s + batch_size, device=device)
             zp = q.sample((num_particles,))  # (P, B, D)
             log_p = model.prior.log_prob(zp.reshape(-1, zp.shape[-1])).reshape(zp.shape[:2])
-            out.append((-log_p.mean(0) - q.entropy()).cpu())
+            try:
+                entropy = q.entropy()
+            except NotImplementedError:
+                entropy = -q.log_prob(zp).mean(0)
+            out.append((-log_p.mean(0) - entropy).cpu())
     return torch.cat(out)
 
 

@@ -21,7 +21,7 @@ from pyro_lfbm.infer.dataset import infer_dataset
 from pyro_lfbm.infer.modes import batchnorm_statistics_kept, module_mode, recalibrated_batchnorm
 from pyro_lfbm.metrics.anomaly import (anomaly_metrics, anomaly_scores, importance_weighted_likelihood_ratio,
                                        lower_layer_likelihood_ratio)
-from pyro_lfbm.metrics.evaluation import GaussianProposal, iwae_log_px, latent_rate
+from pyro_lfbm.metrics.evaluation import GaussianProposal, GuideProposal, iwae_log_px, latent_rate
 from pyro_lfbm.train.distributed import sharded_inference
 from pyro_lfbm.train.checkpoint import CheckpointError, check_config_compatible, load_checkpoint
 from pyro_lfbm.train.loop import trainer_state
@@ -182,9 +182,9 @@ def run_anomaly(
     if iwae_particles and (preset.guide.kind == "langevin" or "eval" not in modes):
         raise ValueError("the iwae score draws from the encoder with BatchNorm on running statistics; "
                          "use the encoder or hybrid guide and the eval BatchNorm mode")
-    if iwae_particles and preset.guide.encoder != "mean-field":
-        raise ValueError("the iwae score draws from one Gaussian per image (GaussianProposal.from_guide); "
-                         f"the {preset.guide.encoder} encoder has none; use the mean-field encoder")
+    if iwae_particles and llr_layers and preset.model.layer_prior == "top-down" and preset.guide.encoder != "mean-field":
+        raise ValueError("the importance-weighted likelihood ratio needs q(z_{>k} | x) in closed form, one Gaussian per "
+                         f"image; the {preset.guide.encoder} encoder's q is a chain; use the mean-field encoder")
     if "recalibrated" in modes and (isinstance(recalibration_images, bool) or not isinstance(recalibration_images, int)
                                     or recalibration_images < 2 or split.train_x.shape[0] < 2):
         raise ValueError("the recalibrated BatchNorm mode needs recalibration_images >= 2 and at least 2 training "
@@ -221,7 +221,8 @@ def run_anomaly(
                                            inference=sharded_inference,  # infer_dataset itself in one process
                                            compile=compile_chain, init=encoder.init_fn if encoder is not None else None)
                 if iwae_particles and mode == "eval":
-                    proposal = GaussianProposal.from_guide(encoder, split.test_x, batch_size=learn.test_batch_size)
+                    proposal = (GaussianProposal.from_guide(encoder, split.test_x, batch_size=learn.test_batch_size)
+                                if preset.guide.encoder == "mean-field" else GuideProposal(encoder, split.test_x))
                     scores["iwae"] = -iwae_log_px(model, split.test_x, proposal, num_particles=iwae_particles,
                                                   batch_size=max(1, learn.test_batch_size // iwae_particles), seed=seed,
                                                   progress=progress)
