@@ -213,8 +213,8 @@ def iwae_log_px(
     r"""Importance-weighted estimate of log p(x) for every image of x (N, C, H, W), shape (N,).
 
     :math:`\log \frac1P \sum_p p(x, z_p) / q(z_p)` with ``P = num_particles`` independent draws
-    z_p ~ q from ``proposal`` (a :class:`GaussianProposal` or a :class:`GuideProposal`). In expectation this is a lower bound of
-    log p(x) that tightens as P grows. Particles are evaluated ``particle_chunk`` at a time
+    z_p ~ q from ``proposal`` (a :class:`GaussianProposal` or a :class:`GuideProposal`). In
+    expectation this is a lower bound of log p(x) that tightens as P grows. Particles are evaluated ``particle_chunk`` at a time
     (memory ∝ particle_chunk × batch_size images); ``seed`` fixes the draws. Every
     :class:`~pyro_lfbm.models.LatentModel` works, a hierarchical one with z its layers concatenated
     (``model.split_latents``).
@@ -259,12 +259,13 @@ def latent_rate(
               \qquad \hat R_n = \frac1P \sum_{p=1}^P -\log p_\alpha(z_p) - \mathrm H(q_n),
               \quad z_p \sim q_n,
 
-    the ELBO's KL term, an unbiased estimate with ``P = num_particles`` draws (``seed`` fixes them) and
-    the entropy exact where the proposal has one in closed form (:class:`GaussianProposal`); otherwise
-    (a :class:`GuideProposal` of a chain) it is estimated from the same draws, −(1/P) Σ log q_n(z_p). Alemi, Fischer and Dillon, "Uncertainty in the
-    Variational Information Bottleneck" (2018, arXiv 1807.00906), use it as an out-of-distribution score;
-    higher means the image's code costs more nats under the prior. Only ``model.prior`` is evaluated (in
-    ``eval()`` mode); z is the latents of all layers concatenated, as the proposal's.
+    the ELBO's KL term, an unbiased estimate with ``P = num_particles`` draws (``seed`` fixes them).
+    The entropy is exact where the proposal has it in closed form (:class:`GaussianProposal`); for a
+    :class:`GuideProposal` of a chain it is estimated from the same draws, −(1/P) Σ log q_n(z_p).
+    Alemi, Fischer and Dillon, "Uncertainty in the Variational Information Bottleneck" (2018, arXiv
+    1807.00906), use it as an out-of-distribution score; higher means the image's code costs more nats
+    under the prior. Only ``model.prior`` is evaluated (in ``eval()`` mode); z is the latents of all
+    layers concatenated, as the proposal's.
     """
     if num_particles < 1:
         raise ValueError(f"num_particles must be at least 1, got {num_particles}")
