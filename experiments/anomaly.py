@@ -37,7 +37,6 @@ from pyro_lfbm.harness.anomaly_experiment import (
     AnomalyRunConfig,
     anomaly_preset,
     checkpoint_name,
-    default_chain,
     run_anomaly,
     run_folder_name,
     run_variant,
@@ -47,15 +46,19 @@ from pyro_lfbm.infer.samplers import SAMPLER_NAMES
 from pyro_lfbm.train.presets import ANOMALY_PRESETS, ENCODERS, GUIDES, MODELS, PRIORS, ModelConfig
 
 
+SCORE_NAMES = {"joint": "−log p(x, z)", "prior": "−log p(z)", "recon": "−log p(x | z)"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--heldout", type=cli.digit, default=7, help="the digit treated as anomalous (0-9)")
     parser.add_argument("--prior", choices=PRIORS, default="flow", help="flow = LFBM, gaussian = ABP, ebm = LEBM")
-    parser.add_argument("--model", choices=MODELS, default="latent",
-                        help="latent = one latent vector (LFBM); hierarchical = latents z1, z2, z3 at three generator "
-                             "layers with the prior over their concatenation")
+    parser.add_argument("--model", choices=MODELS, default=None,
+                        help="(default: the preset's: hierarchical for cpu-hierarchical, else latent) latent = one latent "
+                             "vector (LFBM); hierarchical = latents z1, z2, z3 at three generator layers with the prior "
+                             "over their concatenation")
     parser.add_argument("--guide", choices=GUIDES, default=None,
-                        help="training guide (default: the preset's: hybrid for cpu-hybrid, else langevin): langevin (short-run Langevin from N(0, I), the paper), encoder (an "
+                        help="training guide (default: the preset's: hybrid for cpu-hybrid, encoder for cpu-hierarchical, else langevin): langevin (short-run Langevin from N(0, I), the paper), encoder (an "
                              "amortized Gaussian encoder: LFBM-VAE; with --model hierarchical the hierarchical-VAE "
                              "baseline) or hybrid (Langevin from the encoder mean); test chains start at the encoder "
                              "mean for encoder and hybrid")
@@ -108,7 +111,7 @@ def run_config(args: argparse.Namespace) -> AnomalyRunConfig:
         resume=args.resume, eval_only=args.eval_only, progress=not args.no_progress, sigma=args.sigma, lr=args.lr,
         model_overrides=cli.parse_overrides(args.overrides, ModelConfig(), refused={
             "prior": "use --prior", "sigma": "use --sigma", "image_shape": "the data set fixes it"}),
-        skip_nonfinite=args.skip_nonfinite, chain=args.chain or default_chain(args.model), model=args.model, guide=args.guide,
+        skip_nonfinite=args.skip_nonfinite, chain=args.chain, model=args.model, guide=args.guide,
         sampler=args.sampler, encoder=args.encoder, iwae_particles=args.iwae_particles, llr_layers=tuple(args.llr_layers),
     )
     anomaly_preset(cfg)
@@ -129,8 +132,9 @@ def main(args: argparse.Namespace) -> pd.DataFrame:
     table = pd.DataFrame(result.rows)
     save_anomaly_run(result, cfg, out)
     print(table[["batchnorm", "score", "auprc", "ap", "auroc", "train_seconds", "test_seconds"]].to_string(index=False))
-    for _, row in table[table.score == "joint"].iterrows():
-        print(f"AUPRC (−log p(x, z), BatchNorm {row.batchnorm}) = {row.auprc:.3f}  (prevalence {row.prevalence:.3f})")
+    score = anomaly_preset(cfg).score  # the decision function the preset's recipe was chosen with
+    for _, row in table[table.score == score].iterrows():
+        print(f"AUPRC ({SCORE_NAMES[score]}, BatchNorm {row.batchnorm}) = {row.auprc:.3f}  (prevalence {row.prevalence:.3f})")
     where = f"scored {cfg.eval_only}" if cfg.eval_only else f"checkpoint in {cfg.checkpoint_dir}"
     print(f"wrote {out}/ ({', '.join(RUN_FILES)}); {where}")
     return table

@@ -302,6 +302,41 @@ def test_the_hierarchical_command_defaults_to_the_eager_chain_and_names_its_runs
     assert model.latent_dims == (8, 2, 2) and model.prior.latent_dim == narrow.model.latent_dim == 12
 
 
+def test_the_hierarchical_preset_brings_its_model_guide_sigma_and_decision_function(tmp_path):
+    from pyro_lfbm.harness.anomaly_experiment import anomaly_preset, checkpoint_name, run_folder_name, run_recipe, run_variant
+
+    anomaly = experiment_script("anomaly")
+
+    def config(*args):
+        return anomaly.run_config(anomaly.build_parser().parse_args(["--preset", "cpu-hierarchical", "--out", str(tmp_path), *args]))
+
+    cfg = config()
+    preset = anomaly_preset(cfg)
+    assert (cfg.model, cfg.guide, cfg.chain) == ("hierarchical", "encoder", "eager")
+    assert preset.model.layer_dims == (20, 10, 10) and preset.model.latent_dim == 40 and preset.model.sigma == 0.5
+    assert (preset.learn.epochs, preset.learn.test_steps, preset.guide.kind, preset.score) == (40, 0, "encoder", "prior")
+    assert run_folder_name(7, "flow", 1, run_variant(cfg)) == "heldout7-flow-hierarchical-encoder-seed1"
+    assert checkpoint_name(cfg) == "lfbm-flow-hierarchical-encoder-heldout7-seed1-cpu-hierarchical.pt"
+    assert run_recipe(vars(cfg)) == "cpu-hierarchical"  # the preset's own model and guide go unnamed
+    flat = config("--model", "latent")
+    assert anomaly_preset(flat).model.layer_dims == () and anomaly_preset(flat).model.latent_dim == 20
+    assert (flat.chain, run_recipe(vars(flat))) == ("compiled", "cpu-hierarchical latent")
+    assert get_preset("cpu-hierarchical", "flow", "hybrid").guide.kind == "hybrid"
+    with pytest.raises(ValueError, match="decision function 'iwae'"):
+        replace(preset, score="iwae").check()
+
+
+def test_the_hierarchical_preset_prints_its_decision_function(tmp_path):
+    root = str(require_mnist())
+    cmd = [sys.executable, str(REPO / "experiments" / "anomaly.py"), "--preset", "cpu-hierarchical", "--epochs", "1",
+           "--limit-train", "100", "--limit-test", "40", "--no-progress", "--data-root", root, "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    headline = [line for line in proc.stdout.splitlines() if line.startswith("AUPRC")]
+    assert [line.split(",")[0] for line in headline] == ["AUPRC (−log p(z)"] * 2  # both BatchNorm modes
+    assert "heldout7-flow-hierarchical-encoder-seed1" in proc.stdout
+
+
 def test_conditional_prior_draws_follow_the_flows_conditional_by_quadrature():
     """MALA draws of z₂ given z₁ under a 2-d flow whose parameters all moved: their mean and variance are
     those of p(z₂ | z₁) ∝ p(z₁, z₂) integrated on a grid (here means near −3.7, 0.1 and 4.0, variances

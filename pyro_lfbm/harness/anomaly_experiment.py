@@ -19,7 +19,7 @@ from pyro_lfbm.harness.cli import UsageError, run_record, save_tensors, staged_o
 from pyro_lfbm.harness.plots import plot_precision_recall, plot_score_histograms, save_ranked_grid
 from pyro_lfbm.tasks.anomaly import AnomalyResult, run_anomaly as run_anomaly_task
 from pyro_lfbm.train import distributed
-from pyro_lfbm.train.presets import PRESETS, get_preset
+from pyro_lfbm.train.presets import PRESETS, get_preset, preset_model
 
 
 #: ``--batchnorm`` choices and the BatchNorm modes each scores in (:data:`pyro_lfbm.tasks.anomaly.BATCHNORM_MODES`).
@@ -49,8 +49,8 @@ class AnomalyRunConfig:
     lr: Optional[float] = None
     model_overrides: Optional[Dict] = None
     skip_nonfinite: bool = False
-    chain: str = "compiled"
-    model: str = "latent"
+    chain: Optional[str] = None
+    model: Optional[str] = None
     guide: Optional[str] = None
     sampler: str = "ula"
     encoder: str = "mean-field"
@@ -58,13 +58,22 @@ class AnomalyRunConfig:
     llr_layers: Tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.model is None:
+            self.model = preset_model_name(self.preset)
         if self.guide is None:
             self.guide = preset_guide(self.preset)
+        if self.chain is None:
+            self.chain = default_chain(self.model)
 
 
 def preset_guide(preset: str) -> str:
     """The training guide a named preset brings (``"langevin"`` for an unknown name, which is refused later)."""
     return PRESETS[preset]().guide.kind if preset in PRESETS else "langevin"
+
+
+def preset_model_name(preset: str) -> str:
+    """The model a named preset brings, ``"latent"`` or ``"hierarchical"`` (``"latent"`` for an unknown name)."""
+    return preset_model(PRESETS[preset]()) if preset in PRESETS else "latent"
 
 
 #: What a checkpoint must agree on to be resumed or scored: the model config and, for the encoder and
@@ -76,13 +85,13 @@ RUN_FILES = ("metrics.csv", "history.csv", "scores.pt", "precision_recall.png", 
              "ranked_joint.png", "run.json")
 
 
-def run_variant(cfg: AnomalyRunConfig, guide: str = "langevin") -> str:
+def run_variant(cfg: AnomalyRunConfig, guide: str = "langevin", model: str = "latent") -> str:
     """The model and guide of a run when not the default LFBM (``"hierarchical"``, ``"encoder"``,
     ``"hierarchical-encoder"``, ``"underdamped"``, ``"hierarchical-encoder-conditional"``, ...; ``""`` for
     ``--model latent --guide langevin --sampler ula``): part of its
-    folder and checkpoint names, so that runs of different models never share them. ``guide``: the guide
-    left unnamed (:func:`run_recipe` passes the preset's own)."""
-    parts = ((cfg.model, "latent"), (cfg.guide, guide), (cfg.sampler, "ula"), (cfg.encoder, "mean-field"))
+    folder and checkpoint names, so that runs of different models never share them. ``guide`` and ``model``:
+    those left unnamed (:func:`run_recipe` passes the preset's own)."""
+    parts = ((cfg.model, model), (cfg.guide, guide), (cfg.sampler, "ula"), (cfg.encoder, "mean-field"))
     return "-".join(part for part, default in parts if part != default)
 
 
@@ -93,7 +102,7 @@ def run_recipe(run: Dict) -> str:
     ``"cpu-hybrid test_steps=20"``. Runs of one recipe at different lengths or seeds share it."""
     cfg = AnomalyRunConfig(**{k: v for k, v in run.items() if k in AnomalyRunConfig.__dataclass_fields__})
     overrides = {"lr": cfg.lr, "sigma": cfg.sigma, "test_steps": cfg.test_steps, **(cfg.model_overrides or {})}
-    parts = [cfg.preset, "" if cfg.prior == "flow" else cfg.prior, run_variant(cfg, guide=preset_guide(cfg.preset)),
+    parts = [cfg.preset, "" if cfg.prior == "flow" else cfg.prior, run_variant(cfg, guide=preset_guide(cfg.preset), model=preset_model_name(cfg.preset)),
              *(f"{key}={','.join(map(str, value)) if isinstance(value, (list, tuple)) else value}"
                for key, value in overrides.items() if value is not None)]
     return " ".join(part for part in parts if part)
