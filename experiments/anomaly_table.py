@@ -31,10 +31,10 @@ from pyro_lfbm.harness.anomaly_experiment import (
     run_variant,
     save_anomaly_run,
 )
-from pyro_lfbm.harness.anomaly_report import PAPER_AUPRC, append_rows, has_run, read_table, write_report
+from pyro_lfbm.harness.anomaly_report import HIERARCHICAL_SCORE, PAPER_AUPRC, append_rows, has_run, read_table, write_report
 from pyro_lfbm.harness.locking import run_claim
 from pyro_lfbm.harness.cli import UsageError, run_record
-from pyro_lfbm.train.presets import ANOMALY_PRESETS, PRIORS
+from pyro_lfbm.train.presets import ANOMALY_PRESETS, DECISION_FUNCTIONS, PRIORS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit-train", type=cli.positive_int, default=None, help="training images per run (at least one batch)")
     parser.add_argument("--limit-test", type=cli.int_at_least(2), default=None, help="test images per run (at least 2)")
     parser.add_argument("--report-only", action="store_true", help="only rewrite README.md from table.csv")
+    parser.add_argument("--hierarchical-score", choices=DECISION_FUNCTIONS, default=HIERARCHICAL_SCORE[0],
+                        help="the decision function of the report's hierarchical targets (default: the cpu-hierarchical "
+                             "preset's, %(default)s; BatchNorm on running statistics)")
     # no --resume: finished runs are skipped and unfinished ones continue from their checkpoints anyway;
     # no --overwrite: runs are added to the table, never replaced
     cli.add_common_arguments(parser, default_out="runs/anomaly_table", resume=False, overwrite=False,
@@ -84,7 +87,7 @@ def main(args: argparse.Namespace) -> pd.DataFrame:
     if args.report_only:
         if table.empty:
             raise UsageError(f"--report-only: no runs in {table_path}; run the table first")
-        write_report(table, out / "README.md", run_record())
+        write_report(table, out / "README.md", run_record(), args.hierarchical_score)
         print(f"wrote {out / 'README.md'}")
         return table
     for cfg in run_configs(args, device):
@@ -102,7 +105,7 @@ def main(args: argparse.Namespace) -> pd.DataFrame:
             rows = pd.DataFrame(result.rows)
             print(rows[["heldout", "prior", "seed", "score", "auprc", "train_seconds", "test_seconds"]].to_string(index=False))
             table = append_rows(table_path, rows)
-            write_report(table, out / "README.md", run_record())
+            write_report(table, out / "README.md", run_record(), args.hierarchical_score)
     print(f"wrote {table_path} and {out / 'README.md'}")
     return table
 

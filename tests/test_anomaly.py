@@ -598,7 +598,10 @@ def test_recalibrated_statistics_are_those_of_the_networks_where_images_are_scor
 
 
 def test_hierarchical_targets_use_the_dev_chosen_score_and_need_three_seeds():
-    from pyro_lfbm.harness.anomaly_report import hierarchical_target_table
+    from pyro_lfbm.harness.anomaly_report import HIERARCHICAL_SCORE, hierarchical_target_table
+    from pyro_lfbm.train.presets import get_preset
+
+    assert HIERARCHICAL_SCORE == (get_preset("cpu-hierarchical").score, "eval")  # the preset's decision function
 
     def row(seed, auprc, score="prior", batchnorm="eval", model="hierarchical", heldout=4):
         return {"heldout": heldout, "prior": "flow", "model": model, "score": score, "batchnorm": batchnorm,
@@ -606,9 +609,10 @@ def test_hierarchical_targets_use_the_dev_chosen_score_and_need_three_seeds():
 
     rows = [row(1, 0.93), row(2, 0.92), row(3, 0.94), row(1, 0.1, score="joint"), row(1, 0.2, batchnorm="train"),
             row(1, 0.99, model="latent"), row(1, 0.95, heldout=9)]
-    t = hierarchical_target_table(pd.DataFrame(rows)).set_index("heldout")
+    t = hierarchical_target_table(pd.DataFrame(rows), "prior").set_index("heldout")
     assert t.loc[4, "mean"] == pytest.approx(0.93) and t.loc[4, "seeds"] == 3 and t.loc[4, "met"] == "yes"
     assert t.loc[4, "gap to HVAE"] == pytest.approx(0.93 - 0.920)
     assert t.loc[4, "gap to joint EBM prior"] == pytest.approx(0.93 - 0.949)
     assert t.loc[9, "met"] == "no"  # above HVAE's 0.791, but one seed only
-    assert hierarchical_target_table(pd.DataFrame([row(1, 0.5, model="latent")])).empty
+    assert hierarchical_target_table(pd.DataFrame([row(1, 0.5, model="latent")]), "prior").empty
+    assert hierarchical_target_table(pd.DataFrame(rows), "joint").set_index("heldout").loc[4, "mean"] == pytest.approx(0.1)
