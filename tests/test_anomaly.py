@@ -599,9 +599,11 @@ def test_recalibrated_statistics_are_those_of_the_networks_where_images_are_scor
 
 def test_hierarchical_targets_use_the_dev_chosen_score_and_need_three_seeds():
     from pyro_lfbm.harness.anomaly_report import HIERARCHICAL_SCORE, hierarchical_target_table
-    from pyro_lfbm.train.presets import get_preset
+    from pyro_lfbm.metrics.anomaly import DECISION_FUNCTIONS
+    from pyro_lfbm.train.presets import DECISION_FUNCTIONS as PRESET_DECISION_FUNCTIONS, get_preset
 
     assert HIERARCHICAL_SCORE == (get_preset("cpu-hierarchical").score, "eval")  # the preset's decision function
+    assert PRESET_DECISION_FUNCTIONS == DECISION_FUNCTIONS  # the presets' copy names the scores the metrics compute
 
     def row(seed, auprc, score="prior", batchnorm="eval", model="hierarchical", heldout=4):
         return {"heldout": heldout, "prior": "flow", "model": model, "score": score, "batchnorm": batchnorm,

@@ -93,7 +93,7 @@ if FULL:
     split, trained = heldout_digit_split(heldout=HELDOUT, seed=1), preset
 else:
     split = heldout_digit_split(heldout=HELDOUT, seed=1, limit_train=2000, limit_test=600)
-    trained = replace(preset.with_epochs(2), learn=replace(preset.with_epochs(2).learn, batch_size=50))
+    trained = replace(preset, learn=replace(preset.learn, epochs=2, batch_size=50))
 print(split.summary())
 result = run_anomaly(trained, split, seed=1, batchnorm=("eval",), preset_name="cpu-hierarchical")
 for row in result.rows:

@@ -25,7 +25,7 @@ from pyro_lfbm.metrics.evaluation import GaussianProposal, GuideProposal, iwae_l
 from pyro_lfbm.train.distributed import sharded_inference
 from pyro_lfbm.train.checkpoint import CheckpointError, check_config_compatible, load_checkpoint
 from pyro_lfbm.train.loop import trainer_state
-from pyro_lfbm.train.presets import Preset
+from pyro_lfbm.train.presets import Preset, preset_model
 from pyro_lfbm.train.recipe import build, isolated, train_recipe
 
 __all__ = ["AnomalyResult", "BATCHNORM_MODES", "load_trained_model", "run_anomaly"]
@@ -211,7 +211,7 @@ def run_anomaly(
 
         rows, first_scores, scores_by_mode = [], None, {}
         encoder = recipe.encoder_guide
-        kind = "hierarchical" if preset.model.layer_dims else "latent"
+        kind = preset_model(preset)
         for mode in modes:
             started = time.perf_counter()
             with _batchnorm_context(mode, model, encoder, split.train_x, learn, seed, recalibration_images):
