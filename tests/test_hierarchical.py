@@ -313,8 +313,8 @@ def test_the_hierarchical_preset_brings_its_model_guide_sigma_and_decision_funct
     cfg = config()
     preset = anomaly_preset(cfg)
     assert (cfg.model, cfg.guide, cfg.chain) == ("hierarchical", "encoder", "eager")
-    assert preset.model.layer_dims == (20, 10, 10) and preset.model.latent_dim == 40 and preset.model.sigma == 1.0
-    assert (preset.learn.epochs, preset.learn.test_steps, preset.guide.kind, preset.score) == (40, 0, "encoder", "joint")
+    assert preset.model.layer_dims == (20, 10, 10) and preset.model.latent_dim == 40 and preset.model.sigma == 0.5
+    assert (preset.learn.epochs, preset.learn.test_steps, preset.guide.kind, preset.score) == (40, 0, "encoder", "prior")
     assert run_folder_name(7, "flow", 1, run_variant(cfg)) == "heldout7-flow-hierarchical-encoder-seed1"
     assert checkpoint_name(cfg) == "lfbm-flow-hierarchical-encoder-heldout7-seed1-cpu-hierarchical.pt"
     assert run_recipe(vars(cfg)) == "cpu-hierarchical"  # the preset's own model and guide go unnamed
@@ -333,7 +333,7 @@ def test_the_hierarchical_preset_prints_its_decision_function(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert proc.returncode == 0, proc.stderr
     headline = [line for line in proc.stdout.splitlines() if line.startswith("AUPRC")]
-    assert [line.split(", BatchNorm")[0] for line in headline] == ["AUPRC (−log p(x, z)"] * 2  # both BatchNorm modes
+    assert [line.split(", BatchNorm")[0] for line in headline] == ["AUPRC (−log p(z)"] * 2  # both BatchNorm modes
     assert "heldout7-flow-hierarchical-encoder-seed1" in proc.stdout
 
 

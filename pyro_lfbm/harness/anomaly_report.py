@@ -34,7 +34,7 @@ HIERARCHICAL_AUPRC: Dict[str, Dict[int, float]] = {
 }
 
 #: The hierarchical model's decision function and BatchNorm mode: those of the ``cpu-hierarchical`` preset, chosen on
-#: development digits 3 and 8 (``results/anomaly/hierarchical_sigma/``), on running statistics.
+#: development digits 0, 2, 3, 6 and 8 (``results/anomaly/hierarchical_dev_digits/``), on running statistics.
 HIERARCHICAL_SCORE = (PRESETS["cpu-hierarchical"]().score, "eval")
 
 
