@@ -59,7 +59,7 @@ def test_end_to_end_smoke_run_writes_results(tmp_path):
     assert proc.returncode == 0, proc.stderr
     run_dir = out / "heldout7-flow-seed1"
     for name in ("metrics.csv", "history.csv", "scores.pt", "precision_recall.png", "score_histograms.png",
-                 "ranked_joint.png", "run.json"):
+                 "ranked.png", "run.json"):
         assert (run_dir / name).exists(), name
     table = pd.read_csv(run_dir / "metrics.csv")
     assert set(table.score) == {"joint", "recon", "prior"}

@@ -337,6 +337,24 @@ def test_the_hierarchical_preset_prints_its_decision_function(tmp_path):
     assert "heldout7-flow-hierarchical-encoder-seed1" in proc.stdout
 
 
+@pytest.mark.parametrize("preset, score", [("cpu-hierarchical", "prior"), ("cpu-hybrid", "joint")])
+def test_the_ranked_images_follow_the_presets_decision_function(tmp_path, monkeypatch, preset, score):
+    from pyro_lfbm.harness import anomaly_experiment
+    from pyro_lfbm.tasks.anomaly import AnomalyResult
+
+    anomaly = experiment_script("anomaly")
+    cfg = anomaly.run_config(anomaly.build_parser().parse_args(["--preset", preset, "--out", str(tmp_path)]))
+    n = 6
+    scores = {"joint": torch.arange(n, dtype=torch.float), "recon": torch.rand(n),
+              "prior": -torch.arange(n, dtype=torch.float)}
+    result = AnomalyResult(rows=[{"score": "joint", "auprc": 0.5}], scores=scores, is_anomaly=torch.tensor([0, 1] * 3),
+                           test_x=torch.zeros(n, 1, 28, 28), scores_by_mode={"eval": scores})
+    ranked = []
+    monkeypatch.setattr(anomaly_experiment, "save_ranked_grid", lambda images, by, path: ranked.append((by, path.name)))
+    anomaly_experiment.save_anomaly_run(result, cfg, tmp_path / "run")
+    assert len(ranked) == 1 and ranked[0][1] == "ranked.png" and ranked[0][0] is scores[score]
+
+
 def test_conditional_prior_draws_follow_the_flows_conditional_by_quadrature():
     """MALA draws of z₂ given z₁ under a 2-d flow whose parameters all moved: their mean and variance are
     those of p(z₂ | z₁) ∝ p(z₁, z₂) integrated on a grid (here means near −3.7, 0.1 and 4.0, variances

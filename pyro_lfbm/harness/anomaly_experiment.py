@@ -82,7 +82,7 @@ CONFIG_KEYS = ("model", "guide")
 
 
 RUN_FILES = ("metrics.csv", "history.csv", "scores.pt", "precision_recall.png", "score_histograms.png",
-             "ranked_joint.png", "run.json")
+             "ranked.png", "run.json")
 
 
 def run_variant(cfg: AnomalyRunConfig, guide: str = "langevin", model: str = "latent") -> str:
@@ -295,7 +295,9 @@ def save_anomaly_run(result: AnomalyResult, cfg: AnomalyRunConfig, out: Path) ->
 
     metrics.csv has one row per BatchNorm mode and decision function; scores.pt holds the test
     scores of the first mode (each shape ``(N_test,)``), ``is_anomaly``, and under ``"batchnorm"`` the
-    scores of every scored mode (``{mode: {score: (N_test,)}}``); the figures use the first mode's.
+    scores of every scored mode (``{mode: {score: (N_test,)}}``); the figures use the first mode's, and
+    ranked.png (the 32 highest-scoring test images above the 32 lowest) ranks them by the preset's decision
+    function (:attr:`~pyro_lfbm.train.presets.Preset.score`), the one the command prints.
     For a model with several latent sites (``--model hierarchical``) scores.pt also holds the
     inferred ``z`` (N_test, D) of the first mode's scores and the sites' ``latent_dims``, so that per-layer
     scores (e.g. Havtorn et al.'s likelihood ratios, conditioning on the top layers) can be
@@ -312,5 +314,5 @@ def save_anomaly_run(result: AnomalyResult, cfg: AnomalyRunConfig, out: Path) ->
         title = f"held-out {cfg.heldout}, {cfg.prior} prior{', ' + variant if variant else ''}, seed {cfg.seed}"
         plot_precision_recall(result.is_anomaly, result.scores, stage / "precision_recall.png", title)
         plot_score_histograms(result.is_anomaly, result.scores, stage / "score_histograms.png", title)
-        save_ranked_grid(result.test_x, result.scores["joint"], stage / "ranked_joint.png")
+        save_ranked_grid(result.test_x, result.scores[anomaly_preset(cfg).score], stage / "ranked.png")
         write_json(stage / "run.json", run_record({"config": result.config}))
