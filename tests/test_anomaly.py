@@ -435,6 +435,7 @@ def test_the_cpu_hybrid_preset_brings_its_guide_and_scores_at_the_encoders_z(tmp
     assert run_recipe(vars(cfg)) == "cpu-hybrid" and run_recipe(vars(config("--preset", "cpu", "--guide", "hybrid"))) == "cpu hybrid"
     assert anomaly_preset(config("--preset", "cpu-hybrid", "--test-steps", "20")).learn.test_steps == 20
     assert (config().preset, config().guide, anomaly_preset(config()).learn.epochs) == ("cpu-hybrid", "hybrid", 20)
+    assert anomaly_preset(config()).model.sigma == 1.0  # chosen on development digits (results/anomaly/flat_sigma/)
     cpu = config("--preset", "cpu")
     assert cpu.guide == "langevin" and anomaly_preset(cpu).learn.test_steps == 100
     with pytest.raises(Exception, match="no encoder.*--preset cpu"):
