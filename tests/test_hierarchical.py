@@ -342,8 +342,7 @@ def test_the_ranked_images_follow_the_presets_decision_function(tmp_path, monkey
     from pyro_lfbm.harness import anomaly_experiment
     from pyro_lfbm.tasks.anomaly import AnomalyResult
 
-    anomaly = experiment_script("anomaly")
-    cfg = anomaly.run_config(anomaly.build_parser().parse_args(["--preset", preset, "--out", str(tmp_path)]))
+    cfg = anomaly_experiment.AnomalyRunConfig(preset=preset)
     n = 6
     scores = {"joint": torch.arange(n, dtype=torch.float), "recon": torch.rand(n),
               "prior": -torch.arange(n, dtype=torch.float)}
