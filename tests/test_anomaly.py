@@ -213,6 +213,19 @@ def test_paired_differences_compare_priors_only_at_shared_seeds():
     assert (only.min, only.max) == (pytest.approx(-0.02), pytest.approx(0.05))
 
 
+def test_the_report_says_so_when_no_seed_has_two_priors(tmp_path):
+    from pyro_lfbm.harness.anomaly_report import write_report
+
+    rows = [{"heldout": 7, "prior": "flow", "model": "latent", "score": score, "batchnorm": mode, "seed": 1, "auprc": 0.7,
+             "preset": "tiny", "epochs": 1, "test_steps": 0, "n_train": 10, "n_test": 10, "train_seconds": 1.0,
+             "test_seconds": 1.0} for score in ("joint", "prior") for mode in ("train", "eval")]
+    record = {"command": "test", "finished": "now", "machine": "here", "torch": "t", "pyro": "p"}
+    write_report(pd.DataFrame(rows), tmp_path / "README.md", record)
+    report = (tmp_path / "README.md").read_text()
+    assert report.count("No seed has the flow and another prior both run yet.") == 2
+    assert "| heldout   | other" not in report  # no empty table header
+
+
 def test_side_by_side_runners_keep_each_others_rows(tmp_path):
     from pyro_lfbm.harness.anomaly_report import append_rows, has_run, read_table
 

@@ -151,6 +151,13 @@ def paired_differences(table: pd.DataFrame, batchnorm: str = "train", score: str
     return pd.DataFrame(out, columns=columns).sort_values(["heldout", "other"], ignore_index=True)
 
 
+def paired_markdown(paired: pd.DataFrame) -> str:
+    """``paired_differences`` as a markdown table, or one sentence saying why there is none yet."""
+    if paired.empty:
+        return "No seed has the flow and another prior both run yet."
+    return paired.to_markdown(index=False, floatfmt="+.3f")
+
+
 def readable_targets(targets: pd.DataFrame) -> pd.DataFrame:
     """``target_table`` for reading: AUPRCs to 3 decimals, ``met`` and ``ahead`` as yes / no, and
     "not run" where a prior was not run."""
@@ -251,12 +258,12 @@ def write_report(table: pd.DataFrame, path: Path, record: dict, hierarchical_sco
         "`max`: AUPRC of the flow minus the other prior over the `seeds` both were run at; `wins`: seeds where",
         "the flow scored higher.",
         "",
-        paired_differences(table).to_markdown(index=False, floatfmt="+.3f"),
+        paired_markdown(paired_differences(table)),
         "",
         "The same for the prior term alone (−log p(z)) with BatchNorm in evaluation mode, where the priors",
         "differ most:",
         "",
-        paired_differences(table, batchnorm="eval", score="prior").to_markdown(index=False, floatfmt="+.3f"),
+        paired_markdown(paired_differences(table, batchnorm="eval", score="prior")),
         "",
         "## Runs: settings, time and the command of each",
         "",
