@@ -314,6 +314,8 @@ def test_the_hierarchical_preset_brings_its_model_guide_sigma_and_decision_funct
     preset = anomaly_preset(cfg)
     assert (cfg.model, cfg.guide, cfg.chain) == ("hierarchical", "encoder", "eager")
     assert preset.model.layer_dims == (20, 10, 10) and preset.model.latent_dim == 40 and preset.model.sigma == 0.5
+    # the flow's size, chosen on development digits (results/anomaly/hierarchical_flow_capacity/)
+    assert (preset.model.flow_steps, preset.model.flow_width) == (10, 128)
     assert (preset.learn.epochs, preset.learn.test_steps, preset.guide.kind, preset.score) == (40, 0, "encoder", "prior")
     assert run_folder_name(7, "flow", 1, run_variant(cfg)) == "heldout7-flow-hierarchical-encoder-seed1"
     assert checkpoint_name(cfg) == "lfbm-flow-hierarchical-encoder-heldout7-seed1-cpu-hierarchical.pt"
