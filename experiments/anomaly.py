@@ -95,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="--model hierarchical: also score by Havtorn et al.'s likelihood ratio LLR^{>K} (redraw the K "
                              "lowest latent layers from the prior given the others), one score llrK per K; with --iwae-particles "
                              "and --set layer_prior=top-down also llrK_iw, the ratio of two importance-weighted bounds")
+    parser.add_argument("--refit-epochs", type=cli.nonnegative_int, default=0, metavar="E",
+                        help="also score by prior_refit, -log q(z) with q a copy of the trained flow prior refit to the "
+                             "training images' test-time z for at most E epochs, stopped early on a tenth of them (the "
+                             "second stage of Dai & Wipf's two-stage VAE); 0 = off")
     cli.add_common_arguments(parser, default_out="runs/anomaly", presets=ANOMALY_PRESETS)
     return parser
 
@@ -113,6 +117,7 @@ def run_config(args: argparse.Namespace) -> AnomalyRunConfig:
             "prior": "use --prior", "sigma": "use --sigma", "image_shape": "the data set fixes it"}),
         skip_nonfinite=args.skip_nonfinite, chain=args.chain, model=args.model, guide=args.guide,
         sampler=args.sampler, encoder=args.encoder, iwae_particles=args.iwae_particles, llr_layers=tuple(args.llr_layers),
+        refit_epochs=args.refit_epochs,
     )
     anomaly_preset(cfg)
     cli.refuse_finished_run(Path(args.out) / run_folder_name(cfg.heldout, cfg.prior, cfg.seed, run_variant(cfg)), "run.json",
@@ -136,7 +141,8 @@ def main(args: argparse.Namespace) -> pd.DataFrame:
     for _, row in table[table.score == score].iterrows():
         print(f"AUPRC ({SCORE_NAMES[score]}, BatchNorm {row.batchnorm}) = {row.auprc:.3f}  (prevalence {row.prevalence:.3f})")
     where = f"scored {cfg.eval_only}" if cfg.eval_only else f"checkpoint in {cfg.checkpoint_dir}"
-    print(f"wrote {out}/ ({', '.join(RUN_FILES)}); {where}")
+    files = RUN_FILES + (("refit_history.csv",) if cfg.refit_epochs else ())
+    print(f"wrote {out}/ ({', '.join(files)}); {where}")
     return table
 
 

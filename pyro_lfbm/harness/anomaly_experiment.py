@@ -56,6 +56,7 @@ class AnomalyRunConfig:
     encoder: str = "mean-field"
     iwae_particles: int = 0
     llr_layers: Tuple[int, ...] = ()
+    refit_epochs: int = 0
 
     def __post_init__(self) -> None:
         if self.model is None:
@@ -187,6 +188,11 @@ def anomaly_preset(cfg: AnomalyRunConfig):
                          "add --guide encoder or --guide hybrid")
     if cfg.iwae_particles and "eval" not in BATCHNORM_CHOICES[cfg.batchnorm]:
         raise UsageError("--iwae-particles scores with BatchNorm on running statistics; use --batchnorm eval, both or all")
+    if cfg.refit_epochs < 0:
+        raise UsageError(f"--refit-epochs must be at least 0, got {cfg.refit_epochs}")
+    if cfg.refit_epochs and preset.model.prior != "flow":
+        raise UsageError(f"--refit-epochs refits the prior by maximum likelihood, and the {preset.model.prior} prior cannot be "
+                         "(the Gaussian has no parameters, the energy prior no normalised density); use --prior flow")
     if cfg.llr_layers:
         layers = len(preset.model.layer_dims or ())
         if not layers:
@@ -286,7 +292,7 @@ def run_anomaly(cfg: AnomalyRunConfig) -> AnomalyResult:
         checkpoint_path=checkpoint_dir / checkpoint_name(cfg) if checkpoint_dir and not cfg.eval_only else None,
         config=config, config_keys=CONFIG_KEYS, preset_name=cfg.preset, progress=cfg.progress,
         skip_nonfinite=cfg.skip_nonfinite, compile_chain=compiled_chain(cfg.chain), iwae_particles=cfg.iwae_particles,
-        llr_layers=tuple(cfg.llr_layers),
+        llr_layers=tuple(cfg.llr_layers), refit_epochs=cfg.refit_epochs,
     )
 
 
@@ -301,7 +307,9 @@ def save_anomaly_run(result: AnomalyResult, cfg: AnomalyRunConfig, out: Path) ->
     For a model with several latent sites (``--model hierarchical``) scores.pt also holds the
     inferred ``z`` (N_test, D) of the first mode's scores and the sites' ``latent_dims``, so that per-layer
     scores (e.g. Havtorn et al.'s likelihood ratios, conditioning on the top layers) can be
-    computed later without repeating the inference.
+    computed later without repeating the inference. With ``--refit-epochs``, refit_history.csv holds
+    each mode's second-stage fit, one row per epoch (:class:`~pyro_lfbm.train.refit.CodeDensityFit`),
+    with ``kept`` marking the epoch whose state scored.
     """
     saved = dict(result.scores) | {"is_anomaly": result.is_anomaly, "batchnorm": result.scores_by_mode}
     if len(getattr(result.model, "latent_sites", ())) > 1 and result.latents is not None:
@@ -309,6 +317,10 @@ def save_anomaly_run(result: AnomalyResult, cfg: AnomalyRunConfig, out: Path) ->
     with staged_output(Path(out)) as stage:
         pd.DataFrame(result.rows).to_csv(stage / "metrics.csv", index=False)
         pd.DataFrame(result.history).to_csv(stage / "history.csv", index=False)
+        if result.refits:
+            pd.DataFrame([{"batchnorm": mode, **row, "kept": row["epoch"] == fit.best_epoch}
+                          for mode, fit in result.refits.items() for row in fit.history]).to_csv(
+                stage / "refit_history.csv", index=False)
         save_tensors(saved, stage / "scores.pt")
         variant = run_variant(cfg)
         title = f"held-out {cfg.heldout}, {cfg.prior} prior{', ' + variant if variant else ''}, seed {cfg.seed}"

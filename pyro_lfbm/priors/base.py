@@ -16,7 +16,13 @@ class LatentPrior(PyroModule):
     whose ``log_prob`` is differentiable in ``z`` and in the prior's parameters.
 
     :param int latent_dim: size D of the latent vector.
+
+    ``normalised_density`` says whether ``log_prob`` is the normalised log density (True here; a prior
+    whose ``log_prob`` is known only up to a constant, such as the energy prior, sets it False, and what
+    needs a true likelihood, e.g. :func:`~pyro_lfbm.train.refit.refit_prior`, refuses it).
     """
+
+    normalised_density: bool = True
 
     def __init__(self, latent_dim: int):
         super().__init__()

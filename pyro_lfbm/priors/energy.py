@@ -78,6 +78,8 @@ class EnergyPrior(LatentPrior):
     so ``SVI(model, LangevinGuide(model), ...)`` takes the correct LEBM learning step.
     """
 
+    normalised_density = False  # log_prob is -E(z) + log N(z; 0, I), without log Z
+
     def __init__(
         self,
         latent_dim: int,

@@ -87,6 +87,11 @@ class TopDownPrior(LatentPrior):
         self.conditioners = nn.ModuleList(
             AffineConditioner(sum(dims[:l]), (hidden_dim, hidden_dim), dims[l], LOG_SCALE_BOUND) for l in range(1, len(dims)))
 
+    @property
+    def normalised_density(self) -> bool:
+        """Normalised when every layer's prior is (the conditionals are shifted and scaled copies of them)."""
+        return all(p.normalised_density for p in self.layer_priors)
+
     def _shift_log_scale(self, layer: int, upper: torch.Tensor):
         """(μ_l, log s_l) of layer ``layer`` ≥ 1 (0-based) given the layers above, upper (..., Σ_{k<l} d_k)."""
         return self.conditioners[layer - 1](upper)

@@ -27,6 +27,7 @@ from pyro_lfbm.train.checkpoint import CheckpointError, check_config_compatible,
 from pyro_lfbm.train.loop import trainer_state
 from pyro_lfbm.train.presets import Preset, preset_model
 from pyro_lfbm.train.recipe import build, isolated, train_recipe
+from pyro_lfbm.train.refit import CodeDensityFit, refit_prior
 
 __all__ = ["AnomalyResult", "BATCHNORM_MODES", "load_trained_model", "run_anomaly"]
 
@@ -46,6 +47,8 @@ class AnomalyResult:
     :ivar dict scores: the first mode's scores, ``{"joint", "recon", "prior"}`` (and ``"iwae"``, ``"llr1"``, ...)
         each (N_test,).
     :ivar dict scores_by_mode: every scored BatchNorm mode's scores, ``{mode: {"joint", "recon", "prior"}}``.
+    :ivar dict refits: with ``refit_epochs``, each scored mode's second-stage fit,
+        ``{mode: CodeDensityFit}`` (:func:`~pyro_lfbm.train.refit.refit_prior`).
     :ivar torch.Tensor is_anomaly: (N_test,) 1 = held-out digit.
     :ivar torch.Tensor test_x: (N_test, C, H, W) test images.
     :ivar list history: per-epoch training records (of the checkpoint when one was scored).
@@ -64,6 +67,7 @@ class AnomalyResult:
     config: Dict = field(default_factory=dict)
     latents: Optional[torch.Tensor] = None
     scores_by_mode: Dict[str, Dict[str, torch.Tensor]] = field(default_factory=dict)
+    refits: Dict[str, CodeDensityFit] = field(default_factory=dict)
 
 
 def load_trained_model(model: torch.nn.Module, path: str | Path, config: Optional[dict] = None,
@@ -133,6 +137,7 @@ def run_anomaly(
     iwae_particles: int = 0,
     llr_layers: Sequence[int] = (),
     recalibration_images: int = 10_000,
+    refit_epochs: int = 0,
 ) -> AnomalyResult:
     """Learn ``preset``'s model from ``split.train_x`` (or load ``trained_checkpoint``) and score ``split.test_x``.
 
@@ -165,6 +170,12 @@ def run_anomaly(
         generator's at the z the test-time inference gives it (the chain's own steps are not counted).
         The test images are then scored on those statistics, each on its own; the training's
         statistics are restored afterwards.
+    :param refit_epochs: E > 0 adds the decision function ``"prior_refit"``, −log q(z) at the test-time z,
+        where q is a copy of the trained prior refit by maximum likelihood to the test-time z of the
+        training images (inferred as the test images are, in the same BatchNorm mode) for at most E epochs,
+        stopped early on a seeded tenth of them (:func:`~pyro_lfbm.train.refit.refit_prior`; the second
+        stage of Dai & Wipf's two-stage VAE, ICLR 2019). It needs a prior with parameters and a normalised
+        density (the flow). The fit's time counts in ``test_seconds``.
 
     A preset with an encoder (``guide`` ``"encoder"`` or ``"hybrid"``) scores with test chains
     started at the encoder mean μ_φ(x) instead of z₀ ~ N(0, I) (the encoder in the scoring BatchNorm
@@ -193,6 +204,11 @@ def run_anomaly(
     if any(isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < num_layers for k in llr_layers):
         raise ValueError(f"llr_layers must be layer counts from 1 to {num_layers - 1} of a hierarchical model, got {tuple(llr_layers)}"
                          if num_layers else "llr_layers needs a hierarchical model (preset.model.layer_dims)")
+    if isinstance(refit_epochs, bool) or not isinstance(refit_epochs, int) or refit_epochs < 0:
+        raise ValueError(f"refit_epochs must be 0 (off) or a number of epochs, got {refit_epochs!r}")
+    if refit_epochs and preset.model.prior != "flow":
+        raise ValueError(f"refit_epochs refits the prior by maximum likelihood, and the {preset.model.prior} prior "
+                         "cannot be (the Gaussian has no parameters, the energy prior no normalised density); use the flow prior")
     learn = preset.learn
     config = dict(config or {"model": preset.to_dict()["model"]})
     with isolated(seed):
@@ -209,17 +225,27 @@ def run_anomaly(
             epochs_trained = learn.epochs
         train_seconds = sum(row["seconds"] for row in history)
 
-        rows, first_scores, scores_by_mode = [], None, {}
+        rows, first_scores, scores_by_mode, refits = [], None, {}, {}
         encoder = recipe.encoder_guide
         kind = preset_model(preset)
         for mode in modes:
             started = time.perf_counter()
             with _batchnorm_context(mode, model, encoder, split.train_x, learn, seed, recalibration_images):
-                scores, inferred = anomaly_scores(model, split.test_x, num_steps=learn.test_steps, step_size=learn.test_step_size,
-                                           batch_size=learn.test_batch_size, batchnorm="train" if mode == "train" else "eval",
-                                           seed=seed, progress=progress,
-                                           inference=sharded_inference,  # infer_dataset itself in one process
-                                           compile=compile_chain, init=encoder.init_fn if encoder is not None else None)
+                def score(x: torch.Tensor):
+                    return anomaly_scores(model, x, num_steps=learn.test_steps, step_size=learn.test_step_size,
+                                          batch_size=learn.test_batch_size, batchnorm="train" if mode == "train" else "eval",
+                                          seed=seed, progress=progress,
+                                          inference=sharded_inference,  # infer_dataset itself in one process
+                                          compile=compile_chain, init=encoder.init_fn if encoder is not None else None)
+
+                scores, inferred = score(split.test_x)
+                if refit_epochs:
+                    with batchnorm_statistics_kept(model, *([encoder] if encoder is not None else [])):
+                        _, training_codes = score(split.train_x)  # (batch statistics must not move the running ones)
+                    refits[mode] = refit_prior(model.prior, training_codes.z, epochs=refit_epochs, seed=seed, progress=progress)
+                    with torch.no_grad():
+                        q = refits[mode].prior
+                        scores["prior_refit"] = -q.log_prob(inferred.z.to(q.base_loc.device)).cpu()
                 if iwae_particles and mode == "eval":
                     proposal = (GaussianProposal.from_guide(encoder, split.test_x, batch_size=learn.test_batch_size)
                                 if preset.guide.encoder == "mean-field" else GuideProposal(encoder, split.test_x))
@@ -255,4 +281,4 @@ def run_anomaly(
             if first_scores is None:
                 first_scores, latents = scores, inferred.z
     return AnomalyResult(rows, first_scores, split.test_is_anomaly, split.test_x, history, model, config, latents,
-                         scores_by_mode)
+                         scores_by_mode, refits)

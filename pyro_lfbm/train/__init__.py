@@ -1,7 +1,8 @@
 """Training: the one epoch loop (:func:`fit_steps`: checkpoints, exact resume, non-finite guards,
 progress) and every trainer it drives: SVI (:class:`SVITrainer`, :func:`fit`; LFBM, ABP, LEBM,
 LFBM-VAE and LFBM-hybrid through the one recipe :func:`build` / :func:`train_recipe`), the
-post-hoc encoder (:func:`fit_encoder`), GLF (:class:`GLFTrainer`) and CoopFlow
+post-hoc encoder (:func:`fit_encoder`), the second-stage density of a trained model's codes
+(:func:`refit_prior`), GLF (:class:`GLFTrainer`) and CoopFlow
 (:class:`CoopFlowTrainer`); atomic checkpoints; presets and configurations as frozen dataclasses."""
 
 from pyro_lfbm.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -11,10 +12,12 @@ from pyro_lfbm.train.encoder import fit_encoder
 from pyro_lfbm.train.glf import GLFConfig, GLFTrainer, glf_preset
 from pyro_lfbm.train.presets import GUIDES, PRESETS, PRIORS, GuideConfig, LearnConfig, ModelConfig, Preset, get_preset
 from pyro_lfbm.train.recipe import Recipe, build, fit_preset, isolated, run_tag, train_recipe, with_epochs
+from pyro_lfbm.train.refit import CodeDensityFit, refit_prior
 from pyro_lfbm.train.svi import OptimConfig, SVITrainer, check_param_store, fit
 
 __all__ = [
     "CheckpointError",
+    "CodeDensityFit",
     "CoopFlowConfig",
     "CoopFlowOptim",
     "CoopFlowTrainer",
@@ -45,6 +48,7 @@ __all__ = [
     "glf_preset",
     "isolated",
     "load_checkpoint",
+    "refit_prior",
     "run_tag",
     "save_checkpoint",
     "train_recipe",
