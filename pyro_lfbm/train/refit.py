@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from pyro_lfbm.priors.base import LatentPrior
 from pyro_lfbm.train.loop import fit_steps
+from pyro_lfbm.train.presets import _check_int, _check_positive
 
 __all__ = ["CodeDensityFit", "refit_prior"]
 
@@ -100,7 +101,7 @@ def refit_prior(
     if not getattr(prior, "normalised_density", False):
         raise ValueError(f"{type(prior).__name__} has an unnormalised density, which maximum likelihood cannot refit; "
                          "use a prior with a normalised density (the flow prior)")
-    if not any(True for _ in prior.parameters()):
+    if next(iter(prior.parameters()), None) is None:
         raise ValueError(f"{type(prior).__name__} has no parameters to refit (the Gaussian prior is a fixed N(0, I)); "
                          "use the flow prior")
     if codes.dim() != 2 or codes.shape[1] != prior.latent_dim:
@@ -108,12 +109,10 @@ def refit_prior(
     if not torch.isfinite(codes).all():
         raise ValueError("codes contain NaN or infinity; the inference that produced them diverged")
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("patience", patience)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+        _check_int(name, value, 1)
     if not 0 < validation_fraction < 1:
         raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr!r}")
+    _check_positive("lr", lr)
     num_validation = max(1, round(validation_fraction * codes.shape[0]))
     if codes.shape[0] - num_validation < 1:
         raise ValueError(f"{codes.shape[0]} codes leave none to fit after holding out {num_validation} for validation; "
@@ -121,9 +120,9 @@ def refit_prior(
     batch_size = min(batch_size, codes.shape[0] - num_validation)
 
     fitted = copy.deepcopy(prior)
-    device = next(iter(fitted.parameters())).device
+    like = next(iter(fitted.parameters()))
     order = torch.randperm(codes.shape[0], generator=torch.Generator().manual_seed(seed))
-    codes = codes.detach().to(device=device, dtype=next(iter(fitted.parameters())).dtype)
+    codes = codes.detach().to(device=like.device, dtype=like.dtype)
     validation, fit_codes = codes[order[:num_validation]], codes[order[num_validation:]]
     trainer = _MaximumLikelihood(fitted, lr)
 
@@ -135,7 +134,7 @@ def refit_prior(
     for epoch in bar:
         started = time.perf_counter()
         fitted.train()
-        row = fit_steps(trainer, fit_codes, epochs=1, batch_size=batch_size, seed=seed + epoch, device=device,
+        row = fit_steps(trainer, fit_codes, epochs=1, batch_size=batch_size, seed=seed + epoch, device=like.device,
                         progress=False).epochs[0]
         fitted.eval()
         nll = _mean_nll(fitted, validation)
