@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also score by prior_refit, -log q(z) with q a copy of the trained flow prior refit to the "
                              "training images' test-time z for at most E epochs, stopped early on a tenth of them (the "
                              "second stage of Dai & Wipf's two-stage VAE); 0 = off")
+    parser.add_argument("--ema", type=cli.positive_float, default=None, metavar="DECAY",
+                        help="keep an exponential moving average of the weights (Polyak averaging) with this decay, "
+                             "e.g. 0.999, and score the averaged model; with --eval-only, score a checkpoint's average")
     cli.add_common_arguments(parser, default_out="runs/anomaly", presets=ANOMALY_PRESETS)
     return parser
 
@@ -117,7 +120,7 @@ def run_config(args: argparse.Namespace) -> AnomalyRunConfig:
             "prior": "use --prior", "sigma": "use --sigma", "image_shape": "the data set fixes it"}),
         skip_nonfinite=args.skip_nonfinite, chain=args.chain, model=args.model, guide=args.guide,
         sampler=args.sampler, encoder=args.encoder, iwae_particles=args.iwae_particles, llr_layers=tuple(args.llr_layers),
-        refit_epochs=args.refit_epochs,
+        refit_epochs=args.refit_epochs, ema=args.ema,
     )
     anomaly_preset(cfg)
     cli.refuse_finished_run(Path(args.out) / run_folder_name(cfg.heldout, cfg.prior, cfg.seed, run_variant(cfg)), "run.json",

@@ -57,6 +57,7 @@ class AnomalyRunConfig:
     iwae_particles: int = 0
     llr_layers: Tuple[int, ...] = ()
     refit_epochs: int = 0
+    ema: Optional[float] = None
 
     def __post_init__(self) -> None:
         if self.model is None:
@@ -102,7 +103,7 @@ def run_recipe(run: Dict) -> str:
     ``"paper"``, ``"cpu-hybrid ebm"``, ``"cpu hierarchical-encoder"``, ``"cpu lr=0.0004 generator_hidden=512"``,
     ``"cpu-hybrid test_steps=20"``. Runs of one recipe at different lengths or seeds share it."""
     cfg = AnomalyRunConfig(**{k: v for k, v in run.items() if k in AnomalyRunConfig.__dataclass_fields__})
-    overrides = {"lr": cfg.lr, "sigma": cfg.sigma, "test_steps": cfg.test_steps, **(cfg.model_overrides or {})}
+    overrides = {"lr": cfg.lr, "sigma": cfg.sigma, "test_steps": cfg.test_steps, "ema": cfg.ema, **(cfg.model_overrides or {})}
     parts = [cfg.preset, "" if cfg.prior == "flow" else cfg.prior, run_variant(cfg, guide=preset_guide(cfg.preset), model=preset_model_name(cfg.preset)),
              *(f"{key}={','.join(map(str, value)) if isinstance(value, (list, tuple)) else value}"
                for key, value in overrides.items() if value is not None)]
@@ -164,6 +165,10 @@ def anomaly_preset(cfg: AnomalyRunConfig):
         if not cfg.lr > 0:
             raise UsageError(f"--lr must be positive, got {cfg.lr}")
         learn = replace(learn, optim=replace(learn.optim, lr=cfg.lr))
+    if cfg.ema is not None:
+        if not 0 < cfg.ema < 1:
+            raise UsageError(f"--ema must be a decay in (0, 1), e.g. 0.999, got {cfg.ema}")
+        learn = replace(learn, optim=replace(learn.optim, ema_decay=cfg.ema))
     if cfg.epochs is not None:
         if cfg.epochs < 1:
             raise UsageError(f"--epochs must be at least 1, got {cfg.epochs}")

@@ -23,6 +23,7 @@ from pyro_lfbm.metrics.anomaly import (anomaly_metrics, anomaly_scores, importan
                                        lower_layer_likelihood_ratio)
 from pyro_lfbm.metrics.evaluation import GaussianProposal, GuideProposal, iwae_log_px, latent_rate
 from pyro_lfbm.train.distributed import sharded_inference
+from pyro_lfbm.train.averaging import ExponentialAverage
 from pyro_lfbm.train.checkpoint import CheckpointError, check_config_compatible, load_checkpoint
 from pyro_lfbm.train.loop import trainer_state
 from pyro_lfbm.train.presets import Preset, preset_model
@@ -71,11 +72,15 @@ class AnomalyResult:
 
 
 def load_trained_model(model: torch.nn.Module, path: str | Path, config: Optional[dict] = None,
-                       config_keys: Sequence[str] = ("model",), guide: Optional[torch.nn.Module] = None) -> List[Dict]:
+                       config_keys: Sequence[str] = ("model",), guide: Optional[torch.nn.Module] = None,
+                       average: Optional[ExponentialAverage] = None) -> List[Dict]:
     """Load the model state of a training checkpoint at ``path`` into ``model`` (and the guide's
     state into ``guide``, e.g. the encoder of an encoder or hybrid run); returns its history.
 
-    :raises CheckpointError: the file is not a finished checkpoint of a model of this configuration.
+    :param average: the trainer's weight average (:attr:`~pyro_lfbm.train.svi.SVITrainer.average`, over
+        ``model`` and ``guide``): the checkpoint's average is loaded into it and then into the modules.
+    :raises CheckpointError: the file is not a finished checkpoint of a model of this configuration, or
+        ``average`` is asked of a checkpoint trained without one.
     """
     ckpt = load_checkpoint(path)
     if config is not None:
@@ -83,12 +88,17 @@ def load_trained_model(model: torch.nn.Module, path: str | Path, config: Optiona
     if not ckpt.get("epoch", 0):
         raise CheckpointError(f"{path} has not finished one epoch of training (it was interrupted in the first); "
                               "finish the run with --resume before scoring it")
+    state = trainer_state(ckpt)
+    if average is not None and state.get("average") is None:
+        raise CheckpointError(f"{path} was trained without weight averaging; score it without --ema")
     try:
-        state = trainer_state(ckpt)
         model.load_state_dict(state["model"])
         if guide is not None and state.get("guide") is not None:
             guide.load_state_dict(state["guide"])
-    except RuntimeError:
+        if average is not None:
+            average.load_state_dict(state["average"])
+            average.copy_to([module for module in (model, guide) if module is not None])
+    except (RuntimeError, ValueError):
         raise CheckpointError(f"{path} does not fit this model; pass the --preset and --prior it was trained with") from None
     return list(ckpt.get("history", []))
 
@@ -216,7 +226,8 @@ def run_anomaly(
         model = recipe.model
         if trained_checkpoint is not None:
             guide = recipe.guide if isinstance(recipe.guide, torch.nn.Module) else None
-            history = load_trained_model(model, trained_checkpoint, config, config_keys, guide=guide)
+            history = load_trained_model(model, trained_checkpoint, config, config_keys, guide=guide,
+                                         average=recipe.trainer.average)
             epochs_trained = len(history)
         else:
             history = train_recipe(recipe, split.train_x, seed=seed, checkpoint_path=checkpoint_path, resume=resume,

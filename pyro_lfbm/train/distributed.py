@@ -545,6 +545,7 @@ class DataParallelSVI:
         loss = sum_across_processes(loss)
         svi.optim(params)
         pyro.infer.util.zero_grads(params)
+        trainer.update_average()
         chains = getattr(guide, "chains", None)
         if chains is not None and self._index is not None and getattr(guide, "last_state", None) is not None:
             position = {name: gather_rows(value, total) for name, value in guide.last_state.position.items()}

@@ -157,6 +157,9 @@ class LearnConfig:
             _check_positive("prior_lr", self.optim.prior_lr)
         if not 0 < self.optim.gamma <= 1:
             raise ValueError(f"gamma must be in (0, 1], got {self.optim.gamma}")
+        ema = self.optim.ema_decay
+        if ema is not None and (isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0 < ema < 1):
+            raise ValueError(f"ema_decay must be None (no weight averaging) or a number in (0, 1), e.g. 0.999, got {ema!r}")
         return self
 
 
@@ -265,6 +268,8 @@ class Preset:
         """``{"model": ..., "learn": ...}`` (plus ``"guide"`` when it is not the default Langevin guide,
         so that the checkpoint names and configs of Langevin runs stay those of earlier versions)."""
         out = {"model": asdict(self.model), "learn": asdict(self.learn)}
+        if self.learn.optim.ema_decay is None:  # (configs without weight averaging stay those of earlier versions)
+            del out["learn"]["optim"]["ema_decay"]
         if not self.model.layer_dims:  # (configs of one-layer models stay those of earlier versions)
             del out["model"]["layer_dims"]
         if self.model.layer_prior == "joint":  # (and those of hierarchical models with the joint prior)

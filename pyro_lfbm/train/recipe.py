@@ -143,7 +143,9 @@ def train_recipe(
 ) -> History:
     """Learn ``recipe`` from images x (N, C, H, W) for the preset's epochs and batch size by
     :func:`~pyro_lfbm.train.svi.fit` driving ``recipe.trainer`` (the epoch loop with checkpoints,
-    resume and non-finite guards).
+    resume and non-finite guards). With the preset's ``optim.ema_decay`` the model and guide end with
+    the averaged weights (:meth:`~pyro_lfbm.train.svi.SVITrainer.load_average`; the checkpoint keeps
+    the last weights and the average both, so a resumed run continues exactly).
 
     :param mask: optional per-image masks (N, C, H, W), 1 = observed, passed to ``model(x, mask)``.
     :param seed: fixes the batch order of every epoch.
@@ -151,12 +153,16 @@ def train_recipe(
     """
     learn = recipe.preset.learn
     clear_cache = getattr(recipe.model.prior, "clear_cache", None)
-    return fit(
+    history = fit(
         recipe.model, recipe.guide, x, epochs=learn.epochs, batch_size=learn.batch_size, mask=mask, trainer=recipe.trainer,
         seed=seed, checkpoint_path=checkpoint_path, resume=resume, config=config, config_keys=tuple(config_keys),
         progress=progress, skip_nonfinite=skip_nonfinite,
         after_step=(lambda _step: clear_cache()) if clear_cache is not None else None,
     )
+    recipe.trainer.load_average()
+    if clear_cache is not None:
+        clear_cache()
+    return history
 
 
 def with_epochs(preset: Preset, epochs: Optional[int]) -> Preset:

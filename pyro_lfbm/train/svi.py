@@ -9,6 +9,7 @@ and on Ctrl-C, and ``resume=True`` continues from the exact batch where it stopp
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Optional
@@ -19,6 +20,7 @@ from pyro.infer import SVI, Trace_ELBO
 
 from pyro_lfbm.infer.modes import eval_mode
 from pyro_lfbm.train import distributed
+from pyro_lfbm.train.averaging import ExponentialAverage
 from pyro_lfbm.train.loop import History, check_training_data, fit_steps
 
 
@@ -27,13 +29,16 @@ class OptimConfig:
     """Adam with per-epoch exponential decay (paper: lr 4e-4, betas (0.5, 0.999), gamma 0.998).
 
     ``prior_lr``, when set, is the learning rate of the parameters under ``prior.`` (LEBM trains
-    its energy network at 2e-5 and the generator at 1e-4).
+    its energy network at 2e-5 and the generator at 1e-4). ``ema_decay``, when set, keeps an
+    exponential moving average of the weights beside them (:class:`~pyro_lfbm.train.averaging.ExponentialAverage`;
+    Polyak averaging), which :func:`~pyro_lfbm.train.recipe.train_recipe` puts into the model at the end.
     """
 
     lr: float = 4e-4
     betas: tuple = (0.5, 0.999)
     gamma: float = 0.998
     prior_lr: Optional[float] = None
+    ema_decay: Optional[float] = None
 
     def args_for(self, param_name: str) -> dict:
         lr = self.prior_lr if self.prior_lr is not None and param_name.startswith("prior.") else self.lr
@@ -50,6 +55,10 @@ class SVITrainer:
     returns the loss per example and the learning rate in use. :meth:`load_state_dict` works both
     in a fresh process (resume) and in the middle of a run (the loop undoes a non-finite update
     with it): the optimizer states are put back into live Adam objects at once.
+
+    With ``optim.ema_decay`` it also keeps :attr:`average`, an
+    :class:`~pyro_lfbm.train.averaging.ExponentialAverage` of the model's and the guide's state,
+    updated after every step and saved with the trainer's state; :meth:`load_average` puts it in.
     """
 
     def __init__(self, model: Callable, guide: Callable, optim: Optional[OptimConfig] = None,
@@ -57,7 +66,11 @@ class SVITrainer:
         self.model, self.guide = model, guide
         self.optim = optim or OptimConfig()
         self.loss = loss or Trace_ELBO()
+        self.average = ExponentialAverage(self._modules(), self.optim.ema_decay) if self.optim.ema_decay else None
         self._build()
+
+    def _modules(self) -> list:
+        return [module for module in (self.model, self.guide) if isinstance(module, torch.nn.Module)]
 
     def _build(self) -> None:
         self.scheduler = self.optim.build()
@@ -65,7 +78,18 @@ class SVITrainer:
 
     def step(self, x: torch.Tensor, *mask: torch.Tensor) -> Dict[str, float]:
         loss = self.svi.step(x, *mask) / x.shape[0]
+        self.update_average()
         return {"loss": loss, "lr": _current_lr(self.scheduler, self.optim.lr)}
+
+    def update_average(self) -> None:
+        """Move the weight average (if any) towards the weights after an update."""
+        if self.average is not None:
+            self.average.update(self._modules())
+
+    def load_average(self) -> None:
+        """Put the averaged weights into the model and the guide (nothing without ``optim.ema_decay``)."""
+        if self.average is not None:
+            self.average.copy_to(self._modules())
 
     def set_positions(self, index: torch.Tensor) -> None:
         """Tell the guide the dataset positions (B,) of the next batch (persistent Langevin chains)."""
@@ -80,13 +104,23 @@ class SVITrainer:
         guide = self.guide.state_dict() if isinstance(self.guide, torch.nn.Module) else None
         # states set but not yet taken up by a parameter (right after a resume) are part of the state too
         optim = {**getattr(self.scheduler, "_state_waiting_to_be_consumed", {}), **self.scheduler.get_state()}
-        return {"model": model, "guide": guide, "optim": optim}
+        state = {"model": model, "guide": guide, "optim": optim}
+        if self.average is not None:
+            state["average"] = self.average.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         if isinstance(self.model, torch.nn.Module):
             self.model.load_state_dict(state["model"])
         if isinstance(self.guide, torch.nn.Module) and state.get("guide") is not None:
             self.guide.load_state_dict(state["guide"])
+        if self.average is not None:
+            if state.get("average") is None:
+                warnings.warn("the checkpoint was trained without weight averaging: the average starts from its weights",
+                              UserWarning, stacklevel=2)
+                self.average = ExponentialAverage(self._modules(), self.optim.ema_decay)
+            else:
+                self.average.load_state_dict(state["average"])
         # Fresh Adam/scheduler objects: Pyro hands a saved state only to an optimizer it creates.
         self._build()
         self.scheduler.set_state(state["optim"])
