@@ -26,7 +26,7 @@ if str(ROOT) not in sys.path:
 
 from pyro_lfbm.infer import LangevinGuide  # noqa: E402
 from pyro_lfbm.train import distributed, fit, get_preset  # noqa: E402
-from pyro_lfbm.train.svi import OptimConfig  # noqa: E402
+from pyro_lfbm.train.svi import OptimConfig, SVITrainer  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--score", type=int, default=0, help="also score this many images (train-mode BatchNorm)")
+    parser.add_argument("--ema", type=float, default=None, help="keep a moving average of the weights with this decay")
     parser.add_argument("--cli", action="store_true", help="go through the scripts' error wrapper (run_cli)")
     return parser
 
@@ -71,7 +72,9 @@ def run(args: argparse.Namespace) -> Dict:
                           persistent=args.n if args.persistent else None)
     x = data(args.n, dtype)
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    history = fit(model, guide, x, epochs=args.epochs, batch_size=args.batch_size, optim=SGDConfig(lr=2e-6) if args.optim == "sgd" else OptimConfig(lr=2e-3), seed=3,
+    optim = SGDConfig(lr=2e-6, ema_decay=args.ema) if args.optim == "sgd" else OptimConfig(lr=2e-3, ema_decay=args.ema)
+    trainer = SVITrainer(model, guide, optim)
+    history = fit(model, guide, x, epochs=args.epochs, batch_size=args.batch_size, trainer=trainer, seed=3,
                   checkpoint_path=args.checkpoint, resume=args.resume, progress=False)
     world = distributed.current()
     z_last = guide.latents["z"]
@@ -84,6 +87,8 @@ def run(args: argparse.Namespace) -> Dict:
         "z_last": z_last.detach().clone(),
         "rank": 0 if world is None else world.rank,
     }
+    if trainer.average is not None:
+        out["average"] = trainer.average.averages[0]
     if args.persistent:
         out["chains"] = guide.chains.state()
     if args.score:

@@ -55,6 +55,8 @@ CASES = [
     ("anomaly", ["--refit-epochs", "3", "--prior", "gaussian", *TINY], 2, "use --prior flow"),
     ("anomaly", ["--refit-epochs", "3", "--prior", "ebm", *TINY], 2, "use --prior flow"),
     ("anomaly", ["--refit-epochs", "-1"], 2, "--refit-epochs"),
+    ("anomaly", ["--ema", "1.5", *TINY], 2, "--ema must be a decay in (0, 1)"),
+    ("anomaly", ["--ema", "0"], 2, "--ema"),
     ("anomaly", ["--llr-layers", "1", *TINY], 2, "add --model hierarchical"),
     ("anomaly", ["--llr-layers", "3", "--model", "hierarchical", *TINY], 2, "from 1 to 2"),
     ("anomaly", ["--llr-layers", "0", "--model", "hierarchical", *TINY], 2, "--llr-layers"),

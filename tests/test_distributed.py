@@ -161,14 +161,16 @@ def _assert_close_states(mine, reference, tol):
 def test_two_processes_train_and_score_as_one(tmp_path):
     """2 gloo processes over the same global batches give the one-process parameters (float64, SGD,
     so that an error in the gradient's scale would show; BatchNorm in the generator; persistent
-    chains), the same per-example Langevin noise (the last batch's latents) and the same scores."""
-    args = ["--out", str(tmp_path / "two"), "--epochs", "3", "--persistent", "--score", "10"]
+    chains; a moving average of the weights), the same per-example Langevin noise (the last batch's latents)
+    and the same scores."""
+    args = ["--out", str(tmp_path / "two"), "--epochs", "3", "--persistent", "--score", "10", "--ema", "0.5"]
     codes, _ = _launch(args, tmp_path)
     assert codes == [0, 0]
     reference = worker.run(worker.build_parser().parse_args(args))
     ranks = [torch.load(tmp_path / "two" / f"rank{r}.pt", weights_only=False) for r in range(2)]
     for r in ranks:
         _assert_close_states(r["model"], reference["model"], 1e-10)
+        _assert_close_states(r["average"], reference["average"], 1e-10)
         assert torch.allclose(r["z_last"], reference["z_last"], rtol=1e-10, atol=1e-10)
         assert [row["loss"] for row in r["history"]] == pytest.approx([row["loss"] for row in reference["history"]], rel=1e-12)
         assert torch.equal(r["chains"]["visited"], reference["chains"]["visited"])

@@ -1,10 +1,11 @@
 """Training: the one epoch loop (:func:`fit_steps`: checkpoints, exact resume, non-finite guards,
 progress) and every trainer it drives: SVI (:class:`SVITrainer`, :func:`fit`; LFBM, ABP, LEBM,
 LFBM-VAE and LFBM-hybrid through the one recipe :func:`build` / :func:`train_recipe`), the
-post-hoc encoder (:func:`fit_encoder`), the second-stage density of a trained model's codes
+post-hoc encoder (:func:`fit_encoder`), the weights' moving average (:class:`ExponentialAverage`), the second-stage density of a trained model's codes
 (:func:`refit_prior`), GLF (:class:`GLFTrainer`) and CoopFlow
 (:class:`CoopFlowTrainer`); atomic checkpoints; presets and configurations as frozen dataclasses."""
 
+from pyro_lfbm.train.averaging import ExponentialAverage
 from pyro_lfbm.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from pyro_lfbm.train.loop import MAX_SKIPS_IN_A_ROW, History, StepTrainer, check_training_data, fit_steps, trainer_state
 from pyro_lfbm.train.coopflow import CoopFlowConfig, CoopFlowOptim, CoopFlowTrainer, coopflow_preset
@@ -21,6 +22,7 @@ __all__ = [
     "CoopFlowConfig",
     "CoopFlowOptim",
     "CoopFlowTrainer",
+    "ExponentialAverage",
     "GLFConfig",
     "GLFTrainer",
     "GUIDES",

@@ -34,7 +34,8 @@ class ExponentialAverage:
         self.decay = float(decay)
         self._update = get_ema_multi_avg_fn(self.decay)
         self.averages: List[Dict[str, torch.Tensor]] = [
-            {name: value.detach().clone() for name, value in module.state_dict().items() if value.is_floating_point()}
+            {name: value.detach().clone() for name, value in module.state_dict().items()
+             if isinstance(value, torch.Tensor) and value.is_floating_point()}
             for module in modules
         ]
 
@@ -44,7 +45,8 @@ class ExponentialAverage:
         for average, module in zip(self.averages, modules, strict=True):
             current = module.state_dict()
             names = list(average)
-            self._update([average[name] for name in names], [current[name].detach() for name in names], None)
+            if names:
+                self._update([average[name] for name in names], [current[name].detach() for name in names], None)
 
     @torch.no_grad()
     def copy_to(self, modules: Sequence[torch.nn.Module]) -> None:
