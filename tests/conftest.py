@@ -77,3 +77,21 @@ class FullDisk:
 
     def flush(self):
         self.handle.flush()
+
+
+def smooth_noise_split():
+    """90 smooth random 28×28 images as an anomaly split: 50 to train on, 40 to score (every fourth one "anomalous")."""
+    from pyro_lfbm.data import AnomalySplit
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.tanh(2 * torch.nn.functional.interpolate(torch.randn(90, 1, 7, 7, generator=g), size=28, mode="bilinear"))
+    is_anomaly = (torch.arange(40) % 4 == 0).long()
+    return AnomalySplit(train_x=x[:50], train_digits=torch.zeros(50, dtype=torch.long), test_x=x[50:],
+                        test_is_anomaly=is_anomaly, test_digits=is_anomaly * 7, heldout=7, seed=1)
+
+
+def scored_at_the_encoders_z(preset):
+    """``preset`` scored at the encoder's z (no test-time Langevin steps)."""
+    from dataclasses import replace
+
+    return replace(preset, learn=replace(preset.learn, test_steps=0))

@@ -12,7 +12,7 @@ from sklearn.metrics import auc, precision_recall_curve
 
 from pyro_lfbm.metrics.anomaly import anomaly_metrics, anomaly_scores, png_code_length
 from pyro_lfbm.train.presets import get_preset
-from tests.conftest import REPO, require_mnist
+from tests.conftest import REPO, require_mnist, scored_at_the_encoders_z, smooth_noise_split
 
 
 def test_metrics_follow_the_protocol():
@@ -299,23 +299,6 @@ def test_the_anomaly_task_takes_explicit_arguments_and_leaves_global_state_alone
         run_anomaly(preset, split, batchnorm=("running",))
 
 
-def _smooth_noise_split():
-    """90 smooth random 28×28 images: 50 to train on, 40 to score (every fourth one "anomalous")."""
-    from pyro_lfbm.data import AnomalySplit
-
-    g = torch.Generator().manual_seed(0)
-    x = torch.tanh(2 * torch.nn.functional.interpolate(torch.randn(90, 1, 7, 7, generator=g), size=28, mode="bilinear"))
-    is_anomaly = (torch.arange(40) % 4 == 0).long()
-    return AnomalySplit(train_x=x[:50], train_digits=torch.zeros(50, dtype=torch.long), test_x=x[50:],
-                        test_is_anomaly=is_anomaly, test_digits=is_anomaly * 7, heldout=7, seed=1)
-
-
-def _scored_at_the_encoders_z(preset):
-    from dataclasses import replace
-
-    return replace(preset, learn=replace(preset.learn, test_steps=0))
-
-
 @pytest.mark.parametrize("guide", ["encoder", "hybrid"])
 def test_zero_test_steps_score_at_the_encoders_mean(tmp_path, guide):
     from dataclasses import replace
@@ -325,8 +308,8 @@ def test_zero_test_steps_score_at_the_encoders_mean(tmp_path, guide):
     from pyro_lfbm.tasks.anomaly import load_trained_model, run_anomaly
     from pyro_lfbm.train.recipe import build, isolated
 
-    split = _smooth_noise_split()
-    preset = _scored_at_the_encoders_z(get_preset("tiny", "flow", guide))
+    split = smooth_noise_split()
+    preset = scored_at_the_encoders_z(get_preset("tiny", "flow", guide))
     result = run_anomaly(preset, split, seed=1, checkpoint_path=tmp_path / "c.pt", batchnorm=("eval",))
     with isolated(1):
         recipe = build(preset)
@@ -345,8 +328,8 @@ def test_the_iwae_score_is_minus_the_importance_weighted_log_px_under_the_encode
     from pyro_lfbm.tasks.anomaly import load_trained_model, run_anomaly
     from pyro_lfbm.train.recipe import build, isolated
 
-    split = _smooth_noise_split()
-    preset = _scored_at_the_encoders_z(get_preset("tiny", "flow", "encoder", model))
+    split = smooth_noise_split()
+    preset = scored_at_the_encoders_z(get_preset("tiny", "flow", "encoder", model))
     result = run_anomaly(preset, split, seed=1, checkpoint_path=tmp_path / "c.pt", iwae_particles=4)
     assert sorted(result.scores_by_mode["eval"]) == ["iwae", "joint", "prior", "rate", "recon"]
     assert sorted(result.scores_by_mode["train"]) == ["joint", "prior", "recon"]
@@ -557,10 +540,10 @@ def test_recalibrated_scores_take_no_statistics_from_the_other_test_images(tmp_p
 
     from pyro_lfbm.tasks.anomaly import run_anomaly
 
-    split = _smooth_noise_split()
+    split = smooth_noise_split()
     preset = get_preset("tiny", "flow", guide)
     if guide == "hybrid":
-        preset = _scored_at_the_encoders_z(preset)
+        preset = scored_at_the_encoders_z(preset)
     trained = run_anomaly(preset, split, seed=1, checkpoint_path=tmp_path / "c.pt", batchnorm=("eval",),
                           recalibration_images=30)
     state = {k: v.clone() for k, v in trained.model.state_dict().items()}
@@ -588,8 +571,8 @@ def test_recalibrated_statistics_are_those_of_the_networks_where_images_are_scor
     from pyro_lfbm.tasks.anomaly import load_trained_model, run_anomaly
     from pyro_lfbm.train.recipe import build, isolated
 
-    split = _smooth_noise_split()
-    preset = _scored_at_the_encoders_z(get_preset("tiny", "flow", "hybrid"))
+    split = smooth_noise_split()
+    preset = scored_at_the_encoders_z(get_preset("tiny", "flow", "hybrid"))
     result = run_anomaly(preset, split, seed=1, checkpoint_path=tmp_path / "c.pt", batchnorm=("recalibrated",),
                          recalibration_images=1000)
     with isolated(1):

@@ -83,10 +83,10 @@ def test_a_top_down_prior_of_flows_has_a_normalised_density():
 def test_the_refit_score_is_minus_the_refit_density_at_the_scored_z_and_keeps_running_statistics(tmp_path):
     from pyro_lfbm.tasks.anomaly import run_anomaly
     from pyro_lfbm.train.presets import get_preset
-    from tests.test_anomaly import _scored_at_the_encoders_z, _smooth_noise_split
+    from tests.conftest import scored_at_the_encoders_z, smooth_noise_split
 
-    split = _smooth_noise_split()
-    preset = _scored_at_the_encoders_z(get_preset("tiny", "flow", "encoder", model="hierarchical"))
+    split = smooth_noise_split()
+    preset = scored_at_the_encoders_z(get_preset("tiny", "flow", "encoder", model="hierarchical"))
     plain = run_anomaly(preset, split, seed=1, checkpoint_path=tmp_path / "c.pt", batchnorm=("train", "eval"))
     refit = run_anomaly(preset, split, seed=1, trained_checkpoint=tmp_path / "c.pt", batchnorm=("train", "eval"),
                         refit_epochs=2)
