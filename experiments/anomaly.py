@@ -99,9 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also score by prior_refit, -log q(z) with q a copy of the trained flow prior refit to the "
                              "training images' test-time z for at most E epochs, stopped early on a tenth of them (the "
                              "second stage of Dai & Wipf's two-stage VAE); 0 = off")
-    parser.add_argument("--ema", type=cli.positive_float, default=None, metavar="DECAY",
-                        help="keep an exponential moving average of the weights (Polyak averaging) with this decay, "
-                             "e.g. 0.999, and score the averaged model; with --eval-only, score a checkpoint's average")
+    parser.add_argument("--ema", type=cli.nonnegative_float, default=None, metavar="DECAY",
+                        help="keep an exponential moving average of the weights (Polyak averaging) with this decay and "
+                             "score the averaged model (default: the preset's, 0.999 for cpu-hierarchical, else none); "
+                             "0 = none, the last weights; with --eval-only, which of a checkpoint's weights to score")
     cli.add_common_arguments(parser, default_out="runs/anomaly", presets=ANOMALY_PRESETS)
     return parser
 

@@ -135,7 +135,7 @@ def test_scoring_a_checkpoint_loads_its_average_or_refuses_one_without(tmp_path)
         load_trained_model(fresh.model, tmp_path / "averaged.pt", guide=fresh.guide, average=fresh.trainer.average)
         for key, value in fresh.model.state_dict().items():
             assert torch.equal(value, want[key]), key
-        with pytest.raises(CheckpointError, match="without weight averaging; score it without --ema"):
+        with pytest.raises(CheckpointError, match="without weight averaging; score its last weights \\(--ema 0\\)"):
             load_trained_model(fresh.model, tmp_path / "plain.pt", guide=fresh.guide, average=fresh.trainer.average)
 
 
@@ -153,7 +153,7 @@ def test_the_command_line_scores_the_average_and_its_checkpoint_scores_either(tm
     assert trained.returncode == 0, trained.stderr
     ckpt = next((tmp_path / "trained" / "checkpoints").glob("*.pt"))
     averaged, averaged_metrics = run("averaged", "--ema", "0.9", "--eval-only", str(ckpt))
-    last, last_metrics = run("last", "--eval-only", str(ckpt))
+    last, last_metrics = run("last", "--ema", "0", "--eval-only", str(ckpt))
     assert averaged.returncode == 0 and last.returncode == 0, averaged.stderr + last.stderr
     table, again, plain = (pd.read_csv(path).set_index("score").auprc for path in (metrics, averaged_metrics, last_metrics))
     assert np.allclose(table, again)  # the run scored its average
@@ -164,5 +164,5 @@ def test_the_command_line_scores_the_average_and_its_checkpoint_scores_either(tm
     refused, refused_metrics = run("refused", "--ema", "0.9", "--eval-only",
                                    str(next((tmp_path / "plain" / "checkpoints").glob("*.pt"))))
     assert plain_run.returncode == 0 and refused.returncode == 2
-    assert refused.stderr.strip().splitlines() == [refused.stderr.strip()] and "score it without --ema" in refused.stderr
+    assert refused.stderr.strip().splitlines() == [refused.stderr.strip()] and "score its last weights (--ema 0)" in refused.stderr
     assert not refused_metrics.exists()

@@ -166,9 +166,9 @@ def anomaly_preset(cfg: AnomalyRunConfig):
             raise UsageError(f"--lr must be positive, got {cfg.lr}")
         learn = replace(learn, optim=replace(learn.optim, lr=cfg.lr))
     if cfg.ema is not None:
-        if not 0 < cfg.ema < 1:
-            raise UsageError(f"--ema must be a decay in (0, 1), e.g. 0.999, got {cfg.ema}")
-        learn = replace(learn, optim=replace(learn.optim, ema_decay=cfg.ema))
+        if not 0 <= cfg.ema < 1:
+            raise UsageError(f"--ema must be a decay in (0, 1), e.g. 0.999, or 0 for the last weights, got {cfg.ema}")
+        learn = replace(learn, optim=replace(learn.optim, ema_decay=cfg.ema or None))
     if cfg.epochs is not None:
         if cfg.epochs < 1:
             raise UsageError(f"--epochs must be at least 1, got {cfg.epochs}")

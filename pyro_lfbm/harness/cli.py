@@ -142,6 +142,14 @@ def positive_float(text: str) -> float:
     return value
 
 
+def nonnegative_float(text: str) -> float:
+    """argparse ``type``: a finite number >= 0."""
+    value = _number(text, float, "a number")
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
+    return value
+
+
 def digit(text: str) -> int:
     """argparse ``type``: a class label 0..9."""
     value = _number(text, int, "a digit 0-9")

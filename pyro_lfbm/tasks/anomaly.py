@@ -90,7 +90,7 @@ def load_trained_model(model: torch.nn.Module, path: str | Path, config: Optiona
                               "finish the run with --resume before scoring it")
     state = trainer_state(ckpt)
     if average is not None and state.get("average") is None:
-        raise CheckpointError(f"{path} was trained without weight averaging; score it without --ema")
+        raise CheckpointError(f"{path} was trained without weight averaging; score its last weights (--ema 0)")
     try:
         model.load_state_dict(state["model"])
         if guide is not None and state.get("guide") is not None:
