@@ -19,6 +19,9 @@ from pyro_lfbm.train.svi import fit
 from pyro_lfbm.tasks.anomaly import load_trained_model
 from tests.conftest import REPO, require_mnist
 
+# these tiny runs are far shorter than their averages span (the warning has its own test below)
+pytestmark = pytest.mark.filterwarnings("ignore:the weight average")
+
 
 def blobs(n=40, seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -166,3 +169,10 @@ def test_the_command_line_scores_the_average_and_its_checkpoint_scores_either(tm
     assert plain_run.returncode == 0 and refused.returncode == 2
     assert refused.stderr.strip().splitlines() == [refused.stderr.strip()] and "score its last weights (--ema 0)" in refused.stderr
     assert not refused_metrics.exists()
+
+
+def test_a_run_too_short_for_its_average_is_warned_about():
+    with isolated(seed=1):
+        recipe = build(tiny(0.999, epochs=1))
+        with pytest.warns(UserWarning, match="ema_decay=0.999.*spans about 1000 updates, but this run makes 2"):
+            train_recipe(recipe, blobs(20), seed=1, progress=False)

@@ -152,6 +152,12 @@ def train_recipe(
     :param config: saved with the checkpoint; on resume the entries ``config_keys`` must match.
     """
     learn = recipe.preset.learn
+    decay = learn.optim.ema_decay
+    updates = learn.epochs * (x.shape[0] // learn.batch_size)
+    if decay is not None and decay ** updates > 0.05:
+        warnings.warn(f"the weight average (ema_decay={decay}) spans about {round(1 / (1 - decay))} updates, but this run "
+                      f"makes {updates}: {decay ** updates:.0%} of the averaged weights are the initial ones; lower "
+                      "ema_decay (--ema) or turn it off (None, --ema 0)", UserWarning, stacklevel=2)
     clear_cache = getattr(recipe.model.prior, "clear_cache", None)
     history = fit(
         recipe.model, recipe.guide, x, epochs=learn.epochs, batch_size=learn.batch_size, mask=mask, trainer=recipe.trainer,
