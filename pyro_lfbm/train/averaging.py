@@ -16,7 +16,13 @@ from typing import Dict, List, Sequence
 import torch
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
-__all__ = ["ExponentialAverage"]
+__all__ = ["ExponentialAverage", "check_decay"]
+
+
+def check_decay(decay, name: str = "the averaging decay") -> None:
+    """Raise a one-line ``ValueError`` naming ``name`` unless ``decay`` is a number in (0, 1)."""
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay < 1:
+        raise ValueError(f"{name} must be a number in (0, 1), e.g. 0.999 (None: no averaging), got {decay!r}")
 
 
 class ExponentialAverage:
@@ -29,8 +35,7 @@ class ExponentialAverage:
     """
 
     def __init__(self, modules: Sequence[torch.nn.Module], decay: float) -> None:
-        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay < 1:
-            raise ValueError(f"the averaging decay must be a number in (0, 1), e.g. 0.999, got {decay!r}")
+        check_decay(decay)
         self.decay = float(decay)
         self._update = get_ema_multi_avg_fn(self.decay)
         self.averages: List[Dict[str, torch.Tensor]] = [

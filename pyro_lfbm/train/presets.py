@@ -21,6 +21,7 @@ from pyro_lfbm.models import HierarchicalLatentModel, LatentModel
 from pyro_lfbm.nets import HierarchicalMNISTGenerator, make_encoder, make_generator
 from pyro_lfbm.infer.samplers import SAMPLER_NAMES
 from pyro_lfbm.priors import EnergyPrior, FlowPrior, GaussianPrior, LatentPrior, TopDownPrior
+from pyro_lfbm.train.averaging import check_decay
 from pyro_lfbm.train.svi import OptimConfig
 
 PRIORS = ("flow", "gaussian", "ebm")
@@ -157,9 +158,8 @@ class LearnConfig:
             _check_positive("prior_lr", self.optim.prior_lr)
         if not 0 < self.optim.gamma <= 1:
             raise ValueError(f"gamma must be in (0, 1], got {self.optim.gamma}")
-        ema = self.optim.ema_decay
-        if ema is not None and (isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0 < ema < 1):
-            raise ValueError(f"ema_decay must be None (no weight averaging) or a number in (0, 1), e.g. 0.999, got {ema!r}")
+        if self.optim.ema_decay is not None:
+            check_decay(self.optim.ema_decay, "ema_decay")
         return self
 
 
