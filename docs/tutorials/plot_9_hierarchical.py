@@ -16,7 +16,8 @@ Each layer is a Pyro sample site of its own. This tutorial
 - reads the committed results of the full protocol.
 
 By default the model learns from 2,000 images for 2 epochs and scores 600 test images;
-``PYRO_LFBM_DOCS_FULL=1`` trains on the full split for the preset's 40 epochs (about 21 minutes on one thread).
+``PYRO_LFBM_DOCS_FULL=1`` trains on the full split for the preset's 40 epochs (about 25–34 minutes on
+one thread beside a second run, AMD EPYC Zen 4).
 """
 
 # %%
