@@ -38,7 +38,7 @@ import torch
 from pyro.infer import SVI, Trace_ELBO
 
 from pyro_lfbm.harness import cli
-from pyro_lfbm.infer import LangevinGuide
+from pyro_lfbm.infer import LangevinGuide, StepSizeAdaptation
 
 
 def load_binary_digits() -> torch.Tensor:
@@ -70,8 +70,9 @@ def run(step_size, x: torch.Tensor, epochs: int, seed: int, batch_size: int = 10
         target: float = 0.8) -> dict:
     pyro.clear_param_store()
     model, decoder = make_model(seed)
-    guide = LangevinGuide(model, num_steps=20, step_size=step_size, adapt_calls=adapt_calls,
-                          target_accept_prob=target)
+    if step_size == "auto":
+        step_size = StepSizeAdaptation(target, num_updates=adapt_calls)
+    guide = LangevinGuide(model, num_steps=20, step_size=step_size)
     svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
     started = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)

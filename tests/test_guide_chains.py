@@ -16,7 +16,7 @@ from pyro_lfbm.infer import (
     run_chain,
     short_run_langevin,
 )
-from pyro_lfbm.infer.guide import _window_ends
+from pyro_lfbm.infer.adaptation import StepSizeAdaptation, window_ends
 from pyro_lfbm.infer.langevin import MAX_LOG_DENSITY_DROP
 from pyro_lfbm.nets import MNISTGenerator
 from pyro_lfbm.train.svi import OptimConfig, fit
@@ -145,16 +145,16 @@ def test_auto_step_size_reaches_its_target_acceptance_then_freezes(target):
     lg = LinearGaussian()
     model = _repeated_obs_model(lg)
     x = torch.randn(200, 3) * 2
-    guide = LangevinGuide(model, num_steps=20, step_size="auto", adapt_calls=50, target_accept_prob=target)
+    guide = LangevinGuide(model, num_steps=20, step_size=StepSizeAdaptation(target, num_updates=50))
     for _ in range(50):
         guide.infer(x)
-    assert not guide.adapting and guide.adapted_calls == 50
+    assert not guide.adapting and guide.adaptation.updates == 50
     frozen = guide.step_size
     assert abs(_acceptance_at(model, x, frozen) - target) < 0.05, (frozen, _acceptance_at(model, x, frozen))
     guide.infer(x)
     assert guide.step_size == frozen  # frozen: no more updates
     # recorded in the state dict; a fresh guide that loads it goes on with the frozen step
-    other = LangevinGuide(model, num_steps=20, step_size="auto", adapt_calls=50, target_accept_prob=target)
+    other = LangevinGuide(model, num_steps=20, step_size=StepSizeAdaptation(target, num_updates=50))
     other.load_state_dict(guide.state_dict())
     assert other.step_size == frozen and not other.adapting
 
@@ -203,9 +203,13 @@ def test_auto_step_size_validation_and_windows():
     with pytest.raises(ValueError, match="'auto'"):
         LangevinGuide(lambda x: None, step_size="adaptive")
     with pytest.raises(ValueError, match="target_accept_prob"):
-        LangevinGuide(lambda x: None, step_size="auto", target_accept_prob=1.5)
-    assert sorted(_window_ends(200)) == [10, 30, 70]  # windows of 10, 20, 40, then 130 to the end
-    assert sorted(_window_ends(25)) == []
+        StepSizeAdaptation(target_accept_prob=1.5)
+    with pytest.raises(ValueError, match="num_updates"):
+        StepSizeAdaptation(num_updates=0)
+    with pytest.raises(ValueError, match="noise=True"):
+        LangevinGuide(lambda x: None, step_size=StepSizeAdaptation(), noise=False)
+    assert sorted(window_ends(200)) == [10, 30, 70]  # windows of 10, 20, 40, then 130 to the end
+    assert sorted(window_ends(25)) == []
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pyro.infer.autoguide import AutoNormal
 from pyro import poutine
 
 from pyro_lfbm import LangevinGuide
-from pyro_lfbm.infer import LangevinKernel
+from pyro_lfbm.infer import LangevinKernel, StepSizeAdaptation
 
 SIGMA = 0.5  # x | z ~ N(z, SIGMA²), z ~ N(0, 1): p(z | x) = N(x / (1 + SIGMA²), SIGMA² / (1 + SIGMA²))
 
@@ -111,7 +111,7 @@ def test_pickled_and_torch_saved_guide_infers_identically(tmp_path):
     import pickle
 
     x = torch.linspace(-1.0, 2.0, 6)
-    guide = LangevinGuide(param_model, num_steps=5, step_size="auto", adapt_calls=4, persistent=6)
+    guide = LangevinGuide(param_model, num_steps=5, step_size=StepSizeAdaptation(num_updates=4), persistent=6)
     svi = SVI(param_model, guide, pyro.optim.Adam({"lr": 0.1}), Trace_ELBO())
     for _ in range(2):
         guide.set_positions(torch.arange(6))
@@ -127,7 +127,7 @@ def test_pickled_and_torch_saved_guide_infers_identically(tmp_path):
         copy.set_positions(torch.arange(6))
         first = copy.infer(x)["z"]
         copy.set_positions(torch.arange(6))
-        results.append((first, copy(x)["z"], copy.step_size, copy.adapted_calls))
+        results.append((first, copy(x)["z"], copy.step_size, copy.adaptation.updates))
     for other in results[1:]:
         assert torch.equal(other[0], results[0][0]) and torch.equal(other[1], results[0][1])
         assert other[2:] == results[0][2:] and results[0][3] == 4

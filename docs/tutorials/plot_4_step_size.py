@@ -35,7 +35,7 @@ import pyro.distributions as dist
 import torch
 from pyro.infer import MCMC, SVI, Trace_ELBO
 
-from pyro_lfbm.infer import LangevinDivergenceError, LangevinGuide, LangevinKernel, run_chain
+from pyro_lfbm.infer import LangevinDivergenceError, LangevinGuide, LangevinKernel, StepSizeAdaptation, run_chain
 
 torch.set_num_threads(1)
 FULL = os.environ.get("PYRO_LFBM_DOCS_FULL") == "1"
@@ -119,8 +119,8 @@ print("backoff: divergences per row", info.divergences.tolist(), "final step siz
 # A Pyro model with this target as the posterior of each item's latent: :math:`z_i \sim \mathcal N(0, I)`
 # and :math:`x_i \sim \mathcal N(A z_i, I)`, with :math:`A` chosen so that the posterior
 # precision is :math:`\Sigma^{-1}`. ``step_size="auto"`` adapts :math:`s` by dual averaging during
-# the first ``adapt_calls`` calls toward a mean acceptance of 0.8 (the chain is unadjusted, so the
-# target is higher than MALA's 0.574), then freezes it.
+# the first 200 calls toward a mean acceptance of 0.8 (the chain is unadjusted, so the target is
+# higher than MALA's 0.574), then freezes it; ``StepSizeAdaptation(num_updates=60)`` adapts over 60.
 A = torch.linalg.cholesky(torch.linalg.inv(covariance) - torch.eye(2)).T
 
 
@@ -132,7 +132,7 @@ def model(x):
 
 pyro.set_rng_seed(0)
 x = torch.randn(200, 2)
-guide = LangevinGuide(model, num_steps=20, step_size="auto", adapt_calls=60)
+guide = LangevinGuide(model, num_steps=20, step_size=StepSizeAdaptation(num_updates=60))
 svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())  # the model has no parameters
 history = []
 for _ in range(80):

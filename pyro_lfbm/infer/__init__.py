@@ -1,6 +1,7 @@
 """Posterior inference: short-run Langevin (guide and pure step function), MCMC kernels, encoder
 and hybrid guides, and per-image baselines (AutoNormal, MALA)."""
 
+from pyro_lfbm.infer.adaptation import StepSizeAdaptation
 from pyro_lfbm.infer.baselines import AutoNormalFit, MALAReference, fit_autonormal, mala_reference
 from pyro_lfbm.infer.dataset import InferenceResult, infer_dataset
 from pyro_lfbm.infer.encoder_guide import ConditionalEncoderGuide, EncoderGuide, LayerChainNormal, encode_dataset
@@ -38,6 +39,7 @@ __all__ = [
     "LatentSites",
     "PersistentChains",
     "Sampler",
+    "StepSizeAdaptation",
     "StepInfo",
     "ULA",
     "MALA",

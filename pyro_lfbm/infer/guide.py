@@ -10,10 +10,10 @@ import torch
 import pyro
 import pyro.distributions as dist
 from pyro import poutine
-from pyro.ops.dual_averaging import DualAveraging
 from pyro.poutine.util import site_is_subsample
 
 from pyro_lfbm._context import posterior_inference
+from pyro_lfbm.infer.adaptation import StepSizeAdaptation, as_adaptation
 from pyro_lfbm.infer.divergence import check_on_divergence
 from pyro_lfbm.infer.modes import frozen_parameters, outside_inference_mode, refuse_jit_tracing
 from pyro_lfbm.infer.chain import ChainInfo, run_chain
@@ -24,24 +24,9 @@ from pyro_lfbm.infer.trace_log_joint import LatentSites, find_latent_sites, log_
 
 Latents = Dict[str, torch.Tensor]
 
-#: The default target of ``step_size="auto"``: the mean acceptance probability a MALA test would
-#: give the guide's moves. The guide's chain is *unadjusted* (nothing is rejected), so this measures
-#: its per-step discretisation error, and the target is higher than MALA's optimum 0.574 (Roberts &
-#: Rosenthal 1998, for a chain that rejects). On the Bernoulli digits model of
-#: ``experiments/guide_step_size.py`` (30 epochs, seeds 0 and 1; pixel accuracy of reconstructions,
-#: prior draws about 0.76-0.79): target 0.574 froze s at 1.5 (0.824, 0.829), 0.8 at 0.42 / 0.38
-#: (0.931, 0.916), 0.9 at 0.23 (0.868, 0.884); fixed s = 0.1 collapsed (0.793, 0.792), 0.5 gave 0.923, 0.925.
-TARGET_ACCEPT_PROB = 0.8
-
 #: The step size of gradient ascent (``noise=False``, or ``tolerance``) when none is given: the
 #: paper's test-time step. Without noise there is no acceptance rate to adapt to.
 ASCENT_STEP_SIZE = 0.1
-
-#: The dual-averaging gain of ``step_size="auto"``. Pyro's HMC uses γ = 0.05 for the acceptance of
-#: one transition; here each update sees the mean over R rows × K moves, a far less noisy
-#: statistic, and γ = 0.05 makes log s oscillate by ±1 between calls; γ = 0.2 settles within
-#: ~30 calls on the tests' linear-Gaussian model.
-ADAPT_GAMMA = 0.2
 
 
 def validate_first_call_only(fn: Callable[[Latents], torch.Tensor]) -> Callable[[Latents], torch.Tensor]:
@@ -90,17 +75,6 @@ def _couples_rows(model) -> bool:
     return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules())
 
 
-def _window_ends(total: int, first: int = 10) -> set:
-    """Call counts that end an adaptation window: windows of 10, 20, 40, ... calls, the last one
-    stretched to ``total`` when the next would not fit (as Stan's slow warmup windows)."""
-    ends, end, size = set(), first, first
-    while end + 2 * size <= total:
-        ends.add(end)
-        size *= 2
-        end += size
-    return ends
-
-
 class LangevinGuide(torch.nn.Module):
     r"""A guide that infers the local latents of ``model`` by short-run Langevin dynamics.
 
@@ -144,16 +118,15 @@ class LangevinGuide(torch.nn.Module):
     :param model: a Pyro model whose latent sites are continuous.
     :param int num_steps: K, the number of Langevin steps (paper: 20 in training).
     :param step_size: s (paper: 0.1, which the presets of :mod:`pyro_lfbm.train.presets` pass), or
-        ``"auto"``, the default for the noisy chain (``None``: ``"auto"``, or
-        :data:`ASCENT_STEP_SIZE` = 0.1 for ``noise=False`` or with ``tolerance``; a fixed s suited to
-        one likelihood is not suited to another: on a Bernoulli model of 8x8 digits s = 0.1 learned
-        nothing, see the README): starting from ``initial_step_size``, adapt s by
-        Pyro's dual averaging (:class:`pyro.ops.dual_averaging.DualAveraging`, as HMC's warmup)
-        during the first ``adapt_calls`` calls toward ``target_accept_prob``, the mean
-        Metropolis-Hastings acceptance probability a MALA test would give the chain's moves
-        (computed along the chain: one extra gradient evaluation per call while adapting; a
-        diverged move counts as acceptance 0 and its row backs off), then freeze it at the
-        dual-averaging mean; the frozen value is :attr:`step_size`, saved in :meth:`state_dict`.
+        a :class:`~pyro_lfbm.infer.adaptation.StepSizeAdaptation` that adapts s over the first calls
+        (each call is one update, from the mean Metropolis-Hastings acceptance probability a MALA
+        test would give the chain's moves, computed along the chain: one extra gradient evaluation
+        per call while adapting; a diverged move counts as acceptance 0 and its row backs off), then
+        freezes it; ``"auto"`` is ``StepSizeAdaptation()`` (target 0.8 over 200 calls from s = 0.1).
+        ``None`` (default): ``"auto"`` for the noisy chain, :data:`ASCENT_STEP_SIZE` = 0.1 for
+        ``noise=False`` or with ``tolerance``. A fixed s suited to one likelihood is not suited to
+        another: on a Bernoulli model of 8x8 digits s = 0.1 learned nothing (see the README). The
+        current s is :attr:`step_size`, saved in :meth:`state_dict` with the adaptation's state.
     :param bool noise: False turns the chain into gradient ascent on log p(x, z)
         (the paper's test-time inference).
     :param init: optional ``init(*args, **kwargs) -> {site: tensor}`` giving constrained
@@ -210,7 +183,7 @@ class LangevinGuide(torch.nn.Module):
         self,
         model: Callable,
         num_steps: int = 20,
-        step_size: Union[float, str, None] = None,
+        step_size: Union[float, str, StepSizeAdaptation, None] = None,
         noise: bool = True,
         init: Optional[Callable[..., Latents]] = None,
         use_fast_path: bool = True,
@@ -221,9 +194,6 @@ class LangevinGuide(torch.nn.Module):
         max_log_density_drop: Optional[float] = None,
         global_guide: Optional[Callable] = None,
         data_plate: Optional[str] = None,
-        target_accept_prob: float = TARGET_ACCEPT_PROB,
-        adapt_calls: int = 200,
-        initial_step_size: float = 0.1,
         persistent: Optional[int] = None,
         sampler=None,
         compile: bool = False,
@@ -233,25 +203,19 @@ class LangevinGuide(torch.nn.Module):
             raise ValueError(f"num_steps must be a non-negative integer, got {num_steps!r}")
         if step_size is None:
             step_size = "auto" if noise and tolerance is None else ASCENT_STEP_SIZE
-        self.auto = isinstance(step_size, str)
-        if self.auto and step_size != "auto":
-            raise ValueError(f"step_size must be a positive number or 'auto', got {step_size!r}")
-        if not self.auto and not step_size > 0:
-            raise ValueError(f"step_size must be positive, got {step_size!r}")
+        #: the step-size adaptation (None: a fixed step size)
+        self.adaptation = as_adaptation(step_size)
+        if self.adaptation is None and (isinstance(step_size, bool) or not isinstance(step_size, (int, float))
+                                        or not step_size > 0):
+            raise ValueError(f"step_size must be a positive number, 'auto' or a StepSizeAdaptation, got {step_size!r}")
         if tolerance is not None and not tolerance >= 0:
             raise ValueError(f"tolerance must be non-negative, got {tolerance!r}")
         check_on_divergence(on_divergence)
-        if self.auto:
+        if self.adaptation is not None:
             if not noise:
-                raise ValueError("step_size='auto' adapts the noisy chain's acceptance rate; it needs noise=True")
+                raise ValueError("an adapted step size targets the noisy chain's acceptance rate; it needs noise=True")
             if tolerance is not None:
-                raise ValueError("step_size='auto' and tolerance cannot be combined (tolerance is for noise=False)")
-            if not 0 < target_accept_prob < 1:
-                raise ValueError(f"target_accept_prob must be in (0, 1), got {target_accept_prob!r}")
-            if isinstance(adapt_calls, bool) or not isinstance(adapt_calls, int) or adapt_calls < 1:
-                raise ValueError(f"adapt_calls must be a positive integer, got {adapt_calls!r}")
-            if not initial_step_size > 0:
-                raise ValueError(f"initial_step_size must be positive, got {initial_step_size!r}")
+                raise ValueError("an adapted step size and tolerance cannot be combined (tolerance is for noise=False)")
         if tolerance is not None and on_divergence != "raise":
             raise ValueError("tolerance (early stopping) supports on_divergence='raise' only")
         if persistent is not None and (isinstance(persistent, bool) or not isinstance(persistent, int) or persistent < 1):
@@ -277,13 +241,7 @@ class LangevinGuide(torch.nn.Module):
         self.max_backoffs = max_backoffs
         self.max_log_density_drop = max_log_density_drop
         self.data_plate = data_plate
-        self.target_accept_prob = float(target_accept_prob)
-        self.adapt_calls = adapt_calls
-        self.step_size = float(initial_step_size if self.auto else step_size)
-        self._adapter: Optional[DualAveraging] = None
-        self.adapted_calls = 0
-        if self.auto:
-            self._adapter = DualAveraging(prox_center=math.log(self.step_size), gamma=ADAPT_GAMMA)
+        self.step_size = float(self.adaptation.step_size if self.adaptation is not None else step_size)
         self.chains = PersistentChains(persistent) if persistent is not None else None
         self._positions: Optional[torch.Tensor] = None
         self.divergences = 0
@@ -299,9 +257,14 @@ class LangevinGuide(torch.nn.Module):
         return self.use_fast_path and self.global_guide is None and callable(getattr(self.model, "log_joint", None))
 
     @property
+    def auto(self) -> bool:
+        """True when the step size is adapted (``step_size="auto"`` or a ``StepSizeAdaptation``)."""
+        return self.adaptation is not None
+
+    @property
     def adapting(self) -> bool:
-        """True while ``step_size="auto"`` is still adapting (the first ``adapt_calls`` calls)."""
-        return self.auto and self.adapted_calls < self.adapt_calls
+        """True while the step size is still adapting (the adaptation's first ``num_updates`` calls)."""
+        return self.adaptation is not None and self.adaptation.adapting
 
     def set_positions(self, positions: Optional[torch.Tensor]) -> None:
         """Dataset positions (B,) int64 of the examples of the next calls (persistent chains); None clears them."""
@@ -443,7 +406,8 @@ class LangevinGuide(torch.nn.Module):
             )
             self.divergences += int(info.divergences.sum())
             if adapting and info.acceptance_prob is not None:
-                self._adapt(float(info.acceptance_prob.mean()))
+                self.last_acceptance_prob = float(info.acceptance_prob.mean())
+                self.step_size = self.adaptation.update(self.last_acceptance_prob)
         if self.chains is not None:
             self.chains.store(positions, state.position)
         self.last_state, self.last_info, self._sites = state, info, sites
@@ -482,27 +446,6 @@ class LangevinGuide(torch.nn.Module):
         if getattr(self, "_compiled", None) is None:
             self._compiled = CompiledLogDensity("LangevinGuide")
         return self._compiled.target(build, inputs, initial, key)
-
-    def _adapt(self, accept_prob: float) -> None:
-        """One dual-averaging update of log s toward the target acceptance (Pyro's HMC scheme).
-
-        The model changes while it trains, so its posterior (and the right s) drifts: as Stan's
-        warmup does for its slow windows, the scheme restarts at the end of windows of doubling
-        length (after calls 10, 30, 70, 150, ...; the last window runs to ``adapt_calls``),
-        centred on 10x the step size reached, so that later windows only see recent calls. At
-        the last call s freezes at the window's average."""
-        self.last_acceptance_prob = accept_prob
-        self._adapter.step(self.target_accept_prob - accept_prob)
-        log_step, log_step_avg = self._adapter.get_state()
-        self.adapted_calls += 1
-        if self.adapted_calls >= self.adapt_calls:
-            self.step_size = math.exp(log_step_avg)
-        elif self.adapted_calls in _window_ends(self.adapt_calls):
-            self.step_size = math.exp(log_step_avg)
-            self._adapter.reset()
-            self._adapter.prox_center = math.log(self.step_size)
-        else:
-            self.step_size = math.exp(log_step)
 
     def _restricted_log_density(self, initial: Latents, args, kwargs):
         """rows -> the fast-path log density of those rows only: every tensor argument whose
@@ -574,28 +517,21 @@ class LangevinGuide(torch.nn.Module):
         return state
 
     def get_extra_state(self) -> dict:
-        adapter = None
-        if self._adapter is not None:
-            a = self._adapter
-            adapter = {"prox_center": a.prox_center, "x_avg": a._x_avg, "g_avg": a._g_avg, "t": a._t,
-                       "x_t": getattr(a, "_x_t", None)}
         return {
             "step_size": self.step_size,
-            "adapted_calls": self.adapted_calls,
-            "adapter": adapter,
+            "adaptation": self.adaptation.state_dict() if self.adaptation is not None else None,
             "divergences": self.divergences,
             "chains": self.chains.state() if self.chains is not None else None,
         }
 
     def set_extra_state(self, state: dict) -> None:
         self.step_size = float(state["step_size"])
-        self.adapted_calls = int(state["adapted_calls"])
         self.divergences = int(state["divergences"])
-        if state.get("adapter") is not None and self._adapter is not None:
-            a, saved = self._adapter, state["adapter"]
-            a.prox_center, a._x_avg, a._g_avg, a._t = saved["prox_center"], saved["x_avg"], saved["g_avg"], saved["t"]
-            if saved.get("x_t") is not None:
-                a._x_t = saved["x_t"]
+        saved = state.get("adaptation")
+        if saved is None and state.get("adapter") is not None:  # the layout before StepSizeAdaptation
+            saved = {**state["adapter"], "step_size": state["step_size"], "updates": state["adapted_calls"]}
+        if saved is not None and self.adaptation is not None:
+            self.adaptation.load_state_dict(saved)
         if (state.get("chains") is None) != (self.chains is None):
             raise ValueError("the saved guide and this one differ in persistent chains (persistent=N on one only)")
         if self.chains is not None:

@@ -17,11 +17,11 @@ from typing import Callable, Dict, Optional
 import numpy as np
 from PIL import Image
 import torch
-from pyro.ops.dual_averaging import DualAveraging
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score
 from tqdm.auto import tqdm
 
 from pyro_lfbm._context import posterior_inference
+from pyro_lfbm.infer.adaptation import StepSizeAdaptation
 from pyro_lfbm.infer.dataset import InferenceResult, infer_dataset
 from pyro_lfbm.infer.modes import eval_mode, module_mode
 from pyro_lfbm.infer.samplers import MALA, MALA_OPTIMAL_ACCEPT_PROB
@@ -142,8 +142,8 @@ def conditional_prior_draws(
     \propto p_\alpha([\text{given}_b, z_{\text{free}}])`: a joint prior (a flow over every layer)
     has no closed-form conditional, and MALA (:class:`~pyro_lfbm.infer.samplers.MALA`) needs only the
     joint density. Chains start at N(0, I), the flow's base. During ``num_warmup`` steps one step
-    size shared by every chain is adapted by Pyro's dual averaging (as HMC's warmup) toward
-    ``target_accept_prob``; the ``num_steps`` steps after it use the averaged step size. A trained
+    size shared by every chain is adapted by Pyro's dual averaging (as HMC's warmup, one window:
+    :class:`~pyro_lfbm.infer.adaptation.StepSizeAdaptation`) toward ``target_accept_prob``; the ``num_steps`` steps after it use the averaged step size. A trained
     prior's conditionals can be far narrower than N(0, I): a fixed step of 0.5 accepted no move on
     this project's hierarchical MNIST models, 0.1 accepted nine in ten.
 
@@ -165,16 +165,16 @@ def conditional_prior_draws(
 
     sampler = MALA()
     start = torch.randn(rows.shape[0], num_free, dtype=given.dtype, device=given.device, generator=generator)
-    adapter = DualAveraging(prox_center=math.log(initial_step_size))
+    # one window, Pyro's HMC gain: the statistic is one step's mean over the rows
+    adaptation = (StepSizeAdaptation(target_accept_prob, num_warmup, initial_step_size, gamma=0.05, windowed=False)
+                  if num_warmup > 0 else None)
     step_size, acceptance = initial_step_size, torch.zeros(rows.shape[0], dtype=given.dtype, device=given.device)
     with posterior_inference():
         state = sampler.init({"free": start}, log_density)
         for t in range(num_warmup + num_steps):
             state, info = sampler.step(state, log_density, step_size, generator=generator)
             if t < num_warmup:
-                adapter.step(target_accept_prob - float(info.acceptance_prob.mean()))
-                log_step, log_step_avg = adapter.get_state()
-                step_size = math.exp(log_step_avg if t == num_warmup - 1 else log_step)
+                step_size = adaptation.update(float(info.acceptance_prob.mean()))
             else:
                 acceptance += info.acceptance_prob
     shape = (num_samples, given.shape[0])
