@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
                         help="override a model-config field, e.g. --set batch_norm=false --set latent_dim=16")
     parser.add_argument("--lr", type=cli.positive_float, default=None, help="override the preset's Adam learning rate")
+    parser.add_argument("--lr-decay", type=cli.positive_float, default=None, metavar="GAMMA",
+                        help="override the preset's learning-rate decay: the rate is multiplied by GAMMA after every "
+                             "epoch (ExponentialLR; cpu presets 0.998, in (0, 1])")
     parser.add_argument("--limit-train", type=cli.positive_int, default=None,
                         help="use only this many training images (at least one batch)")
     parser.add_argument("--limit-test", type=cli.int_at_least(2), default=None,
@@ -116,7 +119,7 @@ def run_config(args: argparse.Namespace) -> AnomalyRunConfig:
         test_steps=args.test_steps, test_batch_size=args.test_batch_size, batchnorm=args.batchnorm,
         limit_train=args.limit_train, limit_test=args.limit_test,
         data_root=args.data_root, device=str(device), checkpoint_dir=checkpoint_dir,
-        resume=args.resume, eval_only=args.eval_only, progress=not args.no_progress, sigma=args.sigma, lr=args.lr,
+        resume=args.resume, eval_only=args.eval_only, progress=not args.no_progress, sigma=args.sigma, lr=args.lr, lr_decay=args.lr_decay,
         model_overrides=cli.parse_overrides(args.overrides, ModelConfig(), refused={
             "prior": "use --prior", "sigma": "use --sigma", "image_shape": "the data set fixes it"}),
         skip_nonfinite=args.skip_nonfinite, chain=args.chain, model=args.model, guide=args.guide,

@@ -460,6 +460,21 @@ def test_a_runs_recipe_names_its_preset_variant_and_every_override(tmp_path):
     assert recipe("--preset", "paper", "--model", "hierarchical", "--guide", "encoder") == "paper hierarchical-encoder"
     assert recipe("--preset", "cpu", "--lr", "4e-4", "--set", "generator_hidden=512", "--set", "generator_channels=64") == \
         "cpu lr=0.0004 generator_hidden=512 generator_channels=64"
+    assert recipe("--preset", "cpu-hierarchical", "--lr-decay", "0.944") == "cpu-hierarchical lr_decay=0.944"
+
+
+def test_lr_decay_reaches_the_optimiser_schedule(tmp_path):
+    from pyro_lfbm.harness.anomaly_experiment import anomaly_preset
+    from pyro_lfbm.train.recipe import build
+    from tests.conftest import experiment_script
+
+    anomaly = experiment_script("anomaly")
+    cfg = anomaly.run_config(anomaly.build_parser().parse_args(
+        ["--out", str(tmp_path), "--preset", "tiny", "--lr-decay", "0.5"]))
+    preset = anomaly_preset(cfg)
+    assert preset.learn.optim.gamma == 0.5
+    scheduler = build(preset).trainer.scheduler  # Pyro's ExponentialLR, with the constructor's arguments
+    assert scheduler.kwargs["gamma"] == 0.5
 
 
 def test_sampler_comparison_tiny_run_trains_one_model_per_sampler(tmp_path):

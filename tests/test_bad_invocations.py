@@ -66,6 +66,8 @@ CASES = [
     ("anomaly", ["--test-batch-size", "1", "--batchnorm", "train", *TINY], 2, "--test-batch-size"),
     ("anomaly", ["--lr", "-1"], 2, "--lr"),
     ("anomaly", ["--lr", "nan"], 2, "--lr"),
+    ("anomaly", ["--lr-decay", "1.5"], 2, "--lr-decay"),
+    ("anomaly", ["--lr-decay", "0"], 2, "--lr-decay"),
     ("anomaly", ["--sigma", "0"], 2, "--sigma"),
     ("anomaly", ["--set", "latent_dim=abc", *TINY], 2, "latent_dim"),
     ("anomaly", ["--set", "latent_dim=0", *TINY], 2, "latent_dim"),

@@ -47,6 +47,7 @@ class AnomalyRunConfig:
     progress: bool = True
     sigma: Optional[float] = None
     lr: Optional[float] = None
+    lr_decay: Optional[float] = None
     model_overrides: Optional[Dict] = None
     skip_nonfinite: bool = False
     chain: Optional[str] = None
@@ -103,7 +104,7 @@ def run_recipe(run: Dict) -> str:
     ``"paper"``, ``"cpu-hybrid ebm"``, ``"cpu hierarchical-encoder"``, ``"cpu lr=0.0004 generator_hidden=512"``,
     ``"cpu-hybrid test_steps=20"``. Runs of one recipe at different lengths or seeds share it."""
     cfg = AnomalyRunConfig(**{k: v for k, v in run.items() if k in AnomalyRunConfig.__dataclass_fields__})
-    overrides = {"lr": cfg.lr, "sigma": cfg.sigma, "test_steps": cfg.test_steps, "ema": cfg.ema, **(cfg.model_overrides or {})}
+    overrides = {"lr": cfg.lr, "lr_decay": cfg.lr_decay, "sigma": cfg.sigma, "test_steps": cfg.test_steps, "ema": cfg.ema, **(cfg.model_overrides or {})}
     parts = [cfg.preset, "" if cfg.prior == "flow" else cfg.prior, run_variant(cfg, guide=preset_guide(cfg.preset), model=preset_model_name(cfg.preset)),
              *(f"{key}={','.join(map(str, value)) if isinstance(value, (list, tuple)) else value}"
                for key, value in overrides.items() if value is not None)]
@@ -165,6 +166,10 @@ def anomaly_preset(cfg: AnomalyRunConfig):
         if not cfg.lr > 0:
             raise UsageError(f"--lr must be positive, got {cfg.lr}")
         learn = replace(learn, optim=replace(learn.optim, lr=cfg.lr))
+    if cfg.lr_decay is not None:
+        if not 0 < cfg.lr_decay <= 1:
+            raise UsageError(f"--lr-decay must be a factor per epoch in (0, 1], e.g. 0.95, got {cfg.lr_decay}")
+        learn = replace(learn, optim=replace(learn.optim, gamma=cfg.lr_decay))
     if cfg.ema is not None:
         if not 0 <= cfg.ema < 1:
             raise UsageError(f"--ema must be a decay in (0, 1), e.g. 0.999, or 0 for the last weights, got {cfg.ema}")
