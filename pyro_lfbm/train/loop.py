@@ -272,6 +272,122 @@ class _DeferredInterrupt:
 # --------------------------------------------------------------------------- the loop
 
 
+@dataclass
+class _Start:
+    """Where a run starts: the history so far, the next (epoch, batch), and the interrupted epoch's
+    partial tally (``partial``: sums, count, seconds, skipped; empty at an epoch boundary)."""
+
+    history: History
+    epoch: int = 0
+    batch: int = 0
+    partial: dict = field(default_factory=dict)
+    from_checkpoint: bool = False
+
+
+def _resume(trainer, checkpoint_path: Path, config: Optional[dict], config_keys: tuple, epochs: int) -> _Start:
+    """Load ``checkpoint_path`` into ``trainer`` (and every RNG); where the run goes on from."""
+    ckpt = load_checkpoint(checkpoint_path)
+    if config is not None:
+        check_config_compatible(ckpt.get("config", {}), config, config_keys)
+    if ckpt.get("epoch", 0) > epochs:
+        raise CheckpointError(
+            f"checkpoint {checkpoint_path} has finished {ckpt['epoch']} epochs, more than the {epochs} asked for; "
+            f"ask for at least {ckpt['epoch']} epochs or use another checkpoint folder"
+        )
+    try:
+        trainer.load_state_dict(trainer_state(ckpt))
+    except (RuntimeError, KeyError, ValueError) as err:
+        raise CheckpointError(
+            "checkpoint does not fit this model (different architecture); use the same preset or a new --checkpoint-dir"
+        ) from err
+    restore_rng_state(ckpt)
+    return _Start(History(list(ckpt["history"])), ckpt["epoch"], ckpt["batch"], dict(ckpt.get("partial") or {}), True)
+
+
+class _Tally:
+    """One epoch's running sums of the trainer's metrics, its counted and skipped updates and its
+    seconds (``earlier``: those spent before an interruption, for a resumed epoch)."""
+
+    def __init__(self, partial: Optional[dict] = None):
+        partial = partial or {}
+        self.sums: Dict[str, float] = dict(partial.get("sums", {}))
+        self.count = int(partial.get("count", 0))
+        self.skipped = int(partial.get("skipped", 0))
+        self.earlier = float(partial.get("seconds", 0.0))
+        self.started = time.perf_counter()
+
+    def add(self, metrics: Dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self.sums[key] = self.sums.get(key, 0.0) + float(value)
+        self.count += 1
+
+    def seconds(self) -> float:
+        return self.earlier + time.perf_counter() - self.started
+
+    def partial(self) -> dict:
+        """What a mid-epoch checkpoint keeps of the tally."""
+        return {"sums": dict(self.sums), "count": self.count, "seconds": self.seconds(), "skipped": self.skipped}
+
+    def means(self, limit: Optional[int] = None) -> Dict[str, float]:
+        return {key: value / max(self.count, 1) for key, value in list(self.sums.items())[:limit]}
+
+    def row(self, epoch: int, batch_size: int, with_skipped: bool) -> Dict[str, float]:
+        """The epoch's history row (``epoch`` from 1)."""
+        seconds = self.seconds()
+        row = {"epoch": epoch, **self.means(), "seconds": seconds,
+               "examples_per_second": self.count * batch_size / max(seconds, 1e-9)}
+        if with_skipped:
+            row["nonfinite_skipped"] = self.skipped
+        return row
+
+
+class _Checkpoints:
+    """Writes the run's checkpoint at a position (epoch, next batch), once per position; only the
+    main process writes; a state holding NaN or infinity is refused."""
+
+    def __init__(self, path: Optional[Path], trainer, history: History, config: Optional[dict], main: bool,
+                 saved_position: Optional[tuple]):
+        self.path, self.trainer, self.history, self.config, self.main = path, trainer, history, config, main
+        self.saved_position = saved_position
+
+    def save(self, position: tuple, tally: Optional[_Tally] = None, state: Optional[dict] = None) -> None:
+        """``state``: the trainer's state to write (default: its current one); ``tally``: the epoch's
+        so far, kept for a mid-epoch position."""
+        if self.path is None or position == self.saved_position:
+            return
+        if self.main:
+            state = self.trainer.state_dict() if state is None else state
+            bad = find_nonfinite(state)
+            if bad is not None:  # the per-update guard makes this unreachable; never write a poisoned model
+                raise FloatingPointError(f"refusing to save a checkpoint: {bad} holds NaN or infinity")
+            mid = (tally or _Tally()).partial() if position[1] else None
+            save_checkpoint(self.path, trainer=state, epoch=position[0], batch=position[1], history=self.history.epochs,
+                            config=self.config or {}, partial=mid)
+        self.saved_position = position
+
+
+def _guarded_step(trainer, batch: tuple, watched: List[tuple]) -> tuple:
+    """One update; returns ``(metrics, reason)``, ``reason`` naming what became non-finite (None if nothing)."""
+    metrics = trainer.step(*batch)
+    loss = metrics.get("loss")
+    if loss is not None and not math.isfinite(float(loss)):
+        return metrics, f"the loss became {float(loss)}"
+    bad = _first_nonfinite(watched)
+    if bad is not None:
+        return metrics, f"{bad} became NaN or infinite (the loss was {loss})"
+    return metrics, None
+
+
+def _diverged(epoch: int, batch_index: int, num_batches: int, reason: str) -> FloatingPointError:
+    """The one-line error of a non-finite update that stops training."""
+    return FloatingPointError(
+        f"training diverged at epoch {epoch + 1}, batch {batch_index + 1} of {num_batches} "
+        f"(step {epoch * num_batches + batch_index + 1}): {reason}; that update was undone and nothing "
+        "from it was saved; lower the learning rate or the Langevin step size, or skip such updates "
+        "(skip_nonfinite=True, --skip-nonfinite)"
+    )
+
+
 def fit_steps(
     trainer: StepTrainer,
     x: torch.Tensor,
@@ -324,104 +440,49 @@ def fit_steps(
             "start it with python, not torchrun (data-parallel training covers pyro_lfbm.train.fit)"
         )
     main = world is None or world.is_main
-    history, start_epoch, start_batch, partial = History(), 0, 0, {}
     checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
     if checkpoint_path is not None and main:  # rank 0 alone writes (and cleans up) checkpoints
         remove_stale_temporaries(checkpoint_path)
-    if resume and checkpoint_path is not None and checkpoint_path.exists():
-        ckpt = load_checkpoint(checkpoint_path)
-        if config is not None:
-            check_config_compatible(ckpt.get("config", {}), config, config_keys)
-        if ckpt.get("epoch", 0) > epochs:
-            raise CheckpointError(
-                f"checkpoint {checkpoint_path} has finished {ckpt['epoch']} epochs, more than the {epochs} asked for; "
-                f"ask for at least {ckpt['epoch']} epochs or use another checkpoint folder"
-            )
-        try:
-            trainer.load_state_dict(trainer_state(ckpt))
-        except (RuntimeError, KeyError, ValueError) as err:
-            raise CheckpointError(
-                "checkpoint does not fit this model (different architecture); use the same preset or a new --checkpoint-dir"
-            ) from err
-        restore_rng_state(ckpt)
-        history = History(list(ckpt["history"]))
-        start_epoch, start_batch = ckpt["epoch"], ckpt["batch"]
-        partial = dict(ckpt.get("partial") or {})
+    resuming = resume and checkpoint_path is not None and checkpoint_path.exists()
+    start = _resume(trainer, checkpoint_path, config, config_keys, epochs) if resuming else _Start(History())
     if world is not None:  # every process starts from rank 0's state (fresh or resumed) and generators
-        epochs_done, start_epoch, start_batch, partial = distributed.synchronize_start(
-            trainer, (history.epochs, start_epoch, start_batch, partial))
-        history = History(list(epochs_done))
-
+        epochs_done, start.epoch, start.batch, start.partial = distributed.synchronize_start(
+            trainer, (start.history.epochs, start.epoch, start.batch, start.partial))
+        start.history = History(list(epochs_done))
+    history = start.history
     num_batches = x.shape[0] // batch_size
     watched = _watched_tensors(trainer)
-    saved_position = (start_epoch, start_batch) if resume and checkpoint_path is not None and checkpoint_path.exists() else None
-
-    def save(position, state=None, sums=None, count=0, seconds=0.0, skipped=0) -> None:
-        nonlocal saved_position
-        if checkpoint_path is None or position == saved_position:
-            return
-        if not main:
-            saved_position = position
-            return
-        state = trainer.state_dict() if state is None else state
-        bad = find_nonfinite(state)
-        if bad is not None:  # the per-update guard makes this unreachable; never write a poisoned model
-            raise FloatingPointError(f"refusing to save a checkpoint: {bad} holds NaN or infinity")
-        mid = {"sums": dict(sums or {}), "count": count, "seconds": seconds, "skipped": skipped} if position[1] else None
-        save_checkpoint(checkpoint_path, trainer=state, epoch=position[0], batch=position[1], history=history.epochs,
-                        config=config or {}, partial=mid)
-        saved_position = position
+    checkpoints = _Checkpoints(checkpoint_path, trainer, history, config, main,
+                               (start.epoch, start.batch) if start.from_checkpoint else None)
 
     def batch(index: torch.Tensor) -> tuple:
         parts = (x,) if mask is None else (x, mask)
         return tuple(part[index].to(device, non_blocking=True) if device is not None else part[index] for part in parts)
-
-    def diverged(epoch: int, batch_index: int, reason: str) -> FloatingPointError:
-        return FloatingPointError(
-            f"training diverged at epoch {epoch + 1}, batch {batch_index + 1} of {num_batches} "
-            f"(step {epoch * num_batches + batch_index + 1}): {reason}; that update was undone and nothing "
-            "from it was saved; lower the learning rate or the Langevin step size, or skip such updates "
-            "(skip_nonfinite=True, --skip-nonfinite)"
-        )
 
     with _DeferredInterrupt(saving=checkpoint_path is not None, sigterm_is_ctrl_c=world is not None, announce=main) as interrupt, \
             warnings.catch_warnings():
         # Pyro warns "Encountered NaN: loss" before the guard reports the same thing in one line
         warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
         in_a_row = 0  # non-finite updates in a row, across epochs
-        for epoch in range(start_epoch, epochs):
+        for epoch in range(start.epoch, epochs):
             order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-            resumed_here = epoch == start_epoch and start_batch > 0
-            sums: Dict[str, float] = dict(partial.get("sums", {})) if resumed_here else {}
-            count = int(partial.get("count", 0)) if resumed_here else 0
-            skipped = int(partial.get("skipped", 0)) if resumed_here else 0
-            earlier = float(partial.get("seconds", 0.0)) if resumed_here else 0.0
-            started = time.perf_counter()
-            first = start_batch if epoch == start_epoch else 0
+            first = start.batch if epoch == start.epoch else 0
+            tally = _Tally(start.partial if first > 0 else None)
             position = (epoch, first)  # the next batch to run
             bar = tqdm(range(first, num_batches), desc=f"{desc} {epoch + 1}/{epochs}", disable=not (progress and main),
                        leave=False, dynamic_ncols=True)
             try:
                 for batch_index in bar:
                     snapshot = _Snapshot(trainer)
-                    reason = None
                     try:
                         index = order[batch_index * batch_size : (batch_index + 1) * batch_size]
                         if hasattr(trainer, "set_positions"):  # dataset positions, for persistent chains
                             trainer.set_positions(index)
-                        metrics = trainer.step(*batch(index))
-                        loss = metrics.get("loss")
-                        if loss is not None and not math.isfinite(float(loss)):
-                            reason = f"the loss became {float(loss)}"
-                        else:
-                            bad = _first_nonfinite(watched)
-                            if bad is not None:
-                                reason = f"{bad} became NaN or infinite (the loss was {loss})"
+                        metrics, reason = _guarded_step(trainer, batch(index), watched)
                     except KeyboardInterrupt:  # a second Ctrl-C inside the update: discard the half-done update
                         snapshot.restore(trainer)
-                        interrupted_at = position
-                        position = None  # saved here, not again below
-                        save(interrupted_at, snapshot.state, sums, count, earlier + time.perf_counter() - started, skipped)
+                        interrupted_at, position = position, None  # saved here, not again below
+                        checkpoints.save(interrupted_at, tally, snapshot.state)
                         raise
                     except (FloatingPointError, ValueError) as err:
                         reason = _nonfinite_reason(err)
@@ -429,49 +490,44 @@ def fit_steps(
                             raise
                         if world is not None:  # raised on this process only: the others cannot skip it with us
                             snapshot.restore(trainer)
-                            raise diverged(epoch, batch_index, f"{reason} (process {world.rank} of {world.size})") from None
+                            raise _diverged(epoch, batch_index, num_batches,
+                                            f"{reason} (process {world.rank} of {world.size})") from None
                     if reason is not None:
                         snapshot.restore(trainer)
                         if not skip_nonfinite:
-                            raise diverged(epoch, batch_index, reason) from None
-                        skipped += 1
+                            raise _diverged(epoch, batch_index, num_batches, reason) from None
+                        tally.skipped += 1
                         in_a_row += 1
                         if in_a_row >= MAX_SKIPS_IN_A_ROW:
-                            raise diverged(epoch, batch_index, f"{in_a_row} updates in a row were non-finite, the last "
-                                           f"because {reason}") from None
+                            raise _diverged(epoch, batch_index, num_batches, f"{in_a_row} updates in a row were "
+                                            f"non-finite, the last because {reason}") from None
                     else:
                         in_a_row = 0
-                        for key, value in metrics.items():
-                            sums[key] = sums.get(key, 0.0) + float(value)
-                        count += 1
+                        tally.add(metrics)
                     position = (epoch, batch_index + 1)
                     if after_step is not None:
                         after_step(epoch * num_batches + batch_index)
-                    bar.set_postfix({k: f"{v / max(count, 1):.3g}" for k, v in list(sums.items())[:3]})
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in tally.means(limit=3).items()})
                     if world is not None:  # the processes stop at the same batch
                         interrupt.requested = distributed.any_process(interrupt.requested)
                     if interrupt.requested:
                         break
             except KeyboardInterrupt:  # raised between updates (e.g. by a callback): the state is consistent
                 if position is not None:
-                    save(position, None, sums, count, earlier + time.perf_counter() - started, skipped)
+                    checkpoints.save(position, tally)
                 raise
             finally:
                 bar.close()
             if interrupt.requested:
-                save(position, None, sums, count, earlier + time.perf_counter() - started, skipped)
+                checkpoints.save(position, tally)
                 raise interrupt.exception()
-            seconds = earlier + time.perf_counter() - started
-            row = {"epoch": epoch + 1, **{k: v / max(count, 1) for k, v in sums.items()}, "seconds": seconds,
-                   "examples_per_second": count * batch_size / max(seconds, 1e-9)}
-            if skip_nonfinite:
-                row["nonfinite_skipped"] = skipped
+            row = tally.row(epoch + 1, batch_size, with_skipped=skip_nonfinite)
             # The end of an epoch is one unit: a hard interrupt here keeps the previous checkpoint.
             history.epochs.append(row)
             trainer.end_epoch()
             if after_epoch is not None:
                 after_epoch(epoch + 1, row)
-            save((epoch + 1, 0))
+            checkpoints.save((epoch + 1, 0))
             if world is not None:
                 interrupt.requested = distributed.any_process(interrupt.requested)
             if interrupt.requested:
