@@ -13,7 +13,7 @@ from pyro_lfbm.harness.anomaly_experiment import AnomalyRunConfig, run_folder_na
 from pyro_lfbm.harness.cli import read_result_file
 from pyro_lfbm.harness.formatting import mean_std
 from pyro_lfbm.harness.locking import locked
-from pyro_lfbm.train.presets import PRESETS
+from pyro_lfbm.train.presets import PRESETS, PRIOR_KINDS
 
 __all__ = ["HIERARCHICAL_AUPRC", "PAPER_AUPRC", "append_rows", "has_run", "hierarchical_target_table", "paired_differences",
            "read_table", "run_table", "summary_table", "target_table", "write_report"]
@@ -85,12 +85,18 @@ def scored_rows(table: pd.DataFrame, score: str, batchnorm: str) -> pd.DataFrame
     return table[(table.score == score) & (table.batchnorm == batchnorm)] if "batchnorm" in table else table[table.score == score]
 
 
+def other_priors() -> tuple:
+    """The priors the flow (LFBM) is compared with: every other registered one
+    (:data:`~pyro_lfbm.train.presets.PRIOR_KINDS`), in report order."""
+    return tuple(p for p in PRIOR_KINDS if p != "flow")
+
+
 def target_table(table: pd.DataFrame, batchnorm: str = "train") -> pd.DataFrame:
     """The issue's targets per held-out digit, from the joint score with ``batchnorm`` scoring.
 
     Columns: heldout, seeds (flow runs), flow (mean AUPRC), paper (the paper's LFBM row), gap
-    (flow − paper), met (at least the paper's row over at least 3 seeds), gaussian / ebm (their
-    means where run) and ahead (flow above every other prior that was run; NaN when none was).
+    (flow − paper), met (at least the paper's row over at least 3 seeds), one column per other prior
+    (:func:`other_priors`: ebm, gaussian; their means where run) and ahead (flow above every other prior that was run; NaN when none was).
     """
     rows = scored_rows(table, "joint", batchnorm)
     means = rows.groupby(["heldout", "prior"]).auprc.mean().unstack("prior")
@@ -99,7 +105,7 @@ def target_table(table: pd.DataFrame, batchnorm: str = "train") -> pd.DataFrame:
     for digit in sorted(rows.heldout.unique()):
         flow = means.loc[digit].get("flow", float("nan"))
         paper = PAPER_AUPRC["LFBM"].get(int(digit), float("nan"))
-        others = {p: means.loc[digit].get(p, float("nan")) for p in ("gaussian", "ebm")}
+        others = {p: means.loc[digit].get(p, float("nan")) for p in other_priors()}
         measured = [v for v in others.values() if pd.notna(v)]
         n = int(seeds.get(digit, 0))
         out.append({
@@ -140,7 +146,7 @@ def paired_differences(table: pd.DataFrame, batchnorm: str = "train", score: str
     rows = scored_rows(table, score, batchnorm)
     by_seed = rows.pivot_table(index=["heldout", "seed"], columns="prior", values="auprc")
     out = []
-    for other in ("gaussian", "ebm"):
+    for other in other_priors():
         if "flow" not in by_seed or other not in by_seed:
             continue
         diff = (by_seed["flow"] - by_seed[other]).dropna()
@@ -164,7 +170,7 @@ def readable_targets(targets: pd.DataFrame) -> pd.DataFrame:
     if targets.empty:
         return targets
     out = targets.copy()
-    for column in ("flow", "paper", "gap", "gaussian", "ebm"):
+    for column in ("flow", "paper", "gap", *other_priors()):
         out[column] = ["not run" if pd.isna(v) else f"{v:.3f}" for v in targets[column]]
     out["met"] = ["yes" if met else "no" for met in targets.met]
     out["ahead"] = ["not run" if pd.isna(a) else ("yes" if a else "no") for a in targets.ahead]

@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Tuple
 
-__all__ = ["PRIOR_MODELS", "PRIOR_ORDER", "PRIOR_WORDS", "mean_std", "prior_label"]
+from pyro_lfbm.train.presets import PRIOR_KINDS
 
-#: The order in which reports list the priors.
-PRIOR_ORDER = ("flow", "ebm", "gaussian")
-#: The model each prior makes: LFBM (flow), LEBM (energy-based), ABP (Gaussian).
-PRIOR_MODELS = {"flow": "LFBM", "ebm": "LEBM", "gaussian": "ABP"}
-#: The prior in words.
-PRIOR_WORDS = {"flow": "flow", "ebm": "energy", "gaussian": "Gaussian"}
+__all__ = ["mean_std", "prior_label", "prior_order"]
+
+
+def prior_order() -> Tuple[str, ...]:
+    """The order in which reports list the priors: that of :data:`~pyro_lfbm.train.presets.PRIOR_KINDS`
+    (flow, ebm, gaussian, then any registered later)."""
+    return tuple(PRIOR_KINDS)
 
 
 def prior_label(prior: str, model: bool = True) -> str:
-    """``"flow (LFBM)"`` (``model=False``: ``"flow"``); unknown names are returned as they are."""
-    word = PRIOR_WORDS.get(prior, prior)
-    return f"{word} ({PRIOR_MODELS[prior]})" if model and prior in PRIOR_MODELS else word
+    """``"flow (LFBM)"`` (``model=False``: ``"flow"``), from the prior's
+    :class:`~pyro_lfbm.train.presets.PriorKind`; unknown names are returned as they are."""
+    kind = PRIOR_KINDS.get(prior)
+    if kind is None:
+        return prior
+    return f"{kind.word} ({kind.model})" if model and kind.model else kind.word
 
 
 def _number(value: float, spec: str) -> str:

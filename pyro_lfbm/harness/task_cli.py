@@ -27,7 +27,7 @@ from pyro_lfbm.harness.cli import UsageError, add_common_arguments, resolve_devi
 from pyro_lfbm.data import DATASETS, dataset_info, load_images
 from pyro_lfbm.metrics.fid import default_cache_dir
 from pyro_lfbm.train.recipe import fit_preset, with_epochs
-from pyro_lfbm.train.presets import PRIORS, Preset, get_preset
+from pyro_lfbm.train.presets import Preset, check_prior, get_preset
 
 __all__ = ["add_task_arguments", "check_task_arguments", "checkpoint_dir", "load_split", "parse_shape", "task_preset",
            "trained_model"]
@@ -118,8 +118,10 @@ def load_split(args: argparse.Namespace, split: str, limit: Optional[int]) -> to
 
 def task_preset(args: argparse.Namespace, prior: str, image_shape: Tuple[int, int, int]) -> Preset:
     """``get_preset(args.preset, prior)`` with ``--epochs`` applied and the model's image shape set."""
-    if prior not in PRIORS:
-        raise UsageError(f"unknown prior {prior!r}; choose one of {', '.join(PRIORS)}")
+    try:
+        check_prior(prior)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     if args.epochs is not None and args.epochs < 1:
         raise UsageError(f"--epochs must be at least 1, got {args.epochs}")
     preset = with_epochs(get_preset(args.preset, prior), args.epochs)

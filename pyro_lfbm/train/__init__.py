@@ -11,7 +11,7 @@ from pyro_lfbm.train.loop import MAX_SKIPS_IN_A_ROW, History, StepTrainer, check
 from pyro_lfbm.train.coopflow import CoopFlowConfig, CoopFlowOptim, CoopFlowTrainer, coopflow_preset
 from pyro_lfbm.train.encoder import fit_encoder
 from pyro_lfbm.train.glf import GLFConfig, GLFTrainer, glf_preset
-from pyro_lfbm.train.presets import GUIDES, PRESETS, PRIORS, GuideConfig, LearnConfig, ModelConfig, Preset, get_preset
+from pyro_lfbm.train.presets import GUIDES, PRESETS, PRIOR_KINDS, PRIORS, PriorKind, register_prior, GuideConfig, LearnConfig, ModelConfig, Preset, get_preset
 from pyro_lfbm.train.recipe import Recipe, build, fit_preset, isolated, run_tag, train_recipe, with_epochs
 from pyro_lfbm.train.refit import CodeDensityFit, refit_prior
 from pyro_lfbm.train.svi import OptimConfig, SVITrainer, check_param_store, fit
@@ -34,6 +34,9 @@ __all__ = [
     "OptimConfig",
     "PRESETS",
     "PRIORS",
+    "PRIOR_KINDS",
+    "PriorKind",
+    "register_prior",
     "Preset",
     "Recipe",
     "SVITrainer",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, replace
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
@@ -24,6 +24,57 @@ from pyro_lfbm.priors import EnergyPrior, FlowPrior, GaussianPrior, LatentPrior,
 from pyro_lfbm.train.averaging import check_decay
 from pyro_lfbm.train.svi import OptimConfig
 
+
+
+@dataclass(frozen=True)
+class PriorKind:
+    """A prior that presets, command lines and reports know by name.
+
+    :param str name: its name in a :class:`ModelConfig` (``prior=``) and on command lines (``--prior``).
+    :param str word: the prior in a report's words (``"energy"``).
+    :param str model: the model it makes with a generator (``"LEBM"``), or ``""``.
+    :param build: ``build(config) -> LatentPrior`` over ``config.latent_dim`` dimensions, from a :class:`ModelConfig`.
+    :param prior_lr_fraction: the prior's own learning rate as a fraction of the generator's (``optim.prior_lr``),
+        unless a preset sets one; None: the prior learns at the generator's rate.
+    """
+
+    name: str
+    word: str
+    model: str
+    build: Callable[["ModelConfig"], LatentPrior]
+    prior_lr_fraction: Optional[float] = None
+
+
+#: Every prior by name, in the order reports list them; :func:`register_prior` adds one.
+PRIOR_KINDS: Dict[str, PriorKind] = {}
+
+
+def register_prior(kind: PriorKind) -> PriorKind:
+    """Make ``kind`` buildable by name (``ModelConfig(prior=kind.name)``, ``get_preset(preset, kind.name)``,
+    ``--prior`` of the experiment scripts built afterwards) and named in reports; returns it."""
+    if kind.name in PRIOR_KINDS:
+        raise ValueError(f"a prior named {kind.name!r} is registered already")
+    PRIOR_KINDS[kind.name] = kind
+    return kind
+
+
+def check_prior(name: str) -> PriorKind:
+    """The registered prior ``name``; a one-line ``ValueError`` listing the others when there is none."""
+    if name not in PRIOR_KINDS:
+        raise ValueError(f"unknown prior {name!r}; choose one of {', '.join(PRIOR_KINDS)}")
+    return PRIOR_KINDS[name]
+
+
+register_prior(PriorKind("flow", "flow", "LFBM",
+                         lambda c: FlowPrior(c.latent_dim, num_steps=c.flow_steps, hidden_dim=c.flow_width)))
+# LEBM's code: energy net at 2e-5 against 1e-4 for the generator, i.e. a fifth
+register_prior(PriorKind("ebm", "energy", "LEBM",
+                         lambda c: EnergyPrior(c.latent_dim, hidden_dims=(c.ebm_hidden, c.ebm_hidden),
+                                               num_prior_steps=c.ebm_prior_steps, prior_step_size=c.ebm_prior_step_size),
+                         prior_lr_fraction=0.2))
+register_prior(PriorKind("gaussian", "Gaussian", "ABP", lambda c: GaussianPrior(c.latent_dim)))
+
+#: The built-in priors' names (command-line choices); :data:`PRIOR_KINDS` holds every registered one.
 PRIORS = ("flow", "gaussian", "ebm")
 
 #: ``"latent"``: :class:`~pyro_lfbm.models.LatentModel` (one latent vector at the top of the
@@ -63,8 +114,7 @@ class ModelConfig:
 
     def check(self) -> "ModelConfig":
         """Raise a one-line ``ValueError`` naming the first field with an impossible value; returns self."""
-        if self.prior not in PRIORS:
-            raise ValueError(f"unknown prior {self.prior!r}; choose one of {', '.join(PRIORS)}")
+        check_prior(self.prior)
         shape = tuple(self.image_shape)
         if len(shape) != 3 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in shape):
             raise ValueError(f"image_shape must be three positive integers (C, H, W), got {self.image_shape!r}")
@@ -96,18 +146,7 @@ class ModelConfig:
             layers = [replace(self, layer_dims=(), layer_prior="joint", latent_dim=d,
                               prior="gaussian" if d == 1 else self.prior).build_prior() for d in self.layer_dims]
             return TopDownPrior(layers, hidden_dim=self.flow_width)
-        if self.prior == "flow":
-            return FlowPrior(self.latent_dim, num_steps=self.flow_steps, hidden_dim=self.flow_width)
-        if self.prior == "gaussian":
-            return GaussianPrior(self.latent_dim)
-        if self.prior == "ebm":
-            return EnergyPrior(
-                self.latent_dim,
-                hidden_dims=(self.ebm_hidden, self.ebm_hidden),
-                num_prior_steps=self.ebm_prior_steps,
-                prior_step_size=self.ebm_prior_step_size,
-            )
-        raise ValueError(f"unknown prior {self.prior!r}; choose one of {', '.join(PRIORS)}")
+        return check_prior(self.prior).build(self)
 
     def latent_sites(self) -> Tuple[str, ...]:
         """The model's latent Pyro sites: ``("z",)``, or ``("z1", "z2", "z3")`` with ``layer_dims``."""
@@ -230,13 +269,12 @@ class Preset:
     score: str = "joint"
 
     def with_prior(self, prior: str) -> "Preset":
-        """The same preset for another prior (LEBM gets its own learning rates, as in its code)."""
-        if prior not in PRIORS:
-            raise ValueError(f"unknown prior {prior!r}; choose one of {', '.join(PRIORS)}")
+        """The same preset for another prior (a prior with ``prior_lr_fraction``, LEBM's, gets its own
+        learning rate, as in its code, unless the preset sets one)."""
+        fraction = check_prior(prior).prior_lr_fraction
         learn = self.learn
-        if prior == "ebm":
-            # LEBM's code: energy net at 2e-5 against 1e-4 for the generator, i.e. a fifth.
-            learn = replace(learn, optim=replace(learn.optim, prior_lr=learn.optim.prior_lr or learn.optim.lr / 5))
+        if fraction is not None:
+            learn = replace(learn, optim=replace(learn.optim, prior_lr=learn.optim.prior_lr or learn.optim.lr * fraction))
         return replace(self, model=replace(self.model, prior=prior), learn=learn)
 
     def with_guide(self, kind: str, **settings) -> "Preset":
