@@ -25,6 +25,7 @@ from pyro_lfbm.harness import cli
 from pyro_lfbm.harness.cli import UsageError, run_record, save_tensors, staged_output, write_json
 from pyro_lfbm.metrics.generation import evaluate_coopflow
 from pyro_lfbm.train.coopflow import CoopFlowTrainer, coopflow_preset
+from pyro_lfbm.train.checkpoint import Checkpointing
 from pyro_lfbm.train.loop import fit_steps
 from pyro_lfbm.harness.task_cli import add_task_arguments, check_task_arguments, load_split, seeded_device
 
@@ -68,9 +69,9 @@ def main(args: argparse.Namespace) -> dict:
     trainer = CoopFlowTrainer(model, cfg.optim)
     config = {"dataset": args.dataset, "n_train": x_train.shape[0], **cfg.to_dict()}
     history = fit_steps(trainer, x_train, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=args.seed, device=device,
-                        checkpoint_path=ckpt, resume=args.resume, config=config,
-                        config_keys=("dataset", "image_shape", "flow_levels", "flow_steps", "flow_hidden",
-                                     "flow_checkerboard_steps", "energy", "energy_width"),
+                        checkpoint=Checkpointing(ckpt, args.resume, config,
+                                                 ("dataset", "image_shape", "flow_levels", "flow_steps", "flow_hidden",
+                                                  "flow_checkerboard_steps", "energy", "energy_width")),
                         progress=not args.no_progress, desc="CoopFlow epoch", skip_nonfinite=args.skip_nonfinite)
     started = time.perf_counter()
     evaluation = evaluate_coopflow(model, x_train, args.num_samples)

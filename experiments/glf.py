@@ -25,6 +25,7 @@ from pyro_lfbm.harness import cli
 from pyro_lfbm.harness.cli import UsageError, run_record, save_tensors, staged_output, write_json
 from pyro_lfbm.metrics.generation import evaluate_glf
 from pyro_lfbm.train.glf import GLFTrainer, glf_preset
+from pyro_lfbm.train.checkpoint import Checkpointing
 from pyro_lfbm.train.loop import fit_steps
 from pyro_lfbm.harness.task_cli import add_task_arguments, check_task_arguments, load_split, seeded_device
 
@@ -66,9 +67,9 @@ def main(args: argparse.Namespace) -> dict:
     trainer = GLFTrainer(model, cfg)
     config = {"dataset": args.dataset, "n_train": x_train.shape[0], **cfg.to_dict()}
     history = fit_steps(trainer, x_train, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=args.seed, device=device,
-                        checkpoint_path=ckpt, resume=args.resume, config=config,
-                        config_keys=("dataset", "image_shape", "latent_dim", "hidden_dim", "channels", "flow_steps",
-                                     "flow_width", "stop_gradient"),
+                        checkpoint=Checkpointing(ckpt, args.resume, config,
+                                                 ("dataset", "image_shape", "latent_dim", "hidden_dim", "channels",
+                                                  "flow_steps", "flow_width", "stop_gradient")),
                         progress=not args.no_progress, desc="GLF epoch", skip_nonfinite=args.skip_nonfinite)
     started = time.perf_counter()
     evaluation = evaluate_glf(model, x_test, args.num_samples)

@@ -25,7 +25,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from pyro_lfbm.infer import LangevinGuide  # noqa: E402
-from pyro_lfbm.train import distributed, fit, get_preset  # noqa: E402
+from pyro_lfbm.train import Checkpointing, distributed, fit, get_preset  # noqa: E402
 from pyro_lfbm.train.svi import OptimConfig, SVITrainer  # noqa: E402
 
 
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> Dict:
     optim = SGDConfig(lr=2e-6, ema_decay=args.ema) if args.optim == "sgd" else OptimConfig(lr=2e-3, ema_decay=args.ema)
     trainer = SVITrainer(model, guide, optim)
     history = fit(model, guide, x, epochs=args.epochs, batch_size=args.batch_size, trainer=trainer, seed=3,
-                  checkpoint_path=args.checkpoint, resume=args.resume, progress=False)
+                  checkpoint=Checkpointing(args.checkpoint, args.resume) if args.checkpoint else None, progress=False)
     world = distributed.current()
     z_last = guide.latents["z"]
     if world is not None:  # the last batch's final latents, all rows

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from pyro_lfbm.train import ExponentialAverage, build, get_preset, isolated, load_checkpoint, train_recipe, trainer_state
-from pyro_lfbm.train.checkpoint import CheckpointError
+from pyro_lfbm.train.checkpoint import CheckpointError, Checkpointing
 from pyro_lfbm.train.svi import fit
 from pyro_lfbm.tasks.anomaly import load_trained_model
 from tests.conftest import REPO, require_mnist
@@ -74,7 +74,7 @@ def test_averaging_leaves_the_trajectory_as_it_was_and_ends_on_the_average(kind,
     for ema in (None, 0.8):
         with isolated(seed=3):
             recipe = build(tiny(ema, kind))
-            history = train_recipe(recipe, x, seed=3, checkpoint_path=tmp_path / f"{ema}.pt", progress=False)
+            history = train_recipe(recipe, x, seed=3, checkpoint=Checkpointing(tmp_path / f"{ema}.pt"), progress=False)
             finals[ema] = (recipe, history)
     (plain, plain_history), (averaged, averaged_history) = finals[None], finals[0.8]
     assert [row["loss"] for row in plain_history.epochs] == [row["loss"] for row in averaged_history.epochs]
@@ -99,7 +99,7 @@ def test_a_resumed_run_continues_the_average_exactly(tmp_path):
         with isolated(seed=5):
             recipe = build(tiny(0.7, epochs=epochs))
             fit(recipe.model, recipe.guide, x, epochs=epochs, batch_size=10, trainer=recipe.trainer, seed=5,
-                checkpoint_path=path, resume=resume, progress=False)
+                checkpoint=Checkpointing(path, resume), progress=False)
             return recipe.trainer.state_dict()
 
     straight = run(3, tmp_path / "straight.pt", False)
@@ -115,7 +115,7 @@ def test_a_checkpoint_without_an_average_starts_one_with_a_warning(tmp_path):
     with isolated(seed=5):
         recipe = build(tiny(None, epochs=1))
         fit(recipe.model, recipe.guide, x, epochs=1, batch_size=10, trainer=recipe.trainer, seed=5,
-            checkpoint_path=tmp_path / "plain.pt", progress=False)
+            checkpoint=Checkpointing(tmp_path / "plain.pt"), progress=False)
         plain_state = recipe.trainer.state_dict()
     with isolated(seed=5):
         recipe = build(tiny(0.9, epochs=1))
@@ -130,7 +130,7 @@ def test_scoring_a_checkpoint_loads_its_average_or_refuses_one_without(tmp_path)
     for name, ema in (("plain.pt", None), ("averaged.pt", 0.6)):
         with isolated(seed=5):
             recipe = build(tiny(ema, epochs=1))
-            train_recipe(recipe, x, seed=5, checkpoint_path=tmp_path / name, progress=False)
+            train_recipe(recipe, x, seed=5, checkpoint=Checkpointing(tmp_path / name), progress=False)
             if ema is not None:
                 want = {k: v.clone() for k, v in recipe.model.state_dict().items()}
     with isolated(seed=1):

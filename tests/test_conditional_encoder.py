@@ -9,7 +9,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
-import pyro
 import pytest
 import torch
 from pyro import poutine

@@ -9,6 +9,7 @@ import torch
 from pyro_lfbm.models.coopflow import CoopFlow
 from pyro_lfbm.train.coopflow import CoopFlowTrainer, coopflow_preset
 from pyro_lfbm.nets.energy import ConvEnergy, ResEnergy32, make_energy
+from pyro_lfbm.train.checkpoint import Checkpointing
 from pyro_lfbm.train.loop import fit_steps
 
 
@@ -49,7 +50,7 @@ def test_a_short_run_stays_finite_and_raises_the_flow_likelihood_of_revised_samp
     cfg, model, trainer = tiny()
     model.step_size = 3.0
     history = fit_steps(trainer, blobs(60), epochs=3, batch_size=20, seed=0, progress=False,
-                        checkpoint_path=tmp_path / "coop.pt")
+                        checkpoint=Checkpointing(tmp_path / "coop.pt"))
     rows = history.epochs
     assert all(math.isfinite(v) for row in rows for v in row.values())
     assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -4,7 +4,6 @@ has the small / full switch and one thread, and CI builds the site exactly as th
 
 import ast
 import re
-import sys
 from pathlib import Path
 
 import pytest

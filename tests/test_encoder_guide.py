@@ -1,14 +1,14 @@
 import pytest
 import torch
 import pyro
-import pyro.distributions as dist
 from pyro import poutine
-from pyro.infer import SVI, Predictive, Trace_ELBO
+from pyro.infer import Predictive, Trace_ELBO
 
 from pyro_lfbm.metrics.evaluation import langevin_trajectory
 from pyro_lfbm.infer import short_run_langevin
 from pyro_lfbm.infer.baselines import fit_autonormal, mala_reference
 from pyro_lfbm.infer.encoder_guide import EncoderGuide, encode_dataset
+from pyro_lfbm.train.checkpoint import Checkpointing
 from pyro_lfbm.train.encoder import fit_encoder
 from pyro_lfbm.infer.hybrid import HybridGuide, hybrid_infer_dataset
 from pyro_lfbm.nets import MNISTEncoder
@@ -99,7 +99,7 @@ def test_hybrid_training_moves_model_and_encoder_towards_the_chains(tmp_path):
     enc0 = [p.detach().clone() for p in guide.parameters()]
     gen0 = [p.detach().clone() for p in model.generator.parameters()]
     history = fit(model, hybrid, x, epochs=2, batch_size=25, optim=OptimConfig(lr=3e-3), progress=False,
-                  checkpoint_path=tmp_path / "h.pt")
+                  checkpoint=Checkpointing(tmp_path / "h.pt"))
     assert history.epochs[-1]["loss"] < history.epochs[0]["loss"]
     assert any(not torch.equal(a, b) for a, b in zip(enc0, guide.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(gen0, model.generator.parameters()))

@@ -1,7 +1,7 @@
 import pyro
 import torch
 
-from pyro_lfbm import EnergyPrior, LangevinGuide
+from pyro_lfbm import EnergyPrior
 from pyro_lfbm._context import posterior_inference
 
 

@@ -8,6 +8,7 @@ import torch
 
 from pyro_lfbm.models.glf import GLF
 from pyro_lfbm.train.glf import GLFTrainer, glf_preset
+from pyro_lfbm.train.checkpoint import Checkpointing
 from pyro_lfbm.train.loop import fit_steps
 
 
@@ -54,7 +55,7 @@ def test_a_short_run_lowers_both_losses(tmp_path):
     trainer = GLFTrainer(model, cfg)
     x = blobs(200)
     history = fit_steps(trainer, x, epochs=6, batch_size=20, seed=0, progress=False,
-                        checkpoint_path=tmp_path / "glf.pt")
+                        checkpoint=Checkpointing(tmp_path / "glf.pt"))
     first, last = history.epochs[0], history.epochs[-1]
     assert last["recon"] < 0.7 * first["recon"], (first, last)
     assert last["nll"] < first["nll"], (first, last)
@@ -74,7 +75,7 @@ def test_resume_continues_the_same_run(tmp_path):
                 raise KeyboardInterrupt
 
         fit_steps(trainer, blobs(100), epochs=epochs, batch_size=20, seed=1, progress=False, after_step=after_step,
-                  checkpoint_path=folder / "ck.pt", resume=resume, config=cfg.to_dict(), config_keys=("latent_dim",))
+                  checkpoint=Checkpointing(folder / "ck.pt", resume, cfg.to_dict(), ("latent_dim",)))
         return model
 
     reference = run(tmp_path / "a", 2)

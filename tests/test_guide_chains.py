@@ -1,12 +1,10 @@
 """The guide's chain machinery: divergence guard, step_size="auto", persistent chains."""
 
-import math
 
 import pytest
 import torch
 import pyro
 import pyro.distributions as dist
-from pyro.infer import SVI, Trace_ELBO
 
 from pyro_lfbm import GaussianPrior, LangevinGuide, LatentModel
 from pyro_lfbm.infer import (
@@ -19,6 +17,7 @@ from pyro_lfbm.infer import (
 from pyro_lfbm.infer.adaptation import StepSizeAdaptation, window_ends
 from pyro_lfbm.infer.langevin import MAX_LOG_DENSITY_DROP
 from pyro_lfbm.nets import MNISTGenerator
+from pyro_lfbm.train.checkpoint import Checkpointing
 from pyro_lfbm.train.svi import OptimConfig, fit
 from tests.test_guide_idioms import LinearGaussian, _repeated_obs_model
 
@@ -271,8 +270,8 @@ def test_persistent_chains_are_saved_and_training_resumes_exactly(tmp_path):
         pyro.set_rng_seed(0)
         model = LatentModel(GaussianPrior(3), MNISTGenerator(3, hidden_dim=8, channels=2, batch_norm=False))
         guide = LangevinGuide(model, num_steps=3, step_size=0.1, persistent=12)
-        fit(model, guide, x, epochs=epochs, batch_size=4, optim=OptimConfig(lr=1e-3), checkpoint_path=path,
-            resume=resume, progress=False)
+        fit(model, guide, x, epochs=epochs, batch_size=4, optim=OptimConfig(lr=1e-3),
+            checkpoint=Checkpointing(path, resume), progress=False)
         return model, guide
 
     straight_model, straight = run(2, False, tmp_path / "a.pt")

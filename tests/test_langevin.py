@@ -1,4 +1,3 @@
-import math
 
 import pytest
 import torch
@@ -6,9 +5,8 @@ import pyro
 import pyro.distributions as dist
 from pyro.infer import SVI, Trace_ELBO, Predictive
 
-from pyro_lfbm import FlowPrior, GaussianPrior, LangevinGuide, LatentModel
-from pyro_lfbm.infer import langevin_step, short_run_langevin
-from pyro_lfbm.infer.langevin import LangevinState
+from pyro_lfbm import FlowPrior, LangevinGuide, LatentModel
+from pyro_lfbm.infer import short_run_langevin
 from pyro_lfbm.nets import MNISTGenerator
 from tests.conftest import require_mnist
 

@@ -1,6 +1,5 @@
 import pytest
 import torch
-import pyro
 from pyro import poutine
 
 from pyro_lfbm import EnergyPrior, FlowPrior, GaussianPrior, LatentModel

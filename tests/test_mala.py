@@ -1,6 +1,5 @@
 """The pure MALA step: its Metropolis-Hastings ratio, per-row tests, divergence handling and exactness."""
 
-import math
 
 import pytest
 import torch

@@ -5,7 +5,7 @@ import torch
 import pyro
 
 from pyro_lfbm import LangevinGuide
-from pyro_lfbm.train.checkpoint import CheckpointError
+from pyro_lfbm.train.checkpoint import CheckpointError, Checkpointing
 from pyro_lfbm.train.presets import get_preset
 from pyro_lfbm.train.svi import OptimConfig, fit
 
@@ -34,8 +34,8 @@ def train(tmp_path, epochs, interrupt_at=None, resume=False):
             raise KeyboardInterrupt
 
     history = fit(model, guide, x, epochs=epochs, batch_size=20, optim=OptimConfig(lr=1e-2), seed=3,
-                  checkpoint_path=tmp_path / "ckpt.pt", resume=resume, config=preset.to_dict(),
-                  config_keys=("model",), progress=False, after_step=after_step)
+                  checkpoint=Checkpointing(tmp_path / "ckpt.pt", resume, preset.to_dict(), ("model",)), progress=False,
+                  after_step=after_step)
     return model, history
 
 
@@ -65,8 +65,7 @@ def test_resume_with_another_config_is_a_one_line_error(tmp_path):
     model = preset.model.build()
     with pytest.raises(CheckpointError, match="latent_dim"):
         fit(model, LangevinGuide(model, num_steps=2), tiny_data(), epochs=2, batch_size=20,
-            checkpoint_path=tmp_path / "ckpt.pt", resume=True, config=preset.to_dict(), config_keys=("model",),
-            progress=False)
+            checkpoint=Checkpointing(tmp_path / "ckpt.pt", True, preset.to_dict(), ("model",)), progress=False)
 
 
 def test_stale_param_store_is_detected():

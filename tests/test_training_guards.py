@@ -7,7 +7,6 @@ import copy
 import signal
 import subprocess
 import sys
-import time
 
 import pyro
 import pytest
@@ -15,7 +14,7 @@ import torch
 
 from pyro_lfbm import LangevinGuide
 from pyro_lfbm.train import loop as step_training
-from pyro_lfbm.train.checkpoint import find_nonfinite, load_checkpoint, remove_stale_temporaries, save_checkpoint
+from pyro_lfbm.train.checkpoint import Checkpointing, find_nonfinite, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from pyro_lfbm.train.presets import get_preset
 from pyro_lfbm.train.loop import MAX_SKIPS_IN_A_ROW
 from pyro_lfbm.train.svi import OptimConfig, fit
@@ -36,7 +35,7 @@ def build():
 def run(tmp_path, epochs=2, resume=False, lr=1e-2, **kwargs):
     preset, model, guide = build()
     history = fit(model, guide, tiny_data(), epochs=epochs, batch_size=20, optim=OptimConfig(lr=lr), seed=3,
-                  checkpoint_path=tmp_path / "ckpt.pt", resume=resume, config=preset.to_dict(), config_keys=("model",),
+                  checkpoint=Checkpointing(tmp_path / "ckpt.pt", resume, preset.to_dict(), ("model",)),
                   progress=False, **kwargs)
     return model, history
 
@@ -86,7 +85,7 @@ def test_a_nan_gradient_stops_training_undoes_the_update_and_is_never_saved(tmp_
 
     with pytest.raises(FloatingPointError) as info:
         fit(model, guide, tiny_data(), epochs=3, batch_size=20, optim=OptimConfig(lr=1e-2), seed=3,
-            checkpoint_path=tmp_path / "ckpt.pt", progress=False, after_step=remember)
+            checkpoint=Checkpointing(tmp_path / "ckpt.pt"), progress=False, after_step=remember)
     message = str(info.value)
     epoch, batch = divmod(bad_step, BATCHES)
     assert "\n" not in message and f"epoch {epoch + 1}, batch {batch + 1} of {BATCHES}" in message
@@ -114,7 +113,7 @@ def test_skip_nonfinite_drops_the_bad_updates_and_counts_them(tmp_path, saved_st
     preset, model, guide = build()
     after_step = nan_gradient_at(model, {2, BATCHES + 4})
     history = fit(model, guide, tiny_data(), epochs=3, batch_size=20, optim=OptimConfig(lr=1e-2), seed=3,
-                  checkpoint_path=tmp_path / "ckpt.pt", progress=False, after_step=after_step, skip_nonfinite=True)
+                  checkpoint=Checkpointing(tmp_path / "ckpt.pt"), progress=False, after_step=after_step, skip_nonfinite=True)
     assert [row["nonfinite_skipped"] for row in history.epochs] == [1, 1, 0] and history.nonfinite_skipped == 2
     assert find_nonfinite(model.state_dict()) is None
     assert len(saved_states) == 3 and all(find_nonfinite(ckpt) is None for ckpt in saved_states)
@@ -181,7 +180,7 @@ def test_ctrl_c_anywhere_then_resume_is_bit_identical(tmp_path, uninterrupted, w
         monkeypatch.setattr(step_training, "save_checkpoint", lambda path, **state: (sigint(), real(path, **state))[1])
     with pytest.raises(KeyboardInterrupt):
         fit(model, guide, tiny_data(), epochs=2, batch_size=20, optim=OptimConfig(lr=1e-2), seed=3,
-            checkpoint_path=tmp_path / "ckpt.pt", config=preset.to_dict(), config_keys=("model",), progress=False,
+            checkpoint=Checkpointing(tmp_path / "ckpt.pt", False, preset.to_dict(), ("model",)), progress=False,
             **kwargs)
     monkeypatch.undo()
     ckpt = load_checkpoint(tmp_path / "ckpt.pt")
@@ -285,7 +284,7 @@ def test_glf_and_coopflow_updates_are_guarded_too(tmp_path, saved_states, make):
             before.update(copy.deepcopy(model.state_dict()))
 
     with pytest.raises(FloatingPointError) as info:
-        step_training.fit_steps(trainer, x, epochs=3, batch_size=20, seed=1, checkpoint_path=tmp_path / "c.pt",
+        step_training.fit_steps(trainer, x, epochs=3, batch_size=20, seed=1, checkpoint=Checkpointing(tmp_path / "c.pt"),
                                 progress=False, after_step=remember)
     assert "epoch 2, batch 2 of 3" in str(info.value) and "\n" not in str(info.value)
     assert states_equal(model.state_dict(), before)  # nothing of the half-done update stays

@@ -18,6 +18,7 @@ from pyro_lfbm.harness.cli import UsageError, read_result_file, run_record, save
 from pyro_lfbm.data import load_images
 from pyro_lfbm.infer import infer_dataset
 from pyro_lfbm.metrics import fid
+from pyro_lfbm.train.checkpoint import Checkpointing
 from pyro_lfbm.train.presets import get_preset
 from pyro_lfbm.train.recipe import build, train_recipe
 
@@ -99,8 +100,8 @@ def _train(preset, ckpt: Path, args, x_train, device, with_guide: bool = False):
     pyro.clear_param_store()
     torch.manual_seed(args.seed)
     recipe = build(preset, device=device)
-    history = train_recipe(recipe, x_train, seed=args.seed, checkpoint_path=ckpt, resume=args.resume,
-                           config=preset.to_dict(), config_keys=("model",), progress=not args.no_progress,
+    history = train_recipe(recipe, x_train, seed=args.seed,
+                           checkpoint=Checkpointing(ckpt, args.resume, preset.to_dict(), ("model",)), progress=not args.no_progress,
                            skip_nonfinite=args.skip_nonfinite)
     return (recipe.model, history, recipe.guide) if with_guide else (recipe.model, history)
 

@@ -20,7 +20,7 @@ from pyro_lfbm.infer.baselines import fit_autonormal, mala_reference
 from pyro_lfbm.infer.encoder_guide import encode_dataset
 from pyro_lfbm.metrics.anomaly import anomaly_metrics, anomaly_scores
 from pyro_lfbm.metrics.evaluation import GaussianProposal, inference_row, langevin_trajectory, log_joint_terms, reconstruction_mse
-from pyro_lfbm.train.checkpoint import load_checkpoint, save_checkpoint
+from pyro_lfbm.train.checkpoint import Checkpointing, load_checkpoint, save_checkpoint
 from pyro_lfbm.train.encoder import fit_encoder
 from pyro_lfbm.train.presets import get_preset
 from pyro_lfbm.train.recipe import build, build_encoder_guide, train_recipe
@@ -58,8 +58,9 @@ def train_variant(variant, dataset, preset, train_x, device, args, ckpt_dir: Pat
     tag = checkpoint_tag(dataset, variant, args.preset, train_x.shape[0])
     config = {**preset.to_dict(), "variant": variant, "train_size": int(train_x.shape[0]), "heldout": args.heldout}
     started = time.perf_counter()
-    history = train_recipe(recipe, train_x, seed=args.seed, checkpoint_path=ckpt_dir / f"{tag}.pt", resume=args.resume,
-                           config=config, config_keys=("model", "variant", "train_size"), progress=not args.no_progress,
+    history = train_recipe(recipe, train_x, seed=args.seed,
+                           checkpoint=Checkpointing(ckpt_dir / f"{tag}.pt", args.resume, config, ("model", "variant", "train_size")),
+                           progress=not args.no_progress,
                            skip_nonfinite=args.skip_nonfinite)
     train_seconds = history.train_seconds
     if variant == "LFBM-MCMC":  # post-hoc amortized inference network for the frozen model

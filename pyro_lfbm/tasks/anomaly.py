@@ -24,7 +24,7 @@ from pyro_lfbm.metrics.anomaly import (anomaly_metrics, anomaly_scores, importan
 from pyro_lfbm.metrics.evaluation import GaussianProposal, GuideProposal, iwae_log_px, latent_rate
 from pyro_lfbm.train.distributed import sharded_inference
 from pyro_lfbm.train.averaging import ExponentialAverage
-from pyro_lfbm.train.checkpoint import CheckpointError, check_config_compatible, load_checkpoint
+from pyro_lfbm.train.checkpoint import CheckpointError, Checkpointing, check_config_compatible, load_checkpoint
 from pyro_lfbm.train.loop import trainer_state
 from pyro_lfbm.train.presets import Preset, preset_model
 from pyro_lfbm.train.recipe import build, isolated, train_recipe
@@ -230,8 +230,9 @@ def run_anomaly(
                                          average=recipe.trainer.average)
             epochs_trained = len(history)
         else:
-            history = train_recipe(recipe, split.train_x, seed=seed, checkpoint_path=checkpoint_path, resume=resume,
-                                   config=config, config_keys=config_keys, progress=progress,
+            checkpoint = (Checkpointing(checkpoint_path, resume, config, config_keys)
+                          if checkpoint_path is not None else None)
+            history = train_recipe(recipe, split.train_x, seed=seed, checkpoint=checkpoint, progress=progress,
                                    skip_nonfinite=skip_nonfinite).epochs
             epochs_trained = learn.epochs
         train_seconds = sum(row["seconds"] for row in history)

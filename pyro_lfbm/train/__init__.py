@@ -6,7 +6,7 @@ post-hoc encoder (:func:`fit_encoder`), the weights' moving average (:class:`Exp
 (:class:`CoopFlowTrainer`); atomic checkpoints; presets and configurations as frozen dataclasses."""
 
 from pyro_lfbm.train.averaging import ExponentialAverage
-from pyro_lfbm.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from pyro_lfbm.train.checkpoint import CheckpointError, Checkpointing, load_checkpoint, save_checkpoint
 from pyro_lfbm.train.loop import MAX_SKIPS_IN_A_ROW, History, StepTrainer, check_training_data, fit_steps, trainer_state
 from pyro_lfbm.train.coopflow import CoopFlowConfig, CoopFlowOptim, CoopFlowTrainer, coopflow_preset
 from pyro_lfbm.train.encoder import fit_encoder
@@ -53,6 +53,7 @@ __all__ = [
     "glf_preset",
     "isolated",
     "load_checkpoint",
+    "Checkpointing",
     "refit_prior",
     "run_tag",
     "save_checkpoint",

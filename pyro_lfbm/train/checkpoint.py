@@ -34,6 +34,7 @@ holds constraint objects), so only load files you wrote yourself.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import pathlib
@@ -333,6 +334,31 @@ def _normalise(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {k: _normalise(v) for k, v in value.items()}
     return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpointing:
+    """Where a training run keeps its checkpoint, and what a checkpoint must agree on to be continued.
+
+    Passed as ``checkpoint=`` to :func:`~pyro_lfbm.train.loop.fit_steps`, :func:`~pyro_lfbm.train.svi.fit`,
+    :func:`~pyro_lfbm.train.recipe.train_recipe` and :func:`~pyro_lfbm.tasks.anomaly.run_anomaly`, which
+    hand it down as it is.
+
+    :param path: the checkpoint file, written atomically after every epoch and on Ctrl-C or SIGTERM.
+    :param bool resume: continue from ``path`` when it exists (from the exact batch where it stopped).
+    :param config: saved with the checkpoint; on resume the entries named in ``keys`` must match
+        (:func:`check_config_compatible`). None: nothing is checked.
+    :param keys: the entries of ``config`` that must match.
+    """
+
+    path: pathlib.Path
+    resume: bool = False
+    config: Any = None
+    keys: tuple = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", pathlib.Path(self.path))
+        object.__setattr__(self, "keys", tuple(self.keys))
 
 
 def check_config_compatible(

@@ -55,6 +55,7 @@ from tqdm.auto import tqdm
 from pyro_lfbm.train import distributed
 from pyro_lfbm.train.checkpoint import (
     CheckpointError,
+    Checkpointing,
     check_config_compatible,
     find_nonfinite,
     get_rng_state,
@@ -284,11 +285,12 @@ class _Start:
     from_checkpoint: bool = False
 
 
-def _resume(trainer, checkpoint_path: Path, config: Optional[dict], config_keys: tuple, epochs: int) -> _Start:
-    """Load ``checkpoint_path`` into ``trainer`` (and every RNG); where the run goes on from."""
+def _resume(trainer, checkpoint: Checkpointing, epochs: int) -> _Start:
+    """Load ``checkpoint.path`` into ``trainer`` (and every RNG); where the run goes on from."""
+    checkpoint_path = checkpoint.path
     ckpt = load_checkpoint(checkpoint_path)
-    if config is not None:
-        check_config_compatible(ckpt.get("config", {}), config, config_keys)
+    if checkpoint.config is not None:
+        check_config_compatible(ckpt.get("config", {}), checkpoint.config, checkpoint.keys)
     if ckpt.get("epoch", 0) > epochs:
         raise CheckpointError(
             f"checkpoint {checkpoint_path} has finished {ckpt['epoch']} epochs, more than the {epochs} asked for; "
@@ -397,10 +399,7 @@ def fit_steps(
     mask: Optional[torch.Tensor] = None,
     seed: int = 0,
     device: Optional[torch.device] = None,
-    checkpoint_path: Optional[str | Path] = None,
-    resume: bool = False,
-    config: Optional[dict] = None,
-    config_keys: tuple = (),
+    checkpoint: Optional[Checkpointing] = None,
     progress: bool = True,
     desc: str = "epoch",
     after_step: Optional[Callable[[int], None]] = None,
@@ -413,11 +412,10 @@ def fit_steps(
     :param mask: optional per-example masks, same shape as ``x``; each batch is then passed as
         ``trainer.step(x_batch, mask_batch)`` (every image keeps its own mask).
     :param device: where batches are moved (default: stay where ``x`` is).
-    :param checkpoint_path: checkpoint file (written after each epoch and on Ctrl-C or SIGTERM).
-    :param resume: continue from ``checkpoint_path`` when it exists (callers that must not start
-        over silently check for the file first).
-    :param config: saved with the checkpoint; on resume the entries named in ``config_keys``
-        must match (one-line :class:`~pyro_lfbm.train.checkpoint.CheckpointError` otherwise).
+    :param checkpoint: where the checkpoint is written (after each epoch and on Ctrl-C or SIGTERM), whether
+        an existing one is continued (callers that must not start over silently check for the file first),
+        and the config saved with it and checked on resume (one-line
+        :class:`~pyro_lfbm.train.checkpoint.CheckpointError` on a mismatch); None: no checkpoint.
     :param after_step: called with the global step index after every step.
     :param after_epoch: called with the epoch number (from 1) and its history row.
     :param skip_nonfinite: drop non-finite updates (counted in the history) instead of stopping.
@@ -440,11 +438,11 @@ def fit_steps(
             "start it with python, not torchrun (data-parallel training covers pyro_lfbm.train.fit)"
         )
     main = world is None or world.is_main
-    checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
+    checkpoint_path = checkpoint.path if checkpoint is not None else None
     if checkpoint_path is not None and main:  # rank 0 alone writes (and cleans up) checkpoints
         remove_stale_temporaries(checkpoint_path)
-    resuming = resume and checkpoint_path is not None and checkpoint_path.exists()
-    start = _resume(trainer, checkpoint_path, config, config_keys, epochs) if resuming else _Start(History())
+    resuming = checkpoint is not None and checkpoint.resume and checkpoint_path.exists()
+    start = _resume(trainer, checkpoint, epochs) if resuming else _Start(History())
     if world is not None:  # every process starts from rank 0's state (fresh or resumed) and generators
         epochs_done, start.epoch, start.batch, start.partial = distributed.synchronize_start(
             trainer, (start.history.epochs, start.epoch, start.batch, start.partial))
@@ -452,7 +450,7 @@ def fit_steps(
     history = start.history
     num_batches = x.shape[0] // batch_size
     watched = _watched_tensors(trainer)
-    checkpoints = _Checkpoints(checkpoint_path, trainer, history, config, main,
+    checkpoints = _Checkpoints(checkpoint_path, trainer, history, checkpoint.config if checkpoint else None, main,
                                (start.epoch, start.batch) if start.from_checkpoint else None)
 
     def batch(index: torch.Tensor) -> tuple:

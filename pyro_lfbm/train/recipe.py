@@ -24,7 +24,7 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence, Tuple
+from typing import Callable, Iterator, Optional, Tuple
 
 import pyro
 import torch
@@ -34,6 +34,7 @@ from pyro_lfbm.infer.accelerate import FusedLangevinGuide, has_fused_chain
 from pyro_lfbm.infer.samplers import sampler_by_name
 from pyro_lfbm.models import LatentModel
 from pyro_lfbm.nets import LayerConditionalEncoder
+from pyro_lfbm.train.checkpoint import Checkpointing
 from pyro_lfbm.train.loop import History
 from pyro_lfbm.train.presets import Preset
 from pyro_lfbm.train.svi import SVITrainer, fit
@@ -134,10 +135,7 @@ def train_recipe(
     *,
     mask: Optional[torch.Tensor] = None,
     seed: int = 0,
-    checkpoint_path: Optional[str | Path] = None,
-    resume: bool = False,
-    config: Optional[dict] = None,
-    config_keys: Sequence[str] = (),
+    checkpoint: Optional[Checkpointing] = None,
     progress: bool = True,
     skip_nonfinite: bool = False,
 ) -> History:
@@ -149,7 +147,8 @@ def train_recipe(
 
     :param mask: optional per-image masks (N, C, H, W), 1 = observed, passed to ``model(x, mask)``.
     :param seed: fixes the batch order of every epoch.
-    :param config: saved with the checkpoint; on resume the entries ``config_keys`` must match.
+    :param checkpoint: where the checkpoint goes, whether it is continued, and the config checked on resume
+        (:class:`~pyro_lfbm.train.checkpoint.Checkpointing`).
     """
     learn = recipe.preset.learn
     decay = learn.optim.ema_decay
@@ -161,7 +160,7 @@ def train_recipe(
     clear_cache = getattr(recipe.model.prior, "clear_cache", None)
     history = fit(
         recipe.model, recipe.guide, x, epochs=learn.epochs, batch_size=learn.batch_size, mask=mask, trainer=recipe.trainer,
-        seed=seed, checkpoint_path=checkpoint_path, resume=resume, config=config, config_keys=tuple(config_keys),
+        seed=seed, checkpoint=checkpoint,
         progress=progress, skip_nonfinite=skip_nonfinite,
         after_step=(lambda _step: clear_cache()) if clear_cache is not None else None,
     )
@@ -221,6 +220,7 @@ def fit_preset(
     config = json.loads(json.dumps({**preset.to_dict(), "data": data}, default=str))
     with isolated(seed):
         recipe = build(preset, device=device)
-        history = train_recipe(recipe, x, mask=mask, seed=seed, checkpoint_path=path, resume=resume, config=config,
-                               config_keys=CONFIG_KEYS, progress=progress, skip_nonfinite=skip_nonfinite)
+        checkpoint = Checkpointing(path, resume, config, CONFIG_KEYS) if path is not None else None
+        history = train_recipe(recipe, x, mask=mask, seed=seed, checkpoint=checkpoint, progress=progress,
+                               skip_nonfinite=skip_nonfinite)
     return recipe.model, history

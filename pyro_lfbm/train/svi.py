@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Dict, Optional
 
 import torch
@@ -21,6 +20,7 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro_lfbm.infer.modes import eval_mode
 from pyro_lfbm.train import distributed
 from pyro_lfbm.train.averaging import ExponentialAverage
+from pyro_lfbm.train.checkpoint import Checkpointing
 from pyro_lfbm.train.loop import History, check_training_data, fit_steps
 
 
@@ -145,10 +145,7 @@ def fit(
     mask: Optional[torch.Tensor] = None,
     optim: Optional[OptimConfig] = None,
     seed: int = 0,
-    checkpoint_path: Optional[str | Path] = None,
-    resume: bool = False,
-    config: Optional[dict] = None,
-    config_keys: tuple = (),
+    checkpoint: Optional[Checkpointing] = None,
     loss: Optional[pyro.infer.ELBO] = None,
     progress: bool = True,
     after_step: Optional[Callable[[int], None]] = None,
@@ -167,10 +164,9 @@ def fit(
         incomplete batch as the paper does.
     :param mask: optional per-pixel masks (N, C, H, W) passed to ``model(x, mask)`` (learning from
         incomplete images); each image keeps its own mask.
-    :param checkpoint_path: where to write the checkpoint (after each epoch and on Ctrl-C).
-    :param resume: continue from ``checkpoint_path`` if it exists.
-    :param config: a dict saved with the checkpoint; on resume the entries in ``config_keys``
-        must match (a one-line :class:`~pyro_lfbm.train.checkpoint.CheckpointError` otherwise).
+    :param checkpoint: a :class:`~pyro_lfbm.train.checkpoint.Checkpointing`: the file written after each
+        epoch and on Ctrl-C, whether an existing one is continued, and the config saved with it and
+        checked on resume (a one-line :class:`~pyro_lfbm.train.checkpoint.CheckpointError` on a mismatch).
     :param after_step: called with the global step after each SVI step (e.g. ``flow.clear_cache``).
     :param skip_nonfinite: drop updates that leave a NaN/inf (counted in the history's
         ``nonfinite_skipped``) instead of stopping with a :class:`FloatingPointError`; see
@@ -202,7 +198,7 @@ def fit(
         trainer = distributed.DataParallelSVI(trainer)
     return fit_steps(
         trainer, x, epochs=epochs, batch_size=batch_size, mask=mask, seed=seed,
-        device=device, checkpoint_path=checkpoint_path, resume=resume, config=config, config_keys=config_keys,
+        device=device, checkpoint=checkpoint,
         progress=progress, after_step=after_step, after_epoch=after_epoch, skip_nonfinite=skip_nonfinite,
     )
 
