@@ -134,3 +134,18 @@ fig.tight_layout()
 # :doc:`../guide/own_model`). The library's own priors, :class:`~pyro_lfbm.priors.FlowPrior` and
 # :class:`~pyro_lfbm.priors.EnergyPrior`, follow the same interface and add a fast
 # ``log_prob`` that skips the distribution objects.
+
+# %%
+# The prior by name: presets, command lines and reports
+# -----------------------------------------------------
+# Registering the prior once with a :class:`~pyro_lfbm.train.PriorKind` makes it a prior like the
+# built-in ones: ``ModelConfig(prior="mixture")`` and ``get_preset(..., "mixture")`` build it, the
+# experiment scripts offer it as ``--prior mixture`` (a parser built after the registration), and
+# the reports name it with its word and model.
+from pyro_lfbm.harness.formatting import prior_label
+from pyro_lfbm.train import PRIOR_KINDS, PriorKind, register_prior
+
+if "mixture" not in PRIOR_KINDS:  # (a second run of this page in one process)
+    register_prior(PriorKind("mixture", "mixture", "", lambda config: MixturePrior(config.latent_dim, 10)))
+mixture_preset = get_preset("cpu", "mixture")
+print(type(mixture_preset.model.build().prior).__name__, "|", prior_label("mixture"))
