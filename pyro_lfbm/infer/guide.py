@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
@@ -204,7 +205,7 @@ class LangevinGuide(torch.nn.Module):
             step_size = "auto" if noise and tolerance is None else ASCENT_STEP_SIZE
         #: the step-size adaptation (None: a fixed step size)
         self.adaptation = as_adaptation(step_size)
-        if self.adaptation is None and (isinstance(step_size, bool) or not isinstance(step_size, (int, float))
+        if self.adaptation is None and (isinstance(step_size, bool) or not isinstance(step_size, numbers.Real)
                                         or not step_size > 0):
             raise ValueError(f"step_size must be a positive number, 'auto' or a StepSizeAdaptation, got {step_size!r}")
         if tolerance is not None and not tolerance >= 0:
