@@ -43,7 +43,7 @@ from pyro_lfbm.harness.anomaly_experiment import (
     save_anomaly_run,
 )
 from pyro_lfbm.infer.samplers import SAMPLER_NAMES
-from pyro_lfbm.train.presets import ANOMALY_PRESETS, ENCODERS, GUIDES, MODELS, PRIORS, ModelConfig
+from pyro_lfbm.train.presets import ANOMALY_PRESETS, ENCODERS, GUIDES, MODELS, prior_names, ModelConfig
 
 
 SCORE_NAMES = {"joint": "−log p(x, z)", "prior": "−log p(z)", "recon": "−log p(x | z)"}
@@ -52,7 +52,7 @@ SCORE_NAMES = {"joint": "−log p(x, z)", "prior": "−log p(z)", "recon": "−l
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--heldout", type=cli.digit, default=7, help="the digit treated as anomalous (0-9)")
-    parser.add_argument("--prior", choices=PRIORS, default="flow", help="flow = LFBM, gaussian = ABP, ebm = LEBM")
+    parser.add_argument("--prior", choices=prior_names(), default="flow", help="flow = LFBM, gaussian = ABP, ebm = LEBM")
     parser.add_argument("--model", choices=MODELS, default=None,
                         help="(default: the preset's: hierarchical for cpu-hierarchical, else latent) latent = one latent "
                              "vector (LFBM); hierarchical = latents z1, z2, z3 at three generator layers with the prior "

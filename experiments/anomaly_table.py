@@ -34,13 +34,13 @@ from pyro_lfbm.harness.anomaly_experiment import (
 from pyro_lfbm.harness.anomaly_report import HIERARCHICAL_SCORE, PAPER_AUPRC, append_rows, has_run, read_table, write_report
 from pyro_lfbm.harness.locking import run_claim
 from pyro_lfbm.harness.cli import UsageError, run_record
-from pyro_lfbm.train.presets import ANOMALY_PRESETS, DECISION_FUNCTIONS, PRIORS
+from pyro_lfbm.train.presets import ANOMALY_PRESETS, DECISION_FUNCTIONS, PRIORS, prior_names
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--digits", type=cli.digit, nargs="+", default=sorted(PAPER_AUPRC["LFBM"]))
-    parser.add_argument("--priors", nargs="+", choices=PRIORS, default=list(PRIORS))
+    parser.add_argument("--priors", nargs="+", choices=prior_names(), default=list(PRIORS))
     parser.add_argument("--seeds", type=cli.nonnegative_int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--test-steps", type=cli.nonnegative_int, default=None,
                         help="test-time Langevin steps (default: the preset's; 0 scores at the encoder's z)")

@@ -17,13 +17,13 @@ import argparse
 
 from pyro_lfbm.harness import cli
 from pyro_lfbm.harness.inpainting_experiment import run_inpainting
-from pyro_lfbm.train.presets import PRIORS
+from pyro_lfbm.train.presets import prior_names
 from pyro_lfbm.harness.task_cli import add_task_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--priors", nargs="+", choices=PRIORS, default=["flow", "ebm", "gaussian"])
+    parser.add_argument("--priors", nargs="+", choices=prior_names(), default=["flow", "ebm", "gaussian"])
     parser.add_argument("--completions", type=cli.positive_int, default=10, help="completions per image (paper: 10)")
     parser.add_argument("--steps", type=cli.positive_int, default=None, help="Langevin steps (default: the preset's test steps)")
     parser.add_argument("--step-size", type=cli.positive_float, default=None, help="Langevin step size (default: the preset's)")

@@ -15,14 +15,14 @@ import argparse
 
 from pyro_lfbm.harness import cli
 from pyro_lfbm.data.masks import MASK_KINDS
-from pyro_lfbm.train.presets import PRIORS
+from pyro_lfbm.train.presets import prior_names
 from pyro_lfbm.harness.recovery_experiment import add_recovery_arguments, run_recovery_grid
 from pyro_lfbm.harness.task_cli import add_task_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--prior", choices=PRIORS, default="flow", help="flow = LFBM, gaussian = ABP, ebm = LEBM")
+    parser.add_argument("--prior", choices=prior_names(), default="flow", help="flow = LFBM, gaussian = ABP, ebm = LEBM")
     parser.add_argument("--mask", choices=MASK_KINDS, default="salt-pepper", help="mask kind")
     parser.add_argument("--level", type=cli.positive_int, default=50,
                         help="salt-pepper: percent of pixels hidden (30/50/70); single: hole side on 64x64 (20/30/40)")

@@ -19,7 +19,7 @@ import argparse
 
 from pyro_lfbm.harness import cli
 from pyro_lfbm.data.masks import MASK_SETTINGS, MaskSetting
-from pyro_lfbm.train.presets import PRIORS
+from pyro_lfbm.train.presets import prior_names
 from pyro_lfbm.harness.recovery_experiment import add_recovery_arguments, run_recovery_grid
 from pyro_lfbm.harness.task_cli import add_task_arguments
 
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=["mnist", "fashion-mnist"])
     parser.add_argument("--settings", nargs="+", default=ALL_SETTINGS, help=f"mask settings (default: {' '.join(ALL_SETTINGS)})")
-    parser.add_argument("--priors", nargs="+", choices=PRIORS, default=["flow", "ebm", "gaussian"])
+    parser.add_argument("--priors", nargs="+", choices=prior_names(), default=["flow", "ebm", "gaussian"])
     parser.add_argument("--seeds", nargs="+", type=cli.nonnegative_int, default=[1, 2])
     parser.add_argument("--redo", action="store_true", help="run again the runs that have a record")
     parser.add_argument("--report-only", action="store_true", help="only rewrite the report from the records")

@@ -17,14 +17,14 @@ from __future__ import annotations
 import argparse
 
 from pyro_lfbm.harness import cli
-from pyro_lfbm.train.presets import PRIORS
+from pyro_lfbm.train.presets import prior_names
 from pyro_lfbm.harness.synthesis_experiment import run_synthesis
 from pyro_lfbm.harness.task_cli import add_task_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--priors", nargs="+", choices=PRIORS, default=["flow"], help="flow = LFBM, gaussian = ABP, ebm = LEBM")
+    parser.add_argument("--priors", nargs="+", choices=prior_names(), default=["flow"], help="flow = LFBM, gaussian = ABP, ebm = LEBM")
     parser.add_argument("--seeds", type=cli.nonnegative_int, nargs="+", default=None,
                         help="several training seeds, one table with mean ± std (default: --seed)")
     parser.add_argument("--num-samples", type=cli.int_at_least(2), default=2000, help="samples for the Fréchet distance")

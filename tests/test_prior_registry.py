@@ -4,11 +4,10 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from pyro_lfbm.harness.anomaly_report import other_priors
-from pyro_lfbm.harness.formatting import prior_label, prior_order
+from pyro_lfbm.harness.formatting import other_priors, prior_label
 from pyro_lfbm.priors import EnergyPrior, FlowPrior, GaussianPrior, LatentPrior
 from pyro_lfbm.train import PRIOR_KINDS, PriorKind, get_preset, register_prior
-from pyro_lfbm.train.presets import ModelConfig
+from pyro_lfbm.train.presets import ModelConfig, prior_names
 from pyro_lfbm.train.recipe import build
 
 
@@ -29,7 +28,7 @@ def test_the_built_in_priors_build_by_name_and_keep_their_labels():
     expected = {"flow": FlowPrior, "ebm": EnergyPrior, "gaussian": GaussianPrior}
     for name, cls in expected.items():
         assert type(ModelConfig(prior=name, latent_dim=4, flow_steps=1, flow_width=8, ebm_hidden=8).build_prior()) is cls
-    assert prior_order() == ("flow", "ebm", "gaussian") and other_priors() == ("ebm", "gaussian")
+    assert prior_names() == ("flow", "ebm", "gaussian") and other_priors() == ("ebm", "gaussian")
     assert get_preset("cpu", "ebm").learn.optim.prior_lr == get_preset("cpu").learn.optim.lr / 5  # LEBM's own rate
 
 
@@ -42,7 +41,7 @@ def test_a_registered_prior_is_built_trained_and_named(laplace):
     metrics = recipe.trainer.step(x)
     assert torch.isfinite(torch.tensor(metrics["loss"]))
     assert prior_label("laplace") == "Laplace (LLM)" and prior_label("laplace", model=False) == "Laplace"
-    assert prior_order()[-1] == "laplace" and "laplace" in other_priors()
+    assert prior_names()[-1] == "laplace" and "laplace" in other_priors()
 
 
 def test_unknown_and_duplicate_priors_are_refused(laplace):

@@ -11,9 +11,9 @@ import pandas as pd
 
 from pyro_lfbm.harness.anomaly_experiment import AnomalyRunConfig, run_folder_name, run_variant
 from pyro_lfbm.harness.cli import read_result_file
-from pyro_lfbm.harness.formatting import mean_std
+from pyro_lfbm.harness.formatting import mean_std, other_priors
 from pyro_lfbm.harness.locking import locked
-from pyro_lfbm.train.presets import PRESETS, PRIOR_KINDS
+from pyro_lfbm.train.presets import PRESETS
 
 __all__ = ["HIERARCHICAL_AUPRC", "PAPER_AUPRC", "append_rows", "has_run", "hierarchical_target_table", "paired_differences",
            "read_table", "run_table", "summary_table", "target_table", "write_report"]
@@ -83,12 +83,6 @@ def scored_rows(table: pd.DataFrame, score: str, batchnorm: str) -> pd.DataFrame
     """The rows of one decision function scored in one BatchNorm mode (tables from before the
     ``batchnorm`` column have one mode only)."""
     return table[(table.score == score) & (table.batchnorm == batchnorm)] if "batchnorm" in table else table[table.score == score]
-
-
-def other_priors() -> tuple:
-    """The priors the flow (LFBM) is compared with: every other registered one
-    (:data:`~pyro_lfbm.train.presets.PRIOR_KINDS`), in report order."""
-    return tuple(p for p in PRIOR_KINDS if p != "flow")
 
 
 def target_table(table: pd.DataFrame, batchnorm: str = "train") -> pd.DataFrame:

@@ -6,15 +6,15 @@ import math
 import statistics
 from typing import Iterable, Optional, Tuple
 
-from pyro_lfbm.train.presets import PRIOR_KINDS
+from pyro_lfbm.train.presets import PRIOR_KINDS, prior_names
 
-__all__ = ["mean_std", "prior_label", "prior_order"]
+__all__ = ["mean_std", "other_priors", "prior_label"]
 
 
-def prior_order() -> Tuple[str, ...]:
-    """The order in which reports list the priors: that of :data:`~pyro_lfbm.train.presets.PRIOR_KINDS`
-    (flow, ebm, gaussian, then any registered later)."""
-    return tuple(PRIOR_KINDS)
+def other_priors() -> Tuple[str, ...]:
+    """The priors the flow (LFBM) is compared with: every other registered one, in report order
+    (:func:`~pyro_lfbm.train.presets.prior_names`)."""
+    return tuple(p for p in prior_names() if p != "flow")
 
 
 def prior_label(prior: str, model: bool = True) -> str:

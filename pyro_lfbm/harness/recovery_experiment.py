@@ -12,12 +12,11 @@ import torch
 from tqdm.auto import tqdm
 
 from pyro_lfbm.harness.cli import UsageError, command_line, make_dirs, positive_float, positive_int, resolve_device, run_record, staged_output
-from pyro_lfbm.harness.formatting import prior_order
 from pyro_lfbm.harness.locking import locked, run_claim
 from pyro_lfbm.harness.task_cli import check_task_arguments, checkpoint_dir, load_split, task_preset
 
 from pyro_lfbm.data.masks import MaskSetting
-from pyro_lfbm.train.presets import Preset
+from pyro_lfbm.train.presets import Preset, prior_names
 from pyro_lfbm.tasks.recovery import run_recovery
 from pyro_lfbm.harness.recovery_report import (
     encode_images,
@@ -149,7 +148,7 @@ def write_recovery_report(out: Path, records: List[Dict], originals: Callable[[s
         "## What was run",
         "",
         f"{len(records)} runs: " + ", ".join(
-            f"{d} {s}: {sorted({r['prior'] for r in records if r['dataset'] == d and r['setting'] == s}, key=prior_order().index)}"
+            f"{d} {s}: {sorted({r['prior'] for r in records if r['dataset'] == d and r['setting'] == s}, key=prior_names().index)}"
             f" x seeds {sorted({r['seed'] for r in records if r['dataset'] == d and r['setting'] == s})}"
             for d, s in sorted({(r["dataset"], r["setting"]) for r in records})
         ) + ".",

@@ -19,7 +19,8 @@ import torch
 
 from pyro_lfbm.data.masks import MASK_SETTINGS, MaskSetting
 from pyro_lfbm.harness.cli import read_result_file
-from pyro_lfbm.harness.formatting import mean_std, prior_label, prior_order
+from pyro_lfbm.harness.formatting import mean_std, other_priors, prior_label
+from pyro_lfbm.train.presets import prior_names
 from pyro_lfbm.harness.panels import save_panel
 
 __all__ = ["decode_images", "encode_images", "load_runs", "rank_counts", "run_key", "save_run", "setting_figure",
@@ -89,7 +90,7 @@ def summary_table(records: Iterable[Dict], metric: str = "mse_hole") -> pd.DataF
     table = g.pivot(index="prior", columns=["dataset", "setting"], values="cell")
     order = [(d, s) for d in sorted(df["dataset"].unique()) for s in SETTING_ORDER if (d, s) in table.columns]
     order += [c for c in table.columns if c not in order]
-    table = table[order].reindex([p for p in prior_order() if p in table.index])
+    table = table[order].reindex([p for p in prior_names() if p in table.index])
     table.index = [prior_label(p) for p in table.index]
     return table
 
@@ -107,7 +108,7 @@ def rank_counts(records: Iterable[Dict], metric: str = "mse_hole") -> pd.DataFra
     ranks = wide.rank(axis=1, method="min").astype(int)
     table = pd.DataFrame({f"rank {k}": (ranks == k).sum() for k in range(1, wide.shape[1] + 1)})
     table["pairs"] = len(wide)
-    table = table.reindex([p for p in prior_order() if p in table.index] + [p for p in table.index if p not in prior_order()])
+    table = table.reindex([p for p in prior_names() if p in table.index] + [p for p in table.index if p not in prior_names()])
     table.index = [prior_label(p) for p in table.index]
     return table
 
@@ -122,9 +123,9 @@ def target_check(records: Iterable[Dict], metric: str = "mse_hole") -> pd.DataFr
     for (dataset, setting), part in df.groupby(["dataset", "setting"]):
         means = part.groupby("prior")[metric].mean()
         seeds = set.intersection(*(set(s["seed"]) for _, s in part.groupby("prior")))
-        row = {"dataset": dataset, "setting": setting, **{p: means.get(p) for p in prior_order()}, "seeds": len(seeds)}
-        others = [means[p] for p in ("ebm", "gaussian") if p in means]
-        if "flow" in means and len(others) == 2:
+        row = {"dataset": dataset, "setting": setting, **{p: means.get(p) for p in prior_names()}, "seeds": len(seeds)}
+        others = [means[p] for p in other_priors() if p in means]
+        if "flow" in means and len(others) == len(other_priors()):
             row["gap"] = float(means["flow"] - min(others))
             row["flow_best"] = bool(row["gap"] < 0)
             row["flow_best_every_seed"] = all(
@@ -142,7 +143,7 @@ def setting_figure(records: Iterable[Dict], originals: torch.Tensor, mask: torch
     by_prior = {r["prior"]: r for r in records}
     n = originals.shape[0]
     rows = {"original": originals, "occluded": originals * mask}
-    for prior in prior_order():
+    for prior in prior_names():
         if prior in by_prior and by_prior[prior].get("preview"):
             rows[prior_label(prior)] = decode_images(by_prior[prior]["preview"])[:n]
     save_panel(rows, path, title=title)

@@ -143,7 +143,8 @@ def conditional_prior_draws(
     has no closed-form conditional, and MALA (:class:`~pyro_lfbm.infer.samplers.MALA`) needs only the
     joint density. Chains start at N(0, I), the flow's base. During ``num_warmup`` steps one step
     size shared by every chain is adapted by Pyro's dual averaging (as HMC's warmup, one window:
-    :class:`~pyro_lfbm.infer.adaptation.StepSizeAdaptation`) toward ``target_accept_prob``; the ``num_steps`` steps after it use the averaged step size. A trained
+    :class:`~pyro_lfbm.infer.adaptation.StepSizeAdaptation`) toward ``target_accept_prob``; the
+    ``num_steps`` steps after it use the averaged step size. A trained
     prior's conditionals can be far narrower than N(0, I): a fixed step of 0.5 accepted no move on
     this project's hierarchical MNIST models, 0.1 accepted nine in ten.
 

@@ -46,7 +46,6 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Dict, List, Optional, Protocol
 
 import torch
@@ -347,15 +346,15 @@ class _Checkpoints:
     """Writes the run's checkpoint at a position (epoch, next batch), once per position; only the
     main process writes; a state holding NaN or infinity is refused."""
 
-    def __init__(self, path: Optional[Path], trainer, history: History, config: Optional[dict], main: bool,
+    def __init__(self, checkpoint: Optional[Checkpointing], trainer, history: History, main: bool,
                  saved_position: Optional[tuple]):
-        self.path, self.trainer, self.history, self.config, self.main = path, trainer, history, config, main
+        self.checkpoint, self.trainer, self.history, self.main = checkpoint, trainer, history, main
         self.saved_position = saved_position
 
     def save(self, position: tuple, tally: Optional[_Tally] = None, state: Optional[dict] = None) -> None:
         """``state``: the trainer's state to write (default: its current one); ``tally``: the epoch's
         so far, kept for a mid-epoch position."""
-        if self.path is None or position == self.saved_position:
+        if self.checkpoint is None or position == self.saved_position:
             return
         if self.main:
             state = self.trainer.state_dict() if state is None else state
@@ -363,8 +362,8 @@ class _Checkpoints:
             if bad is not None:  # the per-update guard makes this unreachable; never write a poisoned model
                 raise FloatingPointError(f"refusing to save a checkpoint: {bad} holds NaN or infinity")
             mid = (tally or _Tally()).partial() if position[1] else None
-            save_checkpoint(self.path, trainer=state, epoch=position[0], batch=position[1], history=self.history.epochs,
-                            config=self.config or {}, partial=mid)
+            save_checkpoint(self.checkpoint.path, trainer=state, epoch=position[0], batch=position[1],
+                            history=self.history.epochs, config=self.checkpoint.config or {}, partial=mid)
         self.saved_position = position
 
 
@@ -450,8 +449,7 @@ def fit_steps(
     history = start.history
     num_batches = x.shape[0] // batch_size
     watched = _watched_tensors(trainer)
-    checkpoints = _Checkpoints(checkpoint_path, trainer, history, checkpoint.config if checkpoint else None, main,
-                               (start.epoch, start.batch) if start.from_checkpoint else None)
+    checkpoints = _Checkpoints(checkpoint, trainer, history, main, (start.epoch, start.batch) if start.from_checkpoint else None)
 
     def batch(index: torch.Tensor) -> tuple:
         parts = (x,) if mask is None else (x, mask)

@@ -25,7 +25,6 @@ from pyro_lfbm.train.averaging import check_decay
 from pyro_lfbm.train.svi import OptimConfig
 
 
-
 @dataclass(frozen=True)
 class PriorKind:
     """A prior that presets, command lines and reports know by name.
@@ -58,10 +57,16 @@ def register_prior(kind: PriorKind) -> PriorKind:
     return kind
 
 
+def prior_names() -> Tuple[str, ...]:
+    """Every registered prior's name, in the order reports list them (flow, ebm, gaussian, then any
+    registered later): the command lines' choices."""
+    return tuple(PRIOR_KINDS)
+
+
 def check_prior(name: str) -> PriorKind:
     """The registered prior ``name``; a one-line ``ValueError`` listing the others when there is none."""
     if name not in PRIOR_KINDS:
-        raise ValueError(f"unknown prior {name!r}; choose one of {', '.join(PRIOR_KINDS)}")
+        raise ValueError(f"unknown prior {name!r}; choose one of {', '.join(prior_names())}")
     return PRIOR_KINDS[name]
 
 
@@ -74,7 +79,7 @@ register_prior(PriorKind("ebm", "energy", "LEBM",
                          prior_lr_fraction=0.2))
 register_prior(PriorKind("gaussian", "Gaussian", "ABP", lambda c: GaussianPrior(c.latent_dim)))
 
-#: The built-in priors' names (command-line choices); :data:`PRIOR_KINDS` holds every registered one.
+#: The built-in priors' names (the scripts' defaults); :func:`prior_names` lists every registered one.
 PRIORS = ("flow", "gaussian", "ebm")
 
 #: ``"latent"``: :class:`~pyro_lfbm.models.LatentModel` (one latent vector at the top of the
