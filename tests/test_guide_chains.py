@@ -8,6 +8,7 @@ import pyro.distributions as dist
 
 from pyro_lfbm import GaussianPrior, LangevinGuide, LatentModel
 from pyro_lfbm.infer import (
+    DivergencePolicy,
     LangevinDivergenceError,
     find_latent_sites,
     langevin_move,
@@ -52,8 +53,8 @@ def test_divergence_raises_naming_site_step_step_size_and_rows():
 def test_backoff_returns_diverged_rows_to_their_last_finite_position_and_halves_their_step():
     c = torch.tensor([1.0, 1e3, 1.0, 1e3])
     z0 = torch.ones(4, 1)
-    state, info = run_chain(quartic(c), {"z": z0}, 12, 0.5, noise=False, on_divergence="backoff", evaluate_final=True,
-                            max_drop=MAX_LOG_DENSITY_DROP)
+    policy = DivergencePolicy("backoff", max_log_density_drop=MAX_LOG_DENSITY_DROP)
+    state, info = run_chain(quartic(c), {"z": z0}, 12, 0.5, noise=False, on_divergence=policy, evaluate_final=True)
     z = state.position["z"]
     assert torch.isfinite(z).all()
     assert info.divergences.tolist()[0] == 0 and info.divergences.tolist()[2] == 0
@@ -79,12 +80,12 @@ def test_backoff_gives_up_after_max_backoffs():
         z = latents["z"]
         return torch.where(z == 1.0, -(z**2), torch.full_like(z, float("nan"))).sum(-1)
 
-    state, info = run_chain(only_at_one, {"z": torch.ones(2, 1)}, 2, 0.5, noise=False, on_divergence="backoff",
-                            max_backoffs=2, evaluate_final=True)
+    policy = DivergencePolicy("backoff", max_backoffs=2)
+    state, info = run_chain(only_at_one, {"z": torch.ones(2, 1)}, 2, 0.5, noise=False, on_divergence=policy,
+                            evaluate_final=True)
     assert torch.equal(state.position["z"], torch.ones(2, 1)) and info.divergences.tolist() == [2, 2]
     with pytest.raises(LangevinDivergenceError, match="halved the maximum number of times"):
-        run_chain(only_at_one, {"z": torch.ones(2, 1)}, 3, 0.5, noise=False, on_divergence="backoff", max_backoffs=2,
-                  evaluate_final=True)
+        run_chain(only_at_one, {"z": torch.ones(2, 1)}, 3, 0.5, noise=False, on_divergence=policy, evaluate_final=True)
 
 
 def test_guide_backoff_counts_divergences_and_returns_finite_latents():
@@ -95,7 +96,8 @@ def test_guide_backoff_counts_divergences_and_returns_finite_latents():
 
     # rows with x = 1e4 have posterior sd 0.007 and need s < 0.014: s = 0.5 explodes there
     x = torch.tensor([0.01, 1e4, 0.01, 1e4, 0.01, 0.01])
-    guide = LangevinGuide(model, num_steps=30, step_size=0.5, on_divergence="backoff", max_log_density_drop=1000.0)
+    guide = LangevinGuide(model, num_steps=30, step_size=0.5,
+                          on_divergence=DivergencePolicy("backoff", max_log_density_drop=1000.0))
     z = guide(x)["z"]
     info = guide.last_info
     assert guide.divergences == int(info.divergences.sum()) > 0
@@ -104,9 +106,16 @@ def test_guide_backoff_counts_divergences_and_returns_finite_latents():
     assert (info.step_size[[1, 3]] < (2 / 1e4) ** 0.5).all()  # halved into the stable range s < sqrt(2 / x)
     assert torch.isfinite(z).all() and (z[[1, 3]].abs() < 0.05).all()
     with pytest.raises(LangevinDivergenceError, match="fell by more than 1000 in one move"):
-        LangevinGuide(model, num_steps=30, step_size=0.5, max_log_density_drop=1000.0)(x)
+        LangevinGuide(model, num_steps=30, step_size=0.5, on_divergence=DivergencePolicy(max_log_density_drop=1000.0))(x)
     with pytest.raises(ValueError, match="on_divergence"):
         LangevinGuide(model, on_divergence="ignore")
+    with pytest.raises(ValueError, match="on_divergence"):
+        run_chain(quartic(torch.ones(2)), {"z": torch.ones(2, 1)}, 1, 0.1, on_divergence=None)
+    for bad, match in [(dict(max_backoffs=-1), "max_backoffs"), (dict(max_backoffs=True), "max_backoffs"),
+                       (dict(max_log_density_drop=0.0), "max_log_density_drop"),
+                       (dict(max_log_density_drop="1000"), "max_log_density_drop")]:
+        with pytest.raises(ValueError, match=match):
+            DivergencePolicy("backoff", **bad)
 
 
 def test_a_large_finite_drop_is_not_a_divergence_by_default():
@@ -124,7 +133,7 @@ def test_a_large_finite_drop_is_not_a_divergence_by_default():
     assert torch.isfinite(z).all() and (z.abs() < 0.1).all()
     torch.manual_seed(0)
     with pytest.raises(LangevinDivergenceError, match="fell by more than 1 in one move"):
-        LangevinGuide(model, num_steps=30, step_size=0.0135, max_log_density_drop=1.0)(x)
+        LangevinGuide(model, num_steps=30, step_size=0.0135, on_divergence=DivergencePolicy(max_log_density_drop=1.0))(x)
 
 
 # ---------------------------------------------------------------------------------------------

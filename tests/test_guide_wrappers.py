@@ -14,7 +14,7 @@ from pyro.infer.autoguide import AutoNormal
 from pyro import poutine
 
 from pyro_lfbm import LangevinGuide
-from pyro_lfbm.infer import LangevinKernel, StepSizeAdaptation
+from pyro_lfbm.infer import DivergencePolicy, LangevinKernel, StepSizeAdaptation
 
 SIGMA = 0.5  # x | z ~ N(z, SIGMA²), z ~ N(0, 1): p(z | x) = N(x / (1 + SIGMA²), SIGMA² / (1 + SIGMA²))
 
@@ -131,6 +131,23 @@ def test_pickled_and_torch_saved_guide_infers_identically(tmp_path):
     for other in results[1:]:
         assert torch.equal(other[0], results[0][0]) and torch.equal(other[1], results[0][1])
         assert other[2:] == results[0][2:] and results[0][3] == 4
+
+
+def test_a_guide_pickled_with_the_old_divergence_settings_loads_them_as_one_policy():
+    import pickle
+
+    guide = LangevinGuide(param_model, num_steps=5, step_size=0.1, on_divergence=DivergencePolicy("backoff", 3, 5.0))
+    old = LangevinGuide(param_model, num_steps=5, step_size=0.1)
+    # the layout before DivergencePolicy: three attributes
+    old.__dict__.update(on_divergence="backoff", max_backoffs=3, max_log_density_drop=5.0)
+    restored = pickle.loads(pickle.dumps(old))
+    assert restored.on_divergence == guide.on_divergence == DivergencePolicy("backoff", 3, 5.0)
+    assert "max_backoffs" not in restored.__dict__ and "max_log_density_drop" not in restored.__dict__
+    x = torch.linspace(-1.0, 2.0, 6)
+    pyro.set_rng_seed(0)
+    expected = guide(x)["z"]
+    pyro.set_rng_seed(0)
+    assert torch.equal(restored(x)["z"], expected)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import torch
 from pyro.infer import MCMC
 
 from pyro_lfbm import LangevinGuide, LangevinKernel
-from pyro_lfbm.infer import LangevinDivergenceError, run_chain
+from pyro_lfbm.infer import DivergencePolicy, LangevinDivergenceError, run_chain
 from pyro_lfbm.infer.samplers import MALA, ULA
 from pyro_lfbm.infer.samplers import ula as ula_module
 from tests.test_langevin import FastLinearGaussian, LinearGaussian
@@ -108,10 +108,11 @@ def test_backoff_works_for_any_sampler_and_raise_names_the_step():
 
     for sampler in (ULA(), MALA()):
         with pytest.raises(LangevinDivergenceError, match=r"at step \d+ of 12"):
-            run_chain(quartic, {"z": torch.ones(5, 1)}, 12, 0.5, sampler=sampler, max_drop=1e3,
-                      generator=torch.Generator().manual_seed(0))
-        state, info = run_chain(quartic, {"z": torch.ones(5, 1)}, 12, 0.5, sampler=sampler, max_drop=1e3,
-                                on_divergence="backoff", max_backoffs=30, generator=torch.Generator().manual_seed(0))
+            run_chain(quartic, {"z": torch.ones(5, 1)}, 12, 0.5, sampler=sampler,
+                      on_divergence=DivergencePolicy(max_log_density_drop=1e3), generator=torch.Generator().manual_seed(0))
+        backoff = DivergencePolicy("backoff", max_backoffs=30, max_log_density_drop=1e3)
+        state, info = run_chain(quartic, {"z": torch.ones(5, 1)}, 12, 0.5, sampler=sampler, on_divergence=backoff,
+                                generator=torch.Generator().manual_seed(0))
         assert torch.isfinite(state.position["z"]).all()
         assert info.divergences[[0, 1, 4]].eq(0).all() and info.divergences[[2, 3]].gt(0).all()
         assert torch.allclose(info.step_size, 0.5 * 0.5 ** info.divergences.float())

@@ -18,7 +18,7 @@ from pyro_lfbm.infer.langevin import (
     short_run_langevin,
     value_and_grad,
 )
-from pyro_lfbm.infer.divergence import LangevinDivergenceError
+from pyro_lfbm.infer.divergence import DivergencePolicy, LangevinDivergenceError
 from pyro_lfbm.infer.mala import MALAInfo, mala_step
 from pyro_lfbm.infer.samplers import MALA, ULA, Sampler, StepInfo
 from pyro_lfbm.infer.persistent import PersistentChains
@@ -33,6 +33,7 @@ __all__ = [
     "HybridGuide",
     "InferenceResult",
     "LangevinGuide",
+    "DivergencePolicy",
     "LangevinDivergenceError",
     "LangevinKernel",
     "LangevinState",

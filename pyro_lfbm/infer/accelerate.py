@@ -38,7 +38,7 @@ import itertools
 import time
 import types
 import warnings
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import pyro
 import torch
@@ -47,6 +47,7 @@ from pyro_lfbm._context import posterior_inference
 from pyro_lfbm.infer.guide import LangevinGuide
 from pyro_lfbm.infer.modes import frozen_parameters
 from pyro_lfbm.infer.chain import run_chain
+from pyro_lfbm.infer.divergence import DivergencePolicy
 from pyro_lfbm.infer.traced import compile_times, record_compile_time, traced_log_density
 from pyro_lfbm.ops.gaussian import gaussian_log_likelihood
 
@@ -266,11 +267,12 @@ class CompiledLangevin:
         return _Target(lambda z: self._eval(x, z, mask))
 
     def run(self, x: torch.Tensor, z0: torch.Tensor, num_steps: int, mask: Optional[torch.Tensor] = None,
-            generator: Optional[torch.Generator] = None, on_divergence: str = "raise") -> torch.Tensor:
+            generator: Optional[torch.Generator] = None, on_divergence: Union[str, DivergencePolicy] = "raise") -> torch.Tensor:
         """``num_steps`` steps from ``z0`` (B, D) for images ``x`` (B, C, H, W); returns z_K (B, D).
 
         The loop is the library's one driver (:func:`~pyro_lfbm.infer.chain.run_chain`, ULA): its
-        divergence check (``on_divergence``) included."""
+        divergence check (``on_divergence``: ``"raise"``, ``"backoff"`` or a
+        :class:`~pyro_lfbm.infer.divergence.DivergencePolicy`) included."""
         if not isinstance(num_steps, int) or num_steps < 0:
             raise ValueError(f"num_steps must be a non-negative integer, got {num_steps!r}")
         with frozen_parameters(self.model), pyro.validation_enabled(False), posterior_inference(), torch.no_grad():
@@ -439,7 +441,7 @@ class CUDAGraphLangevin:
         return self.static_value.clone(), self.static_grad.clone()
 
     def run(self, x: torch.Tensor, z0: torch.Tensor, num_steps: int, generator: Optional[torch.Generator] = None,
-            on_divergence: str = "raise") -> torch.Tensor:
+            on_divergence: Union[str, DivergencePolicy] = "raise") -> torch.Tensor:
         """``num_steps`` steps from ``z0`` (B, D) for images ``x`` (B, C, H, W); returns z_K."""
         self.static_x.copy_(x)
         with torch.no_grad():

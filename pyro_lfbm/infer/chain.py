@@ -23,15 +23,16 @@ Rows are the leading dimension of every site (independent chains); the log densi
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional, Tuple
+from typing import Callable, NamedTuple, Optional, Tuple, Union
 
 import torch
 
 from pyro_lfbm.infer.divergence import (
-    check_on_divergence,
+    DivergencePolicy,
     describe_divergence,
     diverged_rows,
     divergence_error,
+    divergence_policy,
     nonfinite_rows,
 )
 from pyro_lfbm.infer.samplers.base import Sampler, evaluated, select_state
@@ -65,27 +66,24 @@ def run_chain(
     sampler: Optional[Sampler] = None,
     noise: bool = True,
     generator: Optional[torch.Generator] = None,
-    on_divergence: str = "raise",
-    max_backoffs: int = 10,
+    on_divergence: Union[str, DivergencePolicy] = "raise",
     track_acceptance: bool = False,
     evaluate_final: bool = False,
     callback: Optional[Callable[[int, NamedTuple], None]] = None,
     where: str = "Langevin chain",
-    max_drop: Optional[float] = None,
     tolerance: Optional[float] = None,
     restrict: Optional[Callable[[torch.Tensor], LogDensityFn]] = None,
 ) -> Tuple[NamedTuple, ChainInfo]:
     """``num_steps`` steps of ``sampler`` (default ``ULA(noise)``) from ``initial_position``, guarded against divergence.
 
-    **Divergence.** After every gradient evaluation a row diverges when its log density or
-    gradient is not finite, or, when ``max_drop`` is set (None, the default: off), when one move
-    lowered its log density by more than ``max_drop`` (e.g.
-    :data:`~pyro_lfbm.infer.langevin.MAX_LOG_DENSITY_DROP`, HMC's threshold). With
-    ``on_divergence="raise"`` a divergence raises
+    **Divergence** (``on_divergence``, a :class:`~pyro_lfbm.infer.divergence.DivergencePolicy` or its
+    action, ``"raise"`` or ``"backoff"``). After every gradient evaluation a row diverges when its log
+    density or gradient is not finite, or, when the policy's ``max_log_density_drop`` is set, when one
+    move lowered its log density by more than that. With ``"raise"`` a divergence raises
     :class:`~pyro_lfbm.infer.divergence.LangevinDivergenceError` naming the site, the step, the
     step size and the number of rows; with ``"backoff"`` each diverged row returns to its last
-    finite state and its step size halves (at most ``max_backoffs`` times per row, then it
-    raises). A final position that is not evaluated is checked for finite values.
+    finite state and its step size halves (at most the policy's ``max_backoffs`` times per row, then
+    it raises). A final position that is not evaluated is checked for finite values.
 
     **Cost.** ``num_steps`` gradient evaluations (one more with ``evaluate_final``,
     ``track_acceptance`` or an adjusted sampler, whose last step evaluates). ``callback(k, state)``
@@ -106,12 +104,13 @@ def run_chain(
     :returns: ``(state, info)``: the sampler's final state (evaluated when the final position
         was) and a :class:`ChainInfo`.
     """
-    check_on_divergence(on_divergence)
+    policy = divergence_policy(on_divergence)
+    max_drop = policy.max_log_density_drop
     if sampler is None:
         sampler = ULA(noise=noise)
     elif not noise:
         raise ValueError("noise=False configures the default sampler; pass sampler=ULA(noise=False) instead")
-    if tolerance is not None and (on_divergence != "raise" or track_acceptance):
+    if tolerance is not None and (policy.backoff or track_acceptance):
         raise ValueError("early stopping (tolerance) supports on_divergence='raise' without track_acceptance only")
     position = dict(initial_position)
     first = next(iter(position.values()))
@@ -129,7 +128,6 @@ def run_chain(
     if bool(bad.any()):
         what = describe_divergence(state.log_density, state.grad, bad)
         raise divergence_error(what, 0, num_steps, step_size, int(bad.sum()), rows, where)
-    backoff = on_divergence == "backoff"
     steps = step_size  # a float until a row backs off, then a tensor of one step size per row
     accept_sum = None
     moving = None
@@ -157,10 +155,10 @@ def run_chain(
         if diverged:
             what = (describe_divergence(proposal.log_density, proposal.grad, bad, previous.log_density, max_drop)
                     if evaluate else "the position is not finite")
-            if not backoff:
+            if not policy.backoff:
                 raise divergence_error(what, k, num_steps, steps, int(bad.sum()), bad.numel(), where)
             divergences = divergences + bad.long()
-            if evaluate and int(divergences.max()) > max_backoffs:
+            if evaluate and int(divergences.max()) > policy.max_backoffs:
                 raise divergence_error(what, k, num_steps, steps, int(bad.sum()), rows, where, backoff_exhausted=True)
             state = _take_rows(bad, previous, state)
         if track_acceptance and evaluate:

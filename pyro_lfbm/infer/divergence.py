@@ -8,7 +8,9 @@ there several moves before the values overflow). The one chain driver
 and CUDA-graph chains all run) calls :func:`diverged_rows` after each gradient evaluation and, on a
 divergence, either raises
 :class:`LangevinDivergenceError` (``on_divergence="raise"``) or, with ``"backoff"``, returns the
-diverged rows to their last finite position and halves their step size.
+diverged rows to their last finite position and halves their step size. Those choices, with how
+often a row may back off and the drop that counts as a divergence, are one
+:class:`DivergencePolicy`.
 
 Rows are the leading dimension of every site's tensor (one independent chain each), as in
 :class:`~pyro_lfbm.infer.langevin.LangevinState`.
@@ -16,6 +18,7 @@ Rows are the leading dimension of every site's tensor (one independent chain eac
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Dict, Optional, Union
 
 import torch
@@ -30,11 +33,49 @@ class LangevinDivergenceError(FloatingPointError):
     """A Langevin chain reached a non-finite log density or gradient."""
 
 
-def check_on_divergence(on_divergence: str) -> str:
-    """Validate an ``on_divergence`` argument; returns it."""
-    if on_divergence not in ON_DIVERGENCE:
-        raise ValueError(f"on_divergence must be one of {ON_DIVERGENCE}, got {on_divergence!r}")
-    return on_divergence
+@dataclass(frozen=True)
+class DivergencePolicy:
+    """What a chain does when a move diverges (the ``on_divergence`` argument of
+    :func:`~pyro_lfbm.infer.chain.run_chain` and :class:`~pyro_lfbm.infer.guide.LangevinGuide`, where
+    the strings ``"raise"`` and ``"backoff"`` stand for this class with that ``action``).
+
+    :param str action: ``"raise"`` (default): raise :class:`LangevinDivergenceError` naming the site,
+        the step, the step size and the number of rows; ``"backoff"``: return each diverged row to its
+        last finite position and halve its step size for the rest of the chain.
+    :param int max_backoffs: how often one row may back off before the chain raises after all.
+    :param float max_log_density_drop: also call a move divergent when it lowers a row's log density
+        by more than this (Pyro's HMC uses 1000, :data:`~pyro_lfbm.infer.langevin.MAX_LOG_DENSITY_DROP`);
+        None (default): only non-finite values diverge (a short-run chain from N(0, I) on an image
+        likelihood may legitimately lose more than 1000 in its first moves).
+    """
+
+    action: str = "raise"
+    max_backoffs: int = 10
+    max_log_density_drop: Optional[float] = None
+
+    def __post_init__(self):
+        if self.action not in ON_DIVERGENCE:
+            raise ValueError(f"on_divergence must be one of {ON_DIVERGENCE} or a DivergencePolicy, got {self.action!r}")
+        if isinstance(self.max_backoffs, bool) or not isinstance(self.max_backoffs, int) or self.max_backoffs < 0:
+            raise ValueError(f"max_backoffs must be a non-negative integer, got {self.max_backoffs!r}")
+        drop = self.max_log_density_drop
+        if drop is not None and (isinstance(drop, bool) or not isinstance(drop, (int, float)) or not drop > 0):
+            raise ValueError(f"max_log_density_drop must be positive or None, got {drop!r}")
+
+    @property
+    def backoff(self) -> bool:
+        """True when a diverged row backs off instead of raising."""
+        return self.action == "backoff"
+
+
+def divergence_policy(on_divergence: Union[str, DivergencePolicy]) -> DivergencePolicy:
+    """The :class:`DivergencePolicy` of an ``on_divergence`` argument: a policy as it is, ``"raise"`` or
+    ``"backoff"`` as a policy with that action and the other fields' defaults."""
+    if isinstance(on_divergence, DivergencePolicy):
+        return on_divergence
+    if not isinstance(on_divergence, str):
+        raise ValueError(f"on_divergence must be one of {ON_DIVERGENCE} or a DivergencePolicy, got {on_divergence!r}")
+    return DivergencePolicy(on_divergence)
 
 
 def nonfinite_rows(log_density: Optional[torch.Tensor], grad: Latents) -> torch.Tensor:

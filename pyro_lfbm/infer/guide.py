@@ -14,7 +14,7 @@ from pyro.poutine.util import site_is_subsample
 
 from pyro_lfbm._context import posterior_inference
 from pyro_lfbm.infer.adaptation import StepSizeAdaptation, as_adaptation
-from pyro_lfbm.infer.divergence import check_on_divergence
+from pyro_lfbm.infer.divergence import DivergencePolicy, divergence_policy
 from pyro_lfbm.infer.modes import frozen_parameters, outside_inference_mode, refuse_jit_tracing
 from pyro_lfbm.infer.chain import ChainInfo, run_chain
 from pyro_lfbm.infer.langevin import LangevinState
@@ -138,15 +138,12 @@ class LangevinGuide(torch.nn.Module):
         mode: then every row is evaluated until all have stopped) (see
         :func:`~pyro_lfbm.infer.langevin.short_run_langevin`). ``last_state.steps`` then holds
         the gradient evaluations spent per example. ``None`` (default): exactly ``num_steps``.
-    :param str on_divergence: ``"raise"`` (default): a non-finite log density or gradient raises
-        :class:`~pyro_lfbm.infer.divergence.LangevinDivergenceError` naming the site, the step, the
-        step size and the number of rows; ``"backoff"``: a diverged row returns to its last
-        finite position and its step size halves for the rest of that chain (at most
-        ``max_backoffs`` times), counted in :attr:`divergences`.
-    :param float max_log_density_drop: also call a move divergent when it lowers a row's log
-        density by more than this (e.g. ``pyro_lfbm.infer.langevin.MAX_LOG_DENSITY_DROP``, 1000);
-        ``None`` (default): only non-finite values are divergences (a short-run chain from N(0, I)
-        on an image likelihood may legitimately lose more than 1000 in its first moves).
+    :param on_divergence: what a divergence does (a non-finite log density or gradient): ``"raise"``
+        (default) raises :class:`~pyro_lfbm.infer.divergence.LangevinDivergenceError` naming the site,
+        the step, the step size and the number of rows; ``"backoff"`` returns a diverged row to its last
+        finite position and halves its step size for the rest of that chain, counted in
+        :attr:`divergences`; a :class:`~pyro_lfbm.infer.divergence.DivergencePolicy` also sets how often
+        a row may back off and a drop in log density that counts as a divergence (HMC's 1000).
     :param global_guide: a guide for the model's global latents (see above).
     :param str data_plate: the name of the data plate when the model has several outermost plates.
     :param sampler: the chain's sampler (:mod:`pyro_lfbm.infer.samplers`: ``ULA()``, ``MALA()``,
@@ -189,9 +186,7 @@ class LangevinGuide(torch.nn.Module):
         use_fast_path: bool = True,
         tolerance: Optional[float] = None,
         *,
-        on_divergence: str = "raise",
-        max_backoffs: int = 10,
-        max_log_density_drop: Optional[float] = None,
+        on_divergence: Union[str, DivergencePolicy] = "raise",
         global_guide: Optional[Callable] = None,
         data_plate: Optional[str] = None,
         persistent: Optional[int] = None,
@@ -210,20 +205,16 @@ class LangevinGuide(torch.nn.Module):
             raise ValueError(f"step_size must be a positive number, 'auto' or a StepSizeAdaptation, got {step_size!r}")
         if tolerance is not None and not tolerance >= 0:
             raise ValueError(f"tolerance must be non-negative, got {tolerance!r}")
-        check_on_divergence(on_divergence)
+        on_divergence = divergence_policy(on_divergence)
         if self.adaptation is not None:
             if not noise:
                 raise ValueError("an adapted step size targets the noisy chain's acceptance rate; it needs noise=True")
             if tolerance is not None:
                 raise ValueError("an adapted step size and tolerance cannot be combined (tolerance is for noise=False)")
-        if tolerance is not None and on_divergence != "raise":
+        if tolerance is not None and on_divergence.backoff:
             raise ValueError("tolerance (early stopping) supports on_divergence='raise' only")
         if persistent is not None and (isinstance(persistent, bool) or not isinstance(persistent, int) or persistent < 1):
             raise ValueError(f"persistent must be the number of training examples (a positive integer), got {persistent!r}")
-        if not (isinstance(max_backoffs, int) and max_backoffs >= 0):
-            raise ValueError(f"max_backoffs must be a non-negative integer, got {max_backoffs!r}")
-        if max_log_density_drop is not None and not max_log_density_drop > 0:
-            raise ValueError(f"max_log_density_drop must be positive or None, got {max_log_density_drop!r}")
         if sampler is not None and not noise:
             raise ValueError("noise=False configures the default sampler; pass sampler=ULA(noise=False) instead")
         # the model is not a child module: its parameters belong to the model, not to the guide
@@ -237,9 +228,8 @@ class LangevinGuide(torch.nn.Module):
         self.init = init
         self.use_fast_path = use_fast_path
         self.tolerance = tolerance
+        #: the :class:`~pyro_lfbm.infer.divergence.DivergencePolicy`
         self.on_divergence = on_divergence
-        self.max_backoffs = max_backoffs
-        self.max_log_density_drop = max_log_density_drop
         self.data_plate = data_plate
         self.step_size = float(self.adaptation.step_size if self.adaptation is not None else step_size)
         self.chains = PersistentChains(persistent) if persistent is not None else None
@@ -396,9 +386,7 @@ class LangevinGuide(torch.nn.Module):
                 sampler=self.sampler,
                 noise=self.noise,
                 # while adapting, a diverged move counts as rejected (acceptance 0) and its row goes back
-                on_divergence="backoff" if adapting else self.on_divergence,
-                max_backoffs=self.max_backoffs,
-                max_drop=self.max_log_density_drop,
+                on_divergence=dataclasses.replace(self.on_divergence, action="backoff") if adapting else self.on_divergence,
                 track_acceptance=adapting,
                 where=f"LangevinGuide chain over site(s) {list(sites.sites)}",
                 tolerance=self.tolerance,
@@ -515,6 +503,12 @@ class LangevinGuide(torch.nn.Module):
         state = dict(super().__getstate__())
         state["_sites"] = None
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        if isinstance(state.get("on_divergence"), str):  # pickled before DivergencePolicy held the three settings
+            state["on_divergence"] = DivergencePolicy(state["on_divergence"], state.pop("max_backoffs", 10),
+                                                      state.pop("max_log_density_drop", None))
+        super().__setstate__(state)
 
     def get_extra_state(self) -> dict:
         return {

@@ -11,16 +11,17 @@ The move is :func:`~pyro_lfbm.ops.langevin.langevin_move`, the sampler
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 
 from pyro_lfbm.infer.chain import ChainInfo, run_chain  # noqa: F401  (re-exported)
+from pyro_lfbm.infer.divergence import DivergencePolicy
 from pyro_lfbm.infer.samplers.ula import ULA
 from pyro_lfbm.infer.state import LangevinState, Latents, LogDensityFn, evaluate, value_and_grad  # noqa: F401  (re-exported)
 from pyro_lfbm.ops.langevin import langevin_move  # noqa: F401  (the one Langevin update, re-exported here)
 
-#: A suggested ``max_drop``: the energy error at which Pyro's HMC/NUTS call a trajectory divergent
+#: A suggested ``DivergencePolicy.max_log_density_drop``: the energy error at which Pyro's HMC/NUTS call a trajectory divergent
 #: (``_max_sliced_energy``). Off by default: a short-run chain started from N(0, I) on an image
 #: likelihood legitimately loses more than this in its first moves (the paper's MNIST chain at
 #: s = 0.1 does), so only non-finite values are divergences unless a caller opts in.
@@ -53,7 +54,7 @@ def short_run_langevin(
     evaluate_final: bool = False,
     tolerance: Optional[float] = None,
     restrict: Optional[Callable[[torch.Tensor], LogDensityFn]] = None,
-    on_divergence: str = "raise",
+    on_divergence: Union[str, DivergencePolicy] = "raise",
 ) -> LangevinState:
     """Run ``num_steps`` Langevin steps from ``initial_position``; returns the final state:
     :func:`~pyro_lfbm.infer.chain.run_chain` with the ULA sampler, which see for the cost,
