@@ -1,0 +1,35 @@
+import torch, numpy as np, math
+from pyro_lfbm.metrics.anomaly import anomaly_metrics
+from pyro_lfbm.train.presets import get_preset
+from pyro_lfbm.train.recipe import build, isolated
+from pyro_lfbm.harness.anomaly_experiment import run_split
+torch.set_num_threads(1)
+def auprc(y, s): return anomaly_metrics(y, s)['auprc']
+for d, s in [(0,1),(8,1),(0,2),(8,2)]:
+    sc = torch.load(f'/work/runs_s18/ema/heldout{d}-flow-hierarchical-encoder-seed{s}/scores.pt', weights_only=False)
+    ck = f'/work/runs_s18/ckpt_ema/lfbm-flow-hierarchical-encoder-heldout{d}-seed{s}-cpu-hierarchical.pt'
+    split = run_split('/work/shared/data', d, s)
+    y = sc['is_anomaly']
+    with isolated(0), torch.no_grad():
+        r = build(get_preset("cpu-hierarchical"))
+        r.trainer.load_state_dict(torch.load(ck, weights_only=False)['trainer']); r.trainer.load_average()
+        r.model.eval(); r.encoder_guide.eval()
+        loc, scale = r.encoder_guide.encode(split.test_x)
+        tr_loc, _ = r.encoder_guide.encode(split.train_x[:5000])
+        prior = r.model.prior
+        out = {'prior': auprc(y, -prior.log_prob(loc))}
+        for keep in (20, 30):
+            lower = slice(keep, 40)
+            S = 64
+            # proposal A: q's lower layers with scale x3; proposal B: Gaussian fit to training encodings' lower layers
+            mu_b, sd_b = tr_loc[:, lower].mean(0), tr_loc[:, lower].std(0)
+            for name, (m, sd) in {'q3': (loc[:, lower], 3 * scale[:, lower]), 'fit': (mu_b.expand_as(loc[:, lower]), sd_b.expand_as(loc[:, lower]))}.items():
+                est = []
+                for chunk in torch.split(torch.arange(loc.shape[0]), 2000):
+                    prop = torch.distributions.Normal(m[chunk], sd[chunk])
+                    zl = prop.sample((S,))                       # (S, b, 40-keep)
+                    z = torch.cat([loc[chunk, :keep].expand(S, -1, -1), zl], -1)
+                    lw = prior.log_prob(z) - prop.log_prob(zl).sum(-1)
+                    est.append(torch.logsumexp(lw, 0) - math.log(S))
+                out[f'marg z[:{keep}] {name}'] = auprc(y, -torch.cat(est))
+    print(d, s, {k: round(v, 4) for k, v in out.items()}, flush=True)
