@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
@@ -9,7 +11,7 @@ from pyro.distributions.torch_transform import ComposeTransformModule, Transform
 from pyro.distributions.transforms import Permute
 
 from pyro_lfbm.priors.base import LatentPrior
-from pyro_lfbm.priors.gaussian import _check_latent, standard_normal_log_prob
+from pyro_lfbm.priors.gaussian import _HALF_LOG_2PI, _check_latent, standard_normal_log_prob
 from pyro_lfbm.transforms import ActNorm, BoundedAffineCoupling, LULinear
 
 _PERMUTATIONS = ("lu", "permute")
@@ -41,6 +43,17 @@ def _random_permutation(dim: int) -> torch.Tensor:
     while torch.equal(perm, identity):
         perm = torch.randperm(dim)
     return perm
+
+
+def mixture_log_prob(x: torch.Tensor, logits: torch.Tensor, locs: torch.Tensor, log_scales: torch.Tensor) -> torch.Tensor:
+    """log Σ_k π_k N(x; μ_k, diag σ_k²) over the last dimension: ``x`` (..., D) -> (...), for weights
+    π = softmax(``logits``) (K,), means ``locs`` (K, D) and log standard deviations ``log_scales`` (K, D).
+
+    The value of ``MixtureSameFamily(Categorical(logits=logits), Normal(locs, exp(log_scales)).to_event(1))
+    .log_prob(x)`` as plain tensor code (for every Langevin step and for ``torch.compile``)."""
+    u = (x.unsqueeze(-2) - locs) * torch.exp(-log_scales)  # (..., K, D)
+    components = (-(u * u) / 2 - log_scales - _HALF_LOG_2PI).sum(-1)  # (..., K)
+    return torch.logsumexp(components + torch.log_softmax(logits, -1), dim=-1)
 
 
 class FlowDistribution(dist.TransformedDistribution):
@@ -135,6 +148,12 @@ class FlowPrior(LatentPrior):
         + \log|\det \partial f_\alpha / \partial z|`
 
     needs only forward passes of :math:`f_\alpha` and sampling is :math:`z = f_\alpha^{-1}(\epsilon)`.
+    With ``num_components`` K ≥ 1 the base is instead a learned mixture of K diagonal Gaussians,
+    :math:`\sum_k \pi_k \mathcal{N}(\epsilon; \mu_k, \operatorname{diag}\sigma_k^2)` (FlowGMM: Izmailov,
+    Kirichenko, Finzi and Wilson, ICML 2020), whose weights, means and scales are parameters of the prior
+    (``mixture_logits`` (K,), ``mixture_locs`` (K, D), ``mixture_log_scales`` (K, D); at the start equal
+    weights, means drawn from N(0, I), unit scales): the flow can map clusters of latents onto separate
+    components and keep the space between them at low density.
     Each of the ``num_steps`` steps is :class:`~pyro_lfbm.transforms.ActNorm` ->
     :class:`~pyro_lfbm.transforms.LULinear` (``permutation="lu"``, the paper's choice) or a fixed
     random non-identity :class:`~pyro.distributions.transforms.Permute` (``"permute"``) ->
@@ -159,6 +178,8 @@ class FlowPrior(LatentPrior):
     :param int hidden_dim: hidden width of each coupling's hypernet (the paper uses 64).
     :param str permutation: ``"lu"`` (learned invertible linear map) or ``"permute"`` (fixed
         random permutation).
+    :param int num_components: 0 (default, the paper's): the base is N(0, I); K ≥ 1: a learned mixture
+        of K diagonal Gaussians.
     """
 
     def __init__(
@@ -167,6 +188,7 @@ class FlowPrior(LatentPrior):
         num_steps: int = 5,
         hidden_dim: int = 64,
         permutation: str = "lu",
+        num_components: int = 0,
     ):
         if not isinstance(latent_dim, int) or latent_dim < 2:
             raise ValueError(f"latent_dim must be an integer >= 2 for a coupling flow, got {latent_dim!r}")
@@ -176,10 +198,13 @@ class FlowPrior(LatentPrior):
             raise ValueError(f"hidden_dim must be an integer >= 1, got {hidden_dim!r}")
         if permutation not in _PERMUTATIONS:
             raise ValueError(f"permutation must be one of {_PERMUTATIONS}, got {permutation!r}")
+        if isinstance(num_components, bool) or not isinstance(num_components, int) or num_components < 0:
+            raise ValueError(f"num_components must be 0 (a standard normal base) or a positive integer, got {num_components!r}")
         super().__init__(latent_dim)
         self.num_steps = num_steps
         self.hidden_dim = hidden_dim
         self.permutation = permutation
+        self.num_components = num_components
         parts: list[TransformModule] = []
         for _ in range(num_steps):
             if permutation == "lu":
@@ -188,6 +213,24 @@ class FlowPrior(LatentPrior):
                 mixer = _BufferPermute(_random_permutation(latent_dim))
             parts += [ActNorm(latent_dim), mixer, BoundedAffineCoupling(latent_dim, hidden_dim)]
         self.flow = ComposeTransformModule(parts)
+        if num_components:
+            self.mixture_logits = torch.nn.Parameter(torch.zeros(num_components))
+            self.mixture_locs = torch.nn.Parameter(torch.randn(num_components, latent_dim))
+            self.mixture_log_scales = torch.nn.Parameter(torch.zeros(num_components, latent_dim))
+
+    def base_dist(self) -> dist.Distribution:
+        """The base of the flow, event shape (D,): N(0, I), or the learned Gaussian mixture."""
+        if not self.num_components:
+            return super().base_dist()
+        components = dist.Normal(self.mixture_locs, self.mixture_log_scales.exp()).to_event(1)
+        return dist.MixtureSameFamily(dist.Categorical(logits=self.mixture_logits), components)
+
+    def _base_log_prob_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """ε (..., D) -> log p(ε) (...) of the base, as plain tensor code."""
+        if not self.num_components:
+            return standard_normal_log_prob
+        logits, locs, log_scales = self.mixture_logits, self.mixture_locs, self.mixture_log_scales
+        return lambda eps: mixture_log_prob(eps, logits, locs, log_scales)
 
     def dist(self) -> dist.Distribution:
         """The prior as a Pyro distribution.
@@ -206,17 +249,18 @@ class FlowPrior(LatentPrior):
         parts = self.flow.parts  # (inside a running Pyro model this access registers the parameters)
         x, log_det = flow_forward(parts, z)
         if torch.distributions.Distribution._validate_args:
-            self.base_dist()._validate_sample(x)
-        return standard_normal_log_prob(x) + log_det
+            LatentPrior.base_dist(self)._validate_sample(x)
+        return self._base_log_prob_fn()(x) + log_det
 
     def tensor_log_prob_fn(self):
         """z (B, D) -> log p(z) (B,) by one pass of :func:`flow_forward` over the flow's parts (see
         :meth:`~pyro_lfbm.priors.base.LatentPrior.tensor_log_prob_fn`)."""
         parts = list(self.flow.parts)
+        base_log_prob = self._base_log_prob_fn()
 
         def flow_log_prob(z: torch.Tensor) -> torch.Tensor:
             eps, log_det = flow_forward(parts, z)
-            return standard_normal_log_prob(eps) + log_det
+            return base_log_prob(eps) + log_det
 
         return flow_log_prob
 
@@ -231,4 +275,5 @@ class FlowPrior(LatentPrior):
         return (
             f"latent_dim={self.latent_dim}, num_steps={self.num_steps}, "
             f"hidden_dim={self.hidden_dim}, permutation={self.permutation!r}"
+            + (f", num_components={self.num_components}" if self.num_components else "")
         )

@@ -71,7 +71,8 @@ def check_prior(name: str) -> PriorKind:
 
 
 register_prior(PriorKind("flow", "flow", "LFBM",
-                         lambda c: FlowPrior(c.latent_dim, num_steps=c.flow_steps, hidden_dim=c.flow_width)))
+                         lambda c: FlowPrior(c.latent_dim, num_steps=c.flow_steps, hidden_dim=c.flow_width,
+                                             num_components=c.flow_components)))
 # LEBM's code: energy net at 2e-5 against 1e-4 for the generator, i.e. a fifth
 register_prior(PriorKind("ebm", "energy", "LEBM",
                          lambda c: EnergyPrior(c.latent_dim, hidden_dims=(c.ebm_hidden, c.ebm_hidden),
@@ -100,7 +101,9 @@ class ModelConfig:
     (d₁, d₂, d₃) a :class:`~pyro_lfbm.models.HierarchicalLatentModel` whose
     :class:`~pyro_lfbm.nets.HierarchicalMNISTGenerator` takes z₁ at the top and z₂, z₃ at the 7×7
     and 14×14 maps (MNIST shape only; ``latent_dim`` must be d₁ + d₂ + d₃, the prior's dimension), its prior
-    over the layers as ``layer_prior`` says (:data:`LAYER_PRIORS`)."""
+    over the layers as ``layer_prior`` says (:data:`LAYER_PRIORS`). The flow prior has ``flow_steps`` coupling
+    steps of hidden width ``flow_width`` onto N(0, I), or, with ``flow_components`` K ≥ 1, onto a learned
+    mixture of K Gaussians (:class:`~pyro_lfbm.priors.FlowPrior`'s ``num_components``)."""
 
     prior: str = "flow"
     image_shape: Tuple[int, int, int] = (1, 28, 28)
@@ -111,6 +114,7 @@ class ModelConfig:
     sigma: float = 0.3
     flow_steps: int = 5
     flow_width: int = 64
+    flow_components: int = 0
     ebm_hidden: int = 200
     ebm_prior_steps: int = 60
     ebm_prior_step_size: float = 0.4
@@ -126,6 +130,7 @@ class ModelConfig:
         for name in ("latent_dim", "generator_hidden", "generator_channels", "flow_steps", "flow_width", "ebm_hidden",
                      "ebm_prior_steps"):
             _check_int(name, getattr(self, name), 1)
+        _check_int("flow_components", self.flow_components, 0)
         for name in ("sigma", "ebm_prior_step_size"):
             _check_positive(name, getattr(self, name))
         if not isinstance(self.batch_norm, bool):
@@ -313,6 +318,8 @@ class Preset:
         out = {"model": asdict(self.model), "learn": asdict(self.learn)}
         if self.learn.optim.ema_decay is None:  # (configs without weight averaging stay those of earlier versions)
             del out["learn"]["optim"]["ema_decay"]
+        if not self.model.flow_components:  # (configs of flows onto N(0, I) stay those of earlier versions)
+            del out["model"]["flow_components"]
         if not self.model.layer_dims:  # (configs of one-layer models stay those of earlier versions)
             del out["model"]["layer_dims"]
         if self.model.layer_prior == "joint":  # (and those of hierarchical models with the joint prior)
