@@ -27,6 +27,7 @@ def _model(prior="flow", latent_dim=6, seed=0, train=False):
     priors = {
         "flow": lambda: FlowPrior(latent_dim, num_steps=2, hidden_dim=16),
         "flow_permute": lambda: FlowPrior(latent_dim, num_steps=2, hidden_dim=16, permutation="permute"),
+        "flow_mixture": lambda: FlowPrior(latent_dim, num_steps=2, hidden_dim=16, num_components=3),
         "gaussian": lambda: GaussianPrior(latent_dim),
         "ebm": lambda: EnergyPrior(latent_dim, hidden_dims=(16, 16), num_prior_steps=3),
     }
@@ -68,7 +69,7 @@ def test_gaussian_log_likelihood_is_pyros_value_exactly(masked):
     assert torch.equal(gaussian_log_likelihood(x, mean, 0.3, mask), expected)
 
 
-@pytest.mark.parametrize("prior", ["flow", "flow_permute", "gaussian", "ebm"])
+@pytest.mark.parametrize("prior", ["flow", "flow_permute", "flow_mixture", "gaussian", "ebm"])
 @pytest.mark.parametrize("train", [False, True])
 def test_fused_log_joint_equals_the_models(prior, train):
     from pyro_lfbm._context import posterior_inference
