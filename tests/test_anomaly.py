@@ -630,3 +630,31 @@ def test_hierarchical_targets_use_the_dev_chosen_score_and_need_three_seeds():
     assert t.loc[9, "met"] == "no"  # above HVAE's 0.791, but one seed only
     assert hierarchical_target_table(pd.DataFrame([row(1, 0.5, model="latent")]), "prior").empty
     assert hierarchical_target_table(pd.DataFrame(rows), "joint").set_index("heldout").loc[4, "mean"] == pytest.approx(0.1)
+
+
+def require_fashion_mnist():
+    root = require_mnist()
+    if not (root / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").exists():
+        pytest.skip(f"Fashion-MNIST files not found under {root}")
+    return root
+
+
+def test_fashion_mnist_is_a_development_task_with_its_own_split_names_and_record(tmp_path):
+    from pyro_lfbm.harness.anomaly_experiment import run_split
+
+    root = require_fashion_mnist()
+    split = run_split(root, 6, 1, dataset="fashion-mnist")
+    # 7,000 images per class: 63,000 normal, 80 % of them for training, every shirt (class 6) in the test set
+    assert (split.train_x.shape[0], split.test_x.shape[0], int(split.test_is_anomaly.sum())) == (50_400, 19_600, 7_000)
+    assert split.summary()["dataset"] == "fashion-mnist"
+    mnist = run_split(root, 6, 1)
+    assert split.train_x.shape[1:] == mnist.train_x.shape[1:] and not torch.equal(split.test_x[:100], mnist.test_x[:100])
+    out = tmp_path / "out"
+    proc = run_script("--dataset", "fashion-mnist", "--heldout", "6", "--preset", "tiny", "--limit-train", "300",
+                      "--limit-test", "200", "--test-batch-size", "64", "--batchnorm", "eval", "--data-root", str(root),
+                      "--out", str(out), "--checkpoint-dir", str(tmp_path / "ckpt"))
+    assert proc.returncode == 0, proc.stderr
+    run_dir = out / "heldout6-flow-fashion-mnist-seed1"
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["config"]["run"]["dataset"] == "fashion-mnist"
+    assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["lfbm-flow-fashion-mnist-heldout6-seed1-tiny.pt"]

@@ -30,6 +30,7 @@ BATCHNORM_CHOICES = {"eval": ("eval",), "train": ("train",), "recalibrated": ("r
 @dataclass
 class AnomalyRunConfig:
     heldout: int = 7
+    dataset: str = "mnist"
     prior: str = "flow"
     preset: str = "cpu"
     seed: int = 1
@@ -90,11 +91,12 @@ RUN_FILES = ("metrics.csv", "history.csv", "scores.pt", "precision_recall.png", 
 
 def run_variant(cfg: AnomalyRunConfig, guide: str = "langevin", model: str = "latent") -> str:
     """The model and guide of a run when not the default LFBM (``"hierarchical"``, ``"encoder"``,
-    ``"hierarchical-encoder"``, ``"underdamped"``, ``"hierarchical-encoder-conditional"``, ...; ``""`` for
-    ``--model latent --guide langevin --sampler ula``): part of its
+    ``"hierarchical-encoder"``, ``"underdamped"``, ``"hierarchical-encoder-conditional"``, ``"fashion-mnist"``, ...;
+    ``""`` for ``--model latent --guide langevin --sampler ula`` on MNIST): part of its
     folder and checkpoint names, so that runs of different models never share them. ``guide`` and ``model``:
     those left unnamed (:func:`run_recipe` passes the preset's own)."""
-    parts = ((cfg.model, model), (cfg.guide, guide), (cfg.sampler, "ula"), (cfg.encoder, "mean-field"))
+    parts = ((cfg.model, model), (cfg.guide, guide), (cfg.sampler, "ula"), (cfg.encoder, "mean-field"),
+             (cfg.dataset, "mnist"))
     return "-".join(part for part, default in parts if part != default)
 
 
@@ -276,13 +278,14 @@ def run_config_dict(cfg: AnomalyRunConfig, preset) -> Dict:
 
 
 def run_split(data_root, heldout: int, seed: int, limit_train: Optional[int] = None,
-              limit_test: Optional[int] = None):
-    """The held-out-digit split of a run (its subset under ``--limit-train`` / ``--limit-test``).
+              limit_test: Optional[int] = None, dataset: str = "mnist"):
+    """The held-out-class split of a run (its subset under ``--limit-train`` / ``--limit-test``): MNIST's
+    digits, or ``dataset="fashion-mnist"``'s classes (a development task beside the reported MNIST digits).
 
     :raises UsageError: an impossible ``heldout``; :class:`~pyro_lfbm.data.DataError`: missing files.
     """
     try:
-        split = heldout_digit_split(data_root, heldout=heldout, seed=seed)
+        split = heldout_digit_split(data_root, heldout=heldout, seed=seed, dataset=dataset)
     except ValueError as err:
         raise UsageError(str(err)) from None
     if limit_train or limit_test:
@@ -293,7 +296,7 @@ def run_split(data_root, heldout: int, seed: int, limit_train: Optional[int] = N
 def run_anomaly(cfg: AnomalyRunConfig) -> AnomalyResult:
     """Train LFBM (or ABP / LEBM) on the normal images of the held-out-digit split and score its test set."""
     preset = anomaly_preset(cfg)
-    split = run_split(cfg.data_root, cfg.heldout, cfg.seed, cfg.limit_train, cfg.limit_test)
+    split = run_split(cfg.data_root, cfg.heldout, cfg.seed, cfg.limit_train, cfg.limit_test, cfg.dataset)
     config = run_config_dict(cfg, preset)
     checkpoint_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
     return run_anomaly_task(
