@@ -57,7 +57,8 @@ def mixture_log_prob(x: torch.Tensor, logits: torch.Tensor, locs: torch.Tensor, 
 
 
 class FlowDistribution(dist.TransformedDistribution):
-    """``TransformedDistribution(N(0, I), [prior.flow.inv])`` of a :class:`FlowPrior`, made cheap
+    """``TransformedDistribution(base, [prior.flow.inv])`` of a :class:`FlowPrior` (base: N(0, I) or the
+    prior's learned mixture, :meth:`FlowPrior.base_dist`), made cheap
     for use inside Pyro models that are evaluated at every Langevin step.
 
     Sampling is that of the parent class (base sample, then the inverse flow). Two things differ:
