@@ -108,7 +108,8 @@ def rank_counts(records: Iterable[Dict], metric: str = "mse_hole") -> pd.DataFra
     ranks = wide.rank(axis=1, method="min").astype(int)
     table = pd.DataFrame({f"rank {k}": (ranks == k).sum() for k in range(1, wide.shape[1] + 1)})
     table["pairs"] = len(wide)
-    table = table.reindex([p for p in prior_names() if p in table.index] + [p for p in table.index if p not in prior_names()])
+    order = prior_names()
+    table = table.reindex([p for p in order if p in table.index] + [p for p in table.index if p not in order])
     table.index = [prior_label(p) for p in table.index]
     return table
 

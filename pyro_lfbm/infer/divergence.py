@@ -71,11 +71,7 @@ class DivergencePolicy:
 def divergence_policy(on_divergence: Union[str, DivergencePolicy]) -> DivergencePolicy:
     """The :class:`DivergencePolicy` of an ``on_divergence`` argument: a policy as it is, ``"raise"`` or
     ``"backoff"`` as a policy with that action and the other fields' defaults."""
-    if isinstance(on_divergence, DivergencePolicy):
-        return on_divergence
-    if not isinstance(on_divergence, str):
-        raise ValueError(f"on_divergence must be one of {ON_DIVERGENCE} or a DivergencePolicy, got {on_divergence!r}")
-    return DivergencePolicy(on_divergence)
+    return on_divergence if isinstance(on_divergence, DivergencePolicy) else DivergencePolicy(on_divergence)
 
 
 def nonfinite_rows(log_density: Optional[torch.Tensor], grad: Latents) -> torch.Tensor:
