@@ -21,7 +21,7 @@ from pyro_lfbm.nets import MNISTGenerator
 from pyro_lfbm.priors import EnergyPrior
 
 
-def _model(prior="flow", latent_dim=6, seed=0, train=False):
+def _model(prior="flow", latent_dim=6, seed=0, train=False, pixel_likelihood="gaussian"):
     """A small LFBM; every prior parameter perturbed away from its identity initialisation."""
     torch.manual_seed(seed)
     priors = {
@@ -31,7 +31,8 @@ def _model(prior="flow", latent_dim=6, seed=0, train=False):
         "gaussian": lambda: GaussianPrior(latent_dim),
         "ebm": lambda: EnergyPrior(latent_dim, hidden_dims=(16, 16), num_prior_steps=3),
     }
-    model = LatentModel(priors[prior](), MNISTGenerator(latent_dim, hidden_dim=32, channels=8))
+    model = LatentModel(priors[prior](), MNISTGenerator(latent_dim, hidden_dim=32, channels=8),
+                        pixel_likelihood=pixel_likelihood)
     with torch.no_grad():
         for p in model.prior.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -69,12 +70,14 @@ def test_gaussian_log_likelihood_is_pyros_value_exactly(masked):
     assert torch.equal(gaussian_log_likelihood(x, mean, 0.3, mask), expected)
 
 
-@pytest.mark.parametrize("prior", ["flow", "flow_permute", "flow_mixture", "gaussian", "ebm"])
+@pytest.mark.parametrize("prior, pixel_likelihood", [("flow", "gaussian"), ("flow_permute", "gaussian"),
+                                                     ("flow_mixture", "gaussian"), ("gaussian", "gaussian"),
+                                                     ("ebm", "gaussian"), ("flow", "bernoulli")])
 @pytest.mark.parametrize("train", [False, True])
-def test_fused_log_joint_equals_the_models(prior, train):
+def test_fused_log_joint_equals_the_models(prior, pixel_likelihood, train):
     from pyro_lfbm._context import posterior_inference
 
-    model = _model(prior, train=train)
+    model = _model(prior, train=train, pixel_likelihood=pixel_likelihood)
     x, z = _data()
     mask = (torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(2)) > 0.5).float()
     fused = fused_log_joint(model)
@@ -89,8 +92,9 @@ def test_fused_log_joint_equals_the_models(prior, train):
 
 @pytest.mark.parametrize("train", [False, True])
 @pytest.mark.parametrize("noise", [True, False])
-def test_fused_eager_chain_is_the_reference_trajectory(train, noise):
-    model = _model(train=train)
+@pytest.mark.parametrize("pixel_likelihood", ["gaussian", "bernoulli"])
+def test_fused_eager_chain_is_the_reference_trajectory(train, noise, pixel_likelihood):
+    model = _model(train=train, pixel_likelihood=pixel_likelihood)
     reference = copy.deepcopy(model)
     x, z0 = _data()
     expected = _eager_chain(reference, x, z0, 10, noise=noise)

@@ -338,6 +338,35 @@ def test_the_hierarchical_preset_prints_its_decision_function(tmp_path):
     assert "heldout7-flow-hierarchical-encoder-seed1" in proc.stdout
 
 
+def test_a_bernoulli_likelihood_is_one_set_option_of_the_command_and_is_recorded(tmp_path):
+    root = str(require_mnist())
+    anomaly = experiment_script("anomaly")
+    from pyro_lfbm.harness.anomaly_experiment import anomaly_preset
+    from pyro_lfbm.harness.cli import UsageError
+
+    def config(*args):
+        return anomaly.run_config(anomaly.build_parser().parse_args(["--out", str(tmp_path), *args]))
+
+    preset = anomaly_preset(config("--preset", "cpu-hierarchical", "--set", "pixel_likelihood=bernoulli"))
+    assert preset.to_dict()["model"]["pixel_likelihood"] == "bernoulli"
+    assert "pixel_likelihood" not in get_preset("cpu-hierarchical").to_dict()["model"]  # Gaussian configs unchanged
+    with isolated(0):
+        model = build(preset).model
+    assert model.pixel_likelihood == "bernoulli" and "pixel_likelihood='bernoulli'" in repr(model)
+    with pytest.raises(UsageError, match="unknown pixel_likelihood 'poisson'; choose one of gaussian, bernoulli"):
+        anomaly_preset(config("--set", "pixel_likelihood=poisson"))
+    cmd = [sys.executable, str(REPO / "experiments" / "anomaly.py"), "--preset", "cpu-hierarchical", "--epochs", "1",
+           "--set", "pixel_likelihood=bernoulli", "--limit-train", "100", "--limit-test", "40", "--no-progress",
+           "--data-root", root, "--out", str(tmp_path / "out")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    run_dir = tmp_path / "out" / "heldout7-flow-hierarchical-encoder-seed1"
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["config"]["model"]["pixel_likelihood"] == "bernoulli"
+    rows = pd.read_csv(run_dir / "metrics.csv")
+    assert rows.auprc.notna().all() and len(rows)
+
+
 @pytest.mark.parametrize("preset, score", [("cpu-hierarchical", "prior"), ("cpu-hybrid", "joint")])
 def test_the_ranked_images_follow_the_presets_decision_function(tmp_path, monkeypatch, preset, score):
     from pyro_lfbm.harness import anomaly_experiment

@@ -38,6 +38,7 @@ import itertools
 import time
 import types
 import warnings
+from functools import partial
 from typing import Callable, Dict, Optional, Tuple, Union
 
 import pyro
@@ -99,6 +100,10 @@ def _check_latent_model(model) -> None:
         )
 
 
+def _gaussian(x, mean, mask, event_dim, *, sigma):
+    return gaussian_log_likelihood(x, mean, sigma, mask, event_dim)
+
+
 def fused_log_joint(model, native_order: bool = False) -> Callable[..., torch.Tensor]:
     """``model.log_joint`` of a :class:`~pyro_lfbm.models.LatentModel` as one plain function,
 
@@ -120,7 +125,9 @@ def fused_log_joint(model, native_order: bool = False) -> Callable[..., torch.Te
     """
     _check_latent_model(model)
     prior_log_prob = _prior_log_prob_fn(model.prior)
-    generator, sigma = model.generator, float(model.sigma)
+    generator = model.generator
+    # a LatentModel picks its pixel likelihood itself; a LatentModel-like object without the method is Gaussian
+    pixel_log_likelihood = getattr(model, "pixel_log_likelihood", None) or partial(_gaussian, sigma=float(model.sigma))
 
     kwargs = {"native_order": True} if native_order else {}
 
@@ -131,7 +138,7 @@ def fused_log_joint(model, native_order: bool = False) -> Callable[..., torch.Te
         else:
             mean = torch.func.functional_call(generator, buffers, (z,), kwargs)
         event_dim = mean.dim() - (z.dim() - 1)
-        return prior_log_prob(z) + gaussian_log_likelihood(x, mean, sigma, mask, event_dim)
+        return prior_log_prob(z) + pixel_log_likelihood(x, mean, mask, event_dim)
 
     return log_joint
 

@@ -93,6 +93,7 @@ class HierarchicalLatentModel(LatentModel):
     :param LatentPrior prior: p_α over R^{Σ d_l}.
     :param torch.nn.Module generator: g_β, maps z (B, Σ d_l) in site order to (B, C, H, W).
     :param float sigma: pixel noise σ.
+    :param str pixel_likelihood: as for :class:`~pyro_lfbm.models.LatentModel`.
     :param latent_dims: (d₁, …, d_L), top layer first; at least two layers, each ≥ 1.
     :param site_names: the Pyro site names (default ``z1, …, zL``).
 
@@ -104,8 +105,8 @@ class HierarchicalLatentModel(LatentModel):
     """
 
     def __init__(self, prior: LatentPrior, generator: nn.Module, sigma: float = 0.3, latent_dims: Sequence[int] = (20, 10, 10),
-                 site_names: Optional[Sequence[str]] = None, name: str = ""):
-        super().__init__(prior, generator, sigma, name)
+                 site_names: Optional[Sequence[str]] = None, name: str = "", *, pixel_likelihood: str = "gaussian"):
+        super().__init__(prior, generator, sigma, name, pixel_likelihood=pixel_likelihood)
         dims = tuple(latent_dims)
         if len(dims) < 2 or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dims):
             raise ValueError(f"latent_dims must be two or more positive integers (top layer first), got {latent_dims!r}")
@@ -154,4 +155,5 @@ class HierarchicalLatentModel(LatentModel):
         return self.prior.log_prob(z) + self._log_likelihood(x, z, mask)
 
     def extra_repr(self) -> str:
-        return f"latent_dims={self.latent_dims}, latent_sites={self.latent_sites}, sigma={self.sigma}"
+        noise = f"sigma={self.sigma}" if self.pixel_likelihood == "gaussian" else f"pixel_likelihood={self.pixel_likelihood!r}"
+        return f"latent_dims={self.latent_dims}, latent_sites={self.latent_sites}, {noise}"

@@ -17,7 +17,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
-from pyro_lfbm.models import HierarchicalLatentModel, LatentModel
+from pyro_lfbm.models import PIXEL_LIKELIHOODS, HierarchicalLatentModel, LatentModel
 from pyro_lfbm.nets import HierarchicalMNISTGenerator, make_encoder, make_generator
 from pyro_lfbm.infer.samplers import SAMPLER_NAMES
 from pyro_lfbm.priors import EnergyPrior, FlowPrior, GaussianPrior, LatentPrior, TopDownPrior
@@ -103,7 +103,8 @@ class ModelConfig:
     and 14×14 maps (MNIST shape only; ``latent_dim`` must be d₁ + d₂ + d₃, the prior's dimension), its prior
     over the layers as ``layer_prior`` says (:data:`LAYER_PRIORS`). The flow prior has ``flow_steps`` coupling
     steps of hidden width ``flow_width`` onto N(0, I), or, with ``flow_components`` K ≥ 1, onto a learned
-    mixture of K Gaussians (:class:`~pyro_lfbm.priors.FlowPrior`'s ``num_components``)."""
+    mixture of K Gaussians (:class:`~pyro_lfbm.priors.FlowPrior`'s ``num_components``). ``pixel_likelihood``: one of
+    :data:`~pyro_lfbm.models.PIXEL_LIKELIHOODS` (``"gaussian"`` with ``sigma``, or ``"bernoulli"``)."""
 
     prior: str = "flow"
     image_shape: Tuple[int, int, int] = (1, 28, 28)
@@ -120,6 +121,7 @@ class ModelConfig:
     ebm_prior_step_size: float = 0.4
     layer_dims: Tuple[int, ...] = ()
     layer_prior: str = "joint"
+    pixel_likelihood: str = "gaussian"
 
     def check(self) -> "ModelConfig":
         """Raise a one-line ``ValueError`` naming the first field with an impossible value; returns self."""
@@ -147,6 +149,8 @@ class ModelConfig:
             raise ValueError(f"unknown layer_prior {self.layer_prior!r}; choose one of {', '.join(LAYER_PRIORS)}")
         if self.layer_prior == "top-down" and not self.layer_dims:
             raise ValueError("layer_prior top-down is a prior over the layers of a hierarchical model; it needs layer_dims")
+        if self.pixel_likelihood not in PIXEL_LIKELIHOODS:
+            raise ValueError(f"unknown pixel_likelihood {self.pixel_likelihood!r}; choose one of {', '.join(PIXEL_LIKELIHOODS)}")
         if self.layer_prior == "top-down" and self.prior == "ebm":
             raise ValueError("layer_prior top-down takes the flow or the Gaussian prior in each layer, not ebm")
         return self
@@ -167,9 +171,9 @@ class ModelConfig:
             dims = tuple(self.layer_dims)
             generator = HierarchicalMNISTGenerator(dims, **self._net_kwargs())
             return HierarchicalLatentModel(self.build_prior(), generator, sigma=self.sigma, latent_dims=dims,
-                                           site_names=self.latent_sites())
+                                           site_names=self.latent_sites(), pixel_likelihood=self.pixel_likelihood)
         generator = make_generator(tuple(self.image_shape), self.latent_dim, **self._net_kwargs())
-        return LatentModel(self.build_prior(), generator, sigma=self.sigma)
+        return LatentModel(self.build_prior(), generator, sigma=self.sigma, pixel_likelihood=self.pixel_likelihood)
 
     def build_encoder(self) -> torch.nn.Module:
         """The encoder network x (B, C, H, W) -> (loc, scale), each (B, D), that mirrors the generator."""
@@ -324,6 +328,8 @@ class Preset:
             del out["model"]["layer_dims"]
         if self.model.layer_prior == "joint":  # (and those of hierarchical models with the joint prior)
             del out["model"]["layer_prior"]
+        if self.model.pixel_likelihood == "gaussian":  # (and those of models with the Gaussian likelihood)
+            del out["model"]["pixel_likelihood"]
         if self.guide != GuideConfig():
             out["guide"] = asdict(self.guide)
             if self.guide.sampler == "ula":  # (configs of encoder and hybrid runs stay those of earlier versions)
