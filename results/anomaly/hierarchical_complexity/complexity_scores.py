@@ -12,15 +12,15 @@ MNIST_CKPT / MNIST_SCORES: the checkpoint and output folders of ../hierarchical_
 ../fashion_dev/'s.
 """
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from pyro_lfbm.data.root import resolve_data_root
-from pyro_lfbm.harness.anomaly_experiment import run_split
 from pyro_lfbm.metrics.anomaly import anomaly_metrics, png_code_length
-from pyro_lfbm.train.presets import get_preset
-from pyro_lfbm.train.recipe import build, isolated
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # results/anomaly/development_runs.py
+from development_runs import development_runs, load_development_run  # noqa: E402
 
 FIT_IMAGES, BINS = 5000, 10
 
@@ -34,23 +34,11 @@ def binned_standardiser(fit_length, fit_score):
     return lambda length, score: (score - mean[np.digitize(length, edges)]) / sd[np.digitize(length, edges)]
 
 
-def main(mnist_ckpt, mnist_scores, fashion_ckpt, fashion_scores):
-    pairs = [("mnist", d, s, f"{mnist_ckpt}/lfbm-flow-hierarchical-encoder-heldout{d}-seed{s}-cpu-hierarchical.pt",
-              f"{mnist_scores}/heldout{d}-flow-hierarchical-encoder-seed{s}/scores.pt") for d in (0, 8) for s in (1, 2)]
-    pairs += [("fashion-mnist", c, s,
-               f"{fashion_ckpt}/lfbm-flow-hierarchical-encoder-fashion-mnist-heldout{c}-seed{s}-cpu-hierarchical.pt",
-               f"{fashion_scores}/heldout{c}-flow-hierarchical-encoder-fashion-mnist-seed{s}/scores.pt")
-              for c in (6, 2) for s in (1, 2)]
+def main(*folders):
     print("dataset,heldout,seed,score,auprc")
-    for dataset, heldout, seed, checkpoint, saved_path in pairs:
-        saved = torch.load(saved_path, weights_only=False)
-        split = run_split(resolve_data_root(), heldout, seed, dataset=dataset)
-        with isolated(0), torch.no_grad():
-            recipe = build(get_preset("cpu-hierarchical"))
-            recipe.trainer.load_state_dict(torch.load(checkpoint, weights_only=False)["trainer"])
-            recipe.trainer.load_average()
-            recipe.model.eval()
-            recipe.encoder_guide.eval()
+    for dataset, heldout, seed, checkpoint, saved_path in development_runs(*folders):
+        split, saved, recipe = load_development_run(dataset, heldout, seed, checkpoint, saved_path)
+        with torch.no_grad():
             prior_of = lambda x: (-recipe.model.prior.log_prob(recipe.encoder_guide.mean(x))).double().numpy()
             fit_x = split.train_x[:FIT_IMAGES]
             fit_prior, test_prior = prior_of(fit_x), prior_of(split.test_x)

@@ -12,17 +12,17 @@ MNIST_CKPT / MNIST_SCORES: the checkpoint and output folders of ../hierarchical_
 ../fashion_dev/'s.
 """
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 from sklearn.neighbors import NearestNeighbors
 
-from pyro_lfbm.data.root import resolve_data_root
-from pyro_lfbm.harness.anomaly_experiment import run_split
 from pyro_lfbm.metrics.anomaly import anomaly_metrics
 from pyro_lfbm.priors.flow import flow_forward
-from pyro_lfbm.train.presets import get_preset
-from pyro_lfbm.train.recipe import build, isolated
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # results/anomaly/development_runs.py
+from development_runs import development_runs, load_development_run  # noqa: E402
 
 NEIGHBOURS, STANDARDISE_IMAGES, BATCH = 10, 5000, 1000
 
@@ -42,25 +42,12 @@ def kth_distance(reference, queries, leave_self_out=False):
     return NearestNeighbors(n_neighbors=k).fit(reference).kneighbors(queries)[0][:, -1]
 
 
-def main(mnist_ckpt, mnist_scores, fashion_ckpt, fashion_scores):
-    pairs = [("mnist", d, s, f"{mnist_ckpt}/lfbm-flow-hierarchical-encoder-heldout{d}-seed{s}-cpu-hierarchical.pt",
-              f"{mnist_scores}/heldout{d}-flow-hierarchical-encoder-seed{s}/scores.pt") for d in (0, 8) for s in (1, 2)]
-    pairs += [("fashion-mnist", c, s,
-               f"{fashion_ckpt}/lfbm-flow-hierarchical-encoder-fashion-mnist-heldout{c}-seed{s}-cpu-hierarchical.pt",
-               f"{fashion_scores}/heldout{c}-flow-hierarchical-encoder-fashion-mnist-seed{s}/scores.pt")
-              for c in (6, 2) for s in (1, 2)]
+def main(*folders):
     print("dataset,heldout,seed,score,auprc")
-    for dataset, heldout, seed, checkpoint, saved_path in pairs:
-        saved = torch.load(saved_path, weights_only=False)
-        split = run_split(resolve_data_root(), heldout, seed, dataset=dataset)
-        with isolated(0):
-            recipe = build(get_preset("cpu-hierarchical"))
-            recipe.trainer.load_state_dict(torch.load(checkpoint, weights_only=False)["trainer"])
-            recipe.trainer.load_average()
-            recipe.model.eval()
-            recipe.encoder_guide.eval()
-            train_z, train_u, train_prior = codes(recipe, split.train_x)
-            test_z, test_u, test_prior = codes(recipe, split.test_x)
+    for dataset, heldout, seed, checkpoint, saved_path in development_runs(*folders):
+        split, saved, recipe = load_development_run(dataset, heldout, seed, checkpoint, saved_path)
+        train_z, train_u, train_prior = codes(recipe, split.train_x)
+        test_z, test_u, test_prior = codes(recipe, split.test_x)
         if not np.allclose(test_prior, saved["batchnorm"]["eval"]["prior"].double().numpy(), atol=1e-3):
             raise SystemExit(f"{saved_path}: the recomputed prior term differs from the run's saved one")
         knn_u = kth_distance(train_u, test_u)
