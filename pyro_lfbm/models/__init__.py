@@ -7,6 +7,6 @@ from pyro_lfbm.models.coopflow import CoopFlow
 from pyro_lfbm.models.glf import GLF
 from pyro_lfbm.models.hierarchical import HierarchicalLatentModel
 from pyro_lfbm.models.image_flow import ImageFlow
-from pyro_lfbm.models.latent_model import PIXEL_LIKELIHOODS, LatentModel, PixelBernoulli
+from pyro_lfbm.models.latent_model import PIXEL_LIKELIHOODS, LatentModel, PixelBernoulli, check_pixel_likelihood
 
-__all__ = ["PIXEL_LIKELIHOODS", "CoopFlow", "GLF", "HierarchicalLatentModel", "ImageFlow", "LatentModel", "PixelBernoulli"]
+__all__ = ["PIXEL_LIKELIHOODS", "CoopFlow", "GLF", "HierarchicalLatentModel", "ImageFlow", "LatentModel", "PixelBernoulli", "check_pixel_likelihood"]

@@ -20,6 +20,13 @@ from pyro_lfbm.priors.base import LatentPrior
 PIXEL_LIKELIHOODS = ("gaussian", "bernoulli")
 
 
+def check_pixel_likelihood(name: str) -> str:
+    """``name`` if it is one of :data:`PIXEL_LIKELIHOODS`, else a one-line ``ValueError`` listing them."""
+    if name not in PIXEL_LIKELIHOODS:
+        raise ValueError(f"unknown pixel_likelihood {name!r}; choose one of {', '.join(PIXEL_LIKELIHOODS)}")
+    return name
+
+
 class PixelBernoulli(dist.TorchDistribution):
     """Independent Bernoulli pixels on images in [−1, 1]: a pixel x has ink probability p = (x + 1)/2 and the
     model's μ = g(z) gives q = (μ + 1)/2; ``log_prob(x)`` is p log q + (1 − p) log(1 − q) per pixel
@@ -98,12 +105,10 @@ class LatentModel(PyroModule):
             raise TypeError(f"prior must be a pyro_lfbm LatentPrior, got {type(prior).__name__}")
         if not sigma > 0:
             raise ValueError(f"sigma must be positive, got {sigma}")
-        if pixel_likelihood not in PIXEL_LIKELIHOODS:
-            raise ValueError(f"unknown pixel_likelihood {pixel_likelihood!r}; choose one of {', '.join(PIXEL_LIKELIHOODS)}")
         self.prior = prior
         self.generator = generator
         self.sigma = float(sigma)
-        self.pixel_likelihood = pixel_likelihood
+        self.pixel_likelihood = check_pixel_likelihood(pixel_likelihood)
 
     #: The latent Pyro sites, in the order of the concatenated z (one here; several in
     #: :class:`~pyro_lfbm.models.HierarchicalLatentModel`).

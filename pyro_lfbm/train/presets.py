@@ -17,7 +17,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
-from pyro_lfbm.models import PIXEL_LIKELIHOODS, HierarchicalLatentModel, LatentModel
+from pyro_lfbm.models import HierarchicalLatentModel, LatentModel, check_pixel_likelihood
 from pyro_lfbm.nets import HierarchicalMNISTGenerator, make_encoder, make_generator
 from pyro_lfbm.infer.samplers import SAMPLER_NAMES
 from pyro_lfbm.priors import EnergyPrior, FlowPrior, GaussianPrior, LatentPrior, TopDownPrior
@@ -149,8 +149,7 @@ class ModelConfig:
             raise ValueError(f"unknown layer_prior {self.layer_prior!r}; choose one of {', '.join(LAYER_PRIORS)}")
         if self.layer_prior == "top-down" and not self.layer_dims:
             raise ValueError("layer_prior top-down is a prior over the layers of a hierarchical model; it needs layer_dims")
-        if self.pixel_likelihood not in PIXEL_LIKELIHOODS:
-            raise ValueError(f"unknown pixel_likelihood {self.pixel_likelihood!r}; choose one of {', '.join(PIXEL_LIKELIHOODS)}")
+        check_pixel_likelihood(self.pixel_likelihood)
         if self.layer_prior == "top-down" and self.prior == "ebm":
             raise ValueError("layer_prior top-down takes the flow or the Gaussian prior in each layer, not ebm")
         return self
