@@ -1,14 +1,27 @@
+"""Importance-sampled marginal prior densities of the upper layers, −log p̂(z₁) and −log p̂(z₁, z₂), of the
+`cpu-hierarchical` preset's MNIST development runs (digits 0 and 8, seeds 1 and 2), against the prior term (README
+beside, "upper layers' marginal prior density"). Prints one line of AUPRCs per pair, as in top_layer_marginals.out.
+
+    OMP_NUM_THREADS=1 python top_layer_marginals.py MNIST_CKPT MNIST_SCORES
+
+MNIST_CKPT / MNIST_SCORES: the checkpoint and output folders of ../hierarchical_ema/'s commands (the run that made
+top_layer_marginals.out read them from /work/runs_s18/ckpt_ema and /work/runs_s18/ema). Data: $PYRO_LFBM_DATA, else
+../shared/data.
+"""
+import sys
 import torch, numpy as np, math
 from pyro_lfbm.metrics.anomaly import anomaly_metrics
 from pyro_lfbm.train.presets import get_preset
 from pyro_lfbm.train.recipe import build, isolated
+from pyro_lfbm.data.root import resolve_data_root
 from pyro_lfbm.harness.anomaly_experiment import run_split
 torch.set_num_threads(1)
+mnist_ckpt, mnist_scores = sys.argv[1:3]
 def auprc(y, s): return anomaly_metrics(y, s)['auprc']
 for d, s in [(0,1),(8,1),(0,2),(8,2)]:
-    sc = torch.load(f'/work/runs_s18/ema/heldout{d}-flow-hierarchical-encoder-seed{s}/scores.pt', weights_only=False)
-    ck = f'/work/runs_s18/ckpt_ema/lfbm-flow-hierarchical-encoder-heldout{d}-seed{s}-cpu-hierarchical.pt'
-    split = run_split('/work/shared/data', d, s)
+    sc = torch.load(f'{mnist_scores}/heldout{d}-flow-hierarchical-encoder-seed{s}/scores.pt', weights_only=False)
+    ck = f'{mnist_ckpt}/lfbm-flow-hierarchical-encoder-heldout{d}-seed{s}-cpu-hierarchical.pt'
+    split = run_split(resolve_data_root(), d, s)
     y = sc['is_anomaly']
     with isolated(0), torch.no_grad():
         r = build(get_preset("cpu-hierarchical"))
