@@ -9,7 +9,9 @@ top_layer_marginals.out read them from /work/runs_s18/ckpt_ema and /work/runs_s1
 ../shared/data.
 """
 import sys
-import torch, numpy as np, math
+import math
+
+import torch
 from pyro_lfbm.metrics.anomaly import anomaly_metrics
 from pyro_lfbm.train.presets import get_preset
 from pyro_lfbm.train.recipe import build, isolated
