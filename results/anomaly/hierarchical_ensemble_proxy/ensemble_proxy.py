@@ -18,6 +18,9 @@ import torch
 
 from pyro_lfbm.metrics.anomaly import anomaly_metrics
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # results/anomaly/development_runs.py
+from development_runs import preset_run_paths  # noqa: E402
+
 SIBLINGS = ["ema9997", "channels64", "lrdecay", "lrhigh", "mixture10",
             "ema9997_last", "channels64_last", "lrdecay_last", "lrhigh_last", "mixture10_last"]
 
@@ -35,7 +38,7 @@ root = Path(sys.argv[1])
 print("heldout,seed,sibling,preset,sibling_auprc,ensemble")
 for digit in (0, 8):
     for seed in (1, 2):
-        run = f"heldout{digit}-flow-hierarchical-encoder-seed{seed}"
+        run = Path(preset_run_paths("mnist", digit, seed, "", "")[1]).name
         preset, labels = prior_term(root / "ema" / run)
         for sibling in SIBLINGS:
             if not (root / sibling / run / "scores.pt").exists():

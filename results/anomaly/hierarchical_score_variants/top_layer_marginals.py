@@ -8,8 +8,9 @@ MNIST_CKPT / MNIST_SCORES: the checkpoint and output folders of ../hierarchical_
 top_layer_marginals.out read them from /work/runs_s18/ckpt_ema and /work/runs_s18/ema). Data: $PYRO_LFBM_DATA, else
 ../shared/data.
 """
-import sys
 import math
+import sys
+from pathlib import Path
 
 import torch
 from pyro_lfbm.metrics.anomaly import anomaly_metrics
@@ -17,12 +18,16 @@ from pyro_lfbm.train.presets import get_preset
 from pyro_lfbm.train.recipe import build, isolated
 from pyro_lfbm.data.root import resolve_data_root
 from pyro_lfbm.harness.anomaly_experiment import run_split
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # results/anomaly/development_runs.py
+from development_runs import preset_run_paths  # noqa: E402
+
 torch.set_num_threads(1)
 mnist_ckpt, mnist_scores = sys.argv[1:3]
 def auprc(y, s): return anomaly_metrics(y, s)['auprc']
 for d, s in [(0,1),(8,1),(0,2),(8,2)]:
-    sc = torch.load(f'{mnist_scores}/heldout{d}-flow-hierarchical-encoder-seed{s}/scores.pt', weights_only=False)
-    ck = f'{mnist_ckpt}/lfbm-flow-hierarchical-encoder-heldout{d}-seed{s}-cpu-hierarchical.pt'
+    ck, folder = preset_run_paths('mnist', d, s, mnist_ckpt, mnist_scores)
+    sc = torch.load(f'{folder}/scores.pt', weights_only=False)
     split = run_split(resolve_data_root(), d, s)
     y = sc['is_anomaly']
     with isolated(0), torch.no_grad():
